@@ -1,0 +1,263 @@
+"""Request models for ``POST /jobs`` (the job graph as submitted) and the agent → job
+precedence that turns them into one agent's effective settings (``ResolvedAgent``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+
+_T = TypeVar("_T")
+
+
+class FailurePolicy(StrEnum):
+    """What happens to the rest of the job when an agent fails (after its retries)."""
+
+    # Everything downstream of the failed agent is skipped; independent branches run on.
+    skip_dependents = "skip_dependents"
+    # The first failure cancels the job: nothing new starts and running agents are cancelled.
+    fail_fast = "fail_fast"
+    # Dependents run anyway and see a failure note in place of the failed agent's output.
+    # (Member name has a trailing underscore because ``continue`` is a keyword.)
+    continue_ = "continue"
+
+
+class ResponseFormat(StrEnum):
+    """The shape of output requested from the model."""
+
+    # Free text, no constraint.
+    text = "text"
+    # A JSON object (the upstream's JSON mode).
+    json = "json"
+
+
+class AgentDefaults(BaseModel):
+    """Settings an agent may set for itself; set on the job they are every agent's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description=(
+            "Model name sent upstream. On the job: the default for every agent; on an agent: "
+            "overrides the job's. Unset everywhere means the service's default model."
+        ),
+    )
+    system_prompt: str | None = Field(
+        default=None,
+        max_length=100_000,
+        description=(
+            "System message. May use {{context.KEY}} references (not agent outputs). On the job: "
+            "the default for every agent; on an agent: replaces the job's."
+        ),
+    )
+    temperature: float | None = Field(
+        default=None,
+        ge=0,
+        le=2,
+        allow_inf_nan=False,
+        description="Sampling temperature, 0 to 2. Unset means the upstream's default.",
+    )
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Maximum completion tokens. Unset means the upstream's default.",
+    )
+    max_retries: int | None = Field(
+        default=None,
+        ge=0,
+        le=20,
+        description=(
+            "Retries after a failed upstream call (0 = a single attempt). "
+            "Unset means the service's default."
+        ),
+    )
+    timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="Per-attempt timeout in seconds. Unset means the service's default.",
+    )
+    response_format: ResponseFormat | None = Field(
+        default=None,
+        description="'text' or 'json' (JSON mode). Unset means 'text'.",
+    )
+
+
+class AgentSpec(AgentDefaults):
+    """One node of the job graph: a chat completion fed by its dependencies' outputs."""
+
+    id: str = Field(
+        pattern=AGENT_ID_PATTERN,
+        description=(
+            "Agent id, unique within the job: 1 to 64 characters from letters, digits, "
+            "'_', '.' and '-'."
+        ),
+    )
+    task: str = Field(
+        min_length=1,
+        max_length=200_000,
+        description=(
+            "The user message. May reference {{context.KEY}} (KEY may be a dotted path into "
+            "nested objects) and {{agents.ID.output}} for an ID listed in depends_on. If the agent "
+            "has dependencies and the task references none of them, all their outputs are "
+            "appended in a <dependency_outputs> block."
+        ),
+    )
+    depends_on: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Ids of the agents whose outputs this agent needs; it starts once they have all "
+            "finished. Each id at most once."
+        ),
+    )
+
+    @field_validator("depends_on")
+    @classmethod
+    def _no_repeated_dependency(cls, value: list[str]) -> list[str]:
+        first_seen: dict[str, int] = {}
+        for position, dep in enumerate(value):
+            if dep in first_seen:
+                raise PydanticCustomError(
+                    "duplicate_dependency",
+                    "'{dep}' is listed twice in depends_on (positions {first} and {second})",
+                    {"dep": dep[:80], "first": first_seen[dep], "second": position},
+                )
+            first_seen[dep] = position
+        return value
+
+
+class JobSpec(AgentDefaults):
+    """The body of ``POST /jobs``: a DAG of agents plus job-wide defaults and inputs."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "doc-analysis",
+                    "model": "kimi-k2.5",
+                    "max_concurrency": 20,
+                    "failure_policy": "skip_dependents",
+                    "budget_usd": 2.0,
+                    "context": {"document": "…text…"},
+                    "metadata": {"requested_by": "billing-service"},
+                    "agents": [
+                        {
+                            "id": "extract_metadata",
+                            "system_prompt": "You return JSON only.",
+                            "task": "Extract author, date, keywords from: {{context.document}}",
+                        },
+                        {
+                            "id": "extract_entities",
+                            "system_prompt": "You return JSON only.",
+                            "task": "List the people and organisations in: {{context.document}}",
+                        },
+                        {
+                            "id": "summary",
+                            "system_prompt": "You write reports.",
+                            "task": "Merge these analyses into one report.",
+                            "depends_on": ["extract_metadata", "extract_entities"],
+                            "model": "deepseek-v3.2",
+                            "temperature": 0.3,
+                            "max_tokens": 1024,
+                        },
+                    ],
+                }
+            ]
+        },
+    )
+
+    name: str = Field(
+        default="job", min_length=1, max_length=200, description="Human-readable job name."
+    )
+    max_concurrency: int = Field(
+        default=16,
+        ge=1,
+        le=10_000,
+        description="Maximum number of this job's agents calling the upstream at once.",
+    )
+    failure_policy: FailurePolicy = Field(
+        default=FailurePolicy.skip_dependents,
+        description=(
+            "What a failed agent does to the rest of the job: 'skip_dependents' skips everything "
+            "downstream of it and runs the rest; 'fail_fast' cancels the job; 'continue' runs "
+            "dependents anyway with a failure note in place of the output."
+        ),
+    )
+    budget_usd: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "Spending cap in US dollars for the whole job; no new agent starts once it is "
+            "reached. Unset means no cap."
+        ),
+    )
+    context: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Inputs shared by all agents, referenced from prompts as {{context.KEY}}.",
+    )
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Caller's free-form data, stored and returned with the job, never sent "
+        "to a model.",
+    )
+    agents: list[AgentSpec] = Field(
+        description="The agents (graph nodes). Edges come from each agent's depends_on.",
+    )
+
+    def resolve(self, agent: AgentSpec) -> ResolvedAgent:
+        """``agent``'s effective settings: its own value where set, else the job's."""
+        return ResolvedAgent(
+            id=agent.id,
+            task=agent.task,
+            depends_on=tuple(agent.depends_on),
+            model=_first_set(agent.model, self.model),
+            system_prompt=_first_set(agent.system_prompt, self.system_prompt),
+            temperature=_first_set(agent.temperature, self.temperature),
+            max_tokens=_first_set(agent.max_tokens, self.max_tokens),
+            max_retries=_first_set(agent.max_retries, self.max_retries),
+            timeout_s=_first_set(agent.timeout_s, self.timeout_s),
+            response_format=_first_set(agent.response_format, self.response_format)
+            or ResponseFormat.text,
+        )
+
+    def resolved_agents(self) -> list[ResolvedAgent]:
+        """``resolve`` applied to every agent, in submission order."""
+        return [self.resolve(agent) for agent in self.agents]
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedAgent:
+    """One agent's settings after agent → job precedence.
+
+    ``None`` still means "not set anywhere": for ``model``, ``max_retries`` and ``timeout_s``
+    the caller applies the service's defaults; for ``temperature`` and ``max_tokens`` the
+    parameter is not sent upstream; for ``system_prompt`` no system message is sent.
+    """
+
+    id: str
+    task: str
+    depends_on: tuple[str, ...]
+    model: str | None
+    system_prompt: str | None
+    temperature: float | None
+    max_tokens: int | None
+    max_retries: int | None
+    timeout_s: float | None
+    response_format: ResponseFormat
+
+
+def _first_set(own: _T | None, inherited: _T | None) -> _T | None:
+    # `is not None`, not truthiness: an agent's temperature 0 must override the job's 0.7.
+    return own if own is not None else inherited
