@@ -1,0 +1,113 @@
+"""Simulator settings: one pydantic model, shared by the CLI flags and the ``/_sim/config`` API.
+
+Every field maps 1:1 to a kebab-case CLI flag (``latency_base_ms`` -> ``--latency-base-ms``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+# Fields that only make sense at start-up; ``POST /_sim/config`` rejects them.
+STARTUP_ONLY_FIELDS = frozenset({"host", "port", "exit_with_parent"})
+
+
+def _split_pair(value: Any) -> Any:
+    """Accept ``"A,B"`` (CLI form) as well as a two-item list/tuple (JSON form)."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+        if len(parts) != 2 or not all(parts):
+            raise ValueError('expected "A,B"')
+        return tuple(parts)
+    return value
+
+
+class SimulatorConfig(BaseModel):
+    """All simulator options. Immutable: a run-time change builds a new validated instance."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: int = Field(9100, ge=0, le=65535, description="TCP port; 0 picks a free one.")
+    seed: int = Field(0, description="Seed of the RNG behind jitter and fault draws.")
+
+    latency_base_ms: float = Field(20.0, ge=0, description="Fixed latency per request.")
+    latency_per_token_ms: float = Field(0.0, ge=0, description="Extra latency per output token.")
+    latency_jitter_ms: float = Field(0.0, ge=0, description="Uniform +/- jitter on the latency.")
+    latency_uniform_ms: tuple[float, float] | None = Field(
+        None, description='"A,B": latency uniform in [A, B] ms; overrides the other latency knobs.'
+    )
+    output_tokens: tuple[int, int] = Field(
+        (20, 120), description='"A,B": output length range, picked from the prompt hash.'
+    )
+
+    api_key: SecretStr | None = Field(
+        None, description="Required bearer token (also read from $SIMULATOR_API_KEY)."
+    )
+    models: tuple[str, ...] | None = Field(
+        None, description="Comma list of accepted models; unset accepts any model."
+    )
+    context_window: int = Field(131072, ge=1, description="Prompt + max_tokens limit.")
+
+    concurrency_cap: int | None = Field(None, ge=1, description="Max in-flight chat requests.")
+    rpm_cap: int | None = Field(None, ge=1, description="Max chat requests per rolling minute.")
+    retry_after_ms: int = Field(200, ge=0, description="Retry delay announced on 429.")
+
+    error_rate: float = Field(0.0, ge=0, le=1, description="Probability of a 500/502/503.")
+    hang_rate: float = Field(0.0, ge=0, le=1, description="Probability of never answering.")
+    drop_rate: float = Field(0.0, ge=0, le=1, description="Probability of closing the socket.")
+    malformed_rate: float = Field(0.0, ge=0, le=1, description="Probability of a non-JSON 200.")
+    slow_rate: float = Field(0.0, ge=0, le=1, description="Probability of adding slow_ms.")
+    slow_ms: float = Field(2000.0, ge=0, description="Extra latency of a slow request.")
+
+    request_log_size: int = Field(10000, ge=0, description="Entries kept by /_sim/requests.")
+    exit_with_parent: bool = Field(False, description="Exit when the parent process dies.")
+
+    @field_validator("latency_uniform_ms", "output_tokens", mode="before")
+    @classmethod
+    def _parse_pair(cls, value: Any) -> Any:
+        if value == "":
+            return None
+        return _split_pair(value)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _parse_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            names = tuple(n.strip() for n in value.split(",") if n.strip())
+            return names or None
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> SimulatorConfig:
+        if self.latency_uniform_ms is not None:
+            low, high = self.latency_uniform_ms
+            if low < 0 or high < low:
+                raise ValueError("latency_uniform_ms must be 0 <= A <= B")
+        low_t, high_t = self.output_tokens
+        if low_t < 1 or high_t < low_t:
+            raise ValueError("output_tokens must be 1 <= A <= B")
+        if self.models is not None and not self.models:
+            raise ValueError("models must not be empty")
+        return self
+
+    def public_dict(self) -> dict[str, Any]:
+        """JSON-ready view with the API key masked (it must never be echoed)."""
+        data = self.model_dump(mode="json")
+        data["api_key"] = "***" if self.api_key is not None else None
+        return data
+
+    def updated(self, patch: dict[str, Any]) -> SimulatorConfig:
+        """Validated copy with ``patch`` applied; raises ``ValueError`` on a bad patch."""
+        frozen = STARTUP_ONLY_FIELDS.intersection(patch)
+        if frozen:
+            raise ValueError(f"cannot change at run time: {', '.join(sorted(frozen))}")
+        merged = self.model_dump()
+        merged.update(patch)
+        return SimulatorConfig.model_validate(merged)

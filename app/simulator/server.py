@@ -1,0 +1,513 @@
+"""aiohttp application of the simulator: OpenAI-style endpoints, fault injection, ``/_sim`` control.
+
+``create_app(config)`` builds it for in-process use; ``start_server`` binds it to a TCP port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import math
+import time
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from app.simulator import content as text
+from app.simulator.config import SimulatorConfig
+from app.simulator.state import RPM_WINDOW_S, SimState
+
+STATE_KEY = web.AppKey("simulator_state", SimState)
+
+DEFAULT_MODELS = ("kimi-k2.5", "deepseek-v3.2", "gpt-4.1")
+MAX_BODY_BYTES = 64 * 1024 * 1024  # context-overflow tests send prompts past aiohttp's 1 MiB
+HANG_POLL_S = 0.1  # how quickly a hung handler notices that its client went away
+STREAM_SLICES = 8  # latency is spread over at most this many writes, to bound timer overhead
+LOG_PAGE_DEFAULT = 1000
+ERROR_STATUSES = (500, 502, 503)
+_JSON = "application/json"
+_ERROR_MESSAGES = {
+    500: "The server had an error while processing your request. Sorry about that!",
+    502: "Bad gateway.",
+    503: "The engine is currently overloaded, please try again later.",
+}
+
+
+def create_app(config: SimulatorConfig) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[STATE_KEY] = SimState(config)
+    for prefix in ("/v1", ""):
+        app.router.add_post(f"{prefix}/chat/completions", _chat_completions)
+        app.router.add_get(f"{prefix}/models", _models)
+    app.router.add_get("/_sim/stats", _stats)
+    app.router.add_get("/_sim/requests", _requests)
+    app.router.add_get("/_sim/config", _get_config)
+    app.router.add_post("/_sim/config", _post_config)
+    app.router.add_post("/_sim/reset", _reset)
+    app.on_shutdown.append(_on_shutdown)
+    return app
+
+
+async def start_server(
+    config: SimulatorConfig, *, handler_cancellation: bool = True
+) -> tuple[web.AppRunner, int]:
+    """Bind ``create_app(config)`` on ``config.host:config.port``; returns the runner and port."""
+    runner = web.AppRunner(
+        create_app(config),
+        access_log=None,  # no per-request logging: it would dominate benchmark CPU time
+        handle_signals=False,
+        handler_cancellation=handler_cancellation,
+        shutdown_timeout=1.0,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, backlog=4096, reuse_address=True)
+    await site.start()
+    port = int(runner.addresses[0][1])
+    return runner, port
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    # Hung handlers poll this flag, so a graceful shutdown does not wait for them.
+    app[STATE_KEY].closing = True
+
+
+# --------------------------------------------------------------------------- responses
+
+
+def _json_response(
+    status: int, payload: Any, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status, body=json.dumps(payload).encode(), content_type=_JSON, headers=headers
+    )
+
+
+def _error(
+    status: int,
+    message: str,
+    type_: str,
+    code: str | None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    err: dict[str, Any] = {"message": message, "type": type_}
+    if param is not None:
+        err["param"] = param
+    err["code"] = code
+    return _json_response(status, {"error": err}, headers)
+
+
+def _bad_request(message: str, param: str | None = None) -> web.Response:
+    return _error(400, message, "invalid_request_error", None, param)
+
+
+def _auth_error(state: SimState, request: web.Request) -> web.Response | None:
+    key = state.config.api_key
+    if key is None:
+        return None
+    given = request.headers.get("Authorization", "").encode()
+    expected = b"Bearer " + key.get_secret_value().encode()
+    if hmac.compare_digest(given, expected):
+        return None
+    return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+
+
+def _rate_limited(cfg: SimulatorConfig, what: str) -> web.Response:
+    ms = cfg.retry_after_ms
+    headers = {"Retry-After": str(max(1, math.ceil(ms / 1000))), "retry-after-ms": str(ms)}
+    message = f"Rate limit reached for {what}. Please try again in {ms}ms."
+    return _error(429, message, "requests", "rate_limit_exceeded", headers=headers)
+
+
+# --------------------------------------------------------------------------- chat completions
+
+
+def _finish(
+    state: SimState, entry: dict[str, Any], started: float, resp: web.Response, outcome: str
+) -> web.Response:
+    latency_ms = (time.perf_counter() - started) * 1000.0
+    entry["status"] = resp.status
+    entry["latency_ms"] = round(latency_ms, 3)
+    entry["outcome"] = outcome
+    state.record_answer(resp.status, latency_ms)
+    return resp
+
+
+async def _chat_completions(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
+    state = request.app[STATE_KEY]
+    state.requests += 1
+    state.seq += 1
+    entry: dict[str, Any] = {
+        "seq": state.seq,
+        "ts": time.time(),
+        "model": None,
+        "messages": None,
+        "status": None,
+        "latency_ms": None,
+        "prompt_tokens": None,
+        "completion_tokens": None,
+        "tag": None,
+        "outcome": "pending",
+    }
+    state.log.append(entry)
+
+    try:
+        body = json.loads(await request.read())
+    except ValueError:
+        return _finish(state, entry, started, _bad_request("Invalid JSON body."), "rejected")
+    rejection = _validate(body)
+    if rejection is not None:
+        return _finish(state, entry, started, rejection, "rejected")
+    model: str = body["model"]
+    messages: list[Any] = body["messages"]
+    digest = text.messages_digest(messages)
+    tag = text.TAG_PREFIX + digest.hex()[: text.TAG_HEX_CHARS]
+    prompt_tokens = text.estimate_prompt_tokens(messages)
+    entry.update(model=model, messages=messages, tag=tag, prompt_tokens=prompt_tokens)
+
+    cfg = state.config
+    rejection = _auth_error(state, request) or _check_request(cfg, body, prompt_tokens)
+    if rejection is not None:
+        return _finish(state, entry, started, rejection, "rejected")
+
+    now = time.monotonic()
+    if cfg.rpm_cap is not None:
+        window = state.rpm_window
+        while window and window[0] <= now - RPM_WINDOW_S:
+            window.popleft()
+        if len(window) >= cfg.rpm_cap:
+            state.rate_limited += 1
+            return _finish(state, entry, started, _rate_limited(cfg, "requests"), "rate_limited")
+        window.append(now)
+    if cfg.concurrency_cap is not None and state.in_flight >= cfg.concurrency_cap:
+        state.rate_limited += 1
+        resp = _rate_limited(cfg, "concurrent requests")
+        return _finish(state, entry, started, resp, "rate_limited")
+
+    state.in_flight += 1
+    if state.in_flight > state.peak_in_flight:
+        state.peak_in_flight = state.in_flight
+    try:
+        return await _answer(request, state, cfg, entry, started, body, digest, tag)
+    finally:
+        state.in_flight -= 1
+
+
+def _validate(body: Any) -> web.Response | None:
+    if not isinstance(body, dict):
+        return _bad_request("The request body must be a JSON object.")
+    if not isinstance(body.get("model"), str):
+        return _bad_request("you must provide a model parameter", "model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return _bad_request("'messages' must be a non-empty array.", "messages")
+    if not all(isinstance(m, dict) for m in messages):
+        return _bad_request("Each message must be an object.", "messages")
+    return None
+
+
+def _max_tokens(body: dict[str, Any]) -> Any:
+    value = body.get("max_completion_tokens")
+    return body.get("max_tokens") if value is None else value
+
+
+def _check_request(
+    cfg: SimulatorConfig, body: dict[str, Any], prompt_tokens: int
+) -> web.Response | None:
+    model = body["model"]
+    if cfg.models is not None and model not in cfg.models:
+        message = f"The model `{model}` does not exist or you do not have access to it."
+        return _error(404, message, "invalid_request_error", "model_not_found")
+    max_tokens = _max_tokens(body)
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+    ):
+        return _bad_request("max_tokens must be an integer >= 1.", "max_tokens")
+    limit = cfg.context_window
+    if max_tokens is None:
+        if prompt_tokens > limit:
+            message = (
+                f"This model's maximum context length is {limit} tokens. However, your "
+                f"messages resulted in {prompt_tokens} tokens. Please reduce the length of "
+                "the messages."
+            )
+            return _error(
+                400, message, "invalid_request_error", "context_length_exceeded", "messages"
+            )
+    elif prompt_tokens + max_tokens > limit:
+        message = (
+            f"This model's maximum context length is {limit} tokens. However, you requested "
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, "
+            f"{max_tokens} in the completion). Please reduce the length of the messages "
+            "or completion."
+        )
+        return _context_error(message)
+    return None
+
+
+def _context_error(message: str) -> web.Response:
+    return _error(400, message, "invalid_request_error", "context_length_exceeded", "messages")
+
+
+async def _answer(
+    request: web.Request,
+    state: SimState,
+    cfg: SimulatorConfig,
+    entry: dict[str, Any],
+    started: float,
+    body: dict[str, Any],
+    digest: bytes,
+    tag: str,
+) -> web.StreamResponse:
+    # Draw every fault in a fixed order so one seed gives one reproducible fault sequence.
+    rng = state.rng
+    drop = cfg.drop_rate > 0 and rng.random() < cfg.drop_rate
+    hang = cfg.hang_rate > 0 and rng.random() < cfg.hang_rate
+    error = cfg.error_rate > 0 and rng.random() < cfg.error_rate
+    malformed = cfg.malformed_rate > 0 and rng.random() < cfg.malformed_rate
+    slow = cfg.slow_rate > 0 and rng.random() < cfg.slow_rate
+
+    low, high = cfg.output_tokens
+    count = text.target_length(digest, low, high)
+    finish_reason = "stop"
+    max_tokens = _max_tokens(body)
+    if max_tokens is not None and count > max_tokens:
+        count = max_tokens
+        finish_reason = "length"
+
+    if cfg.latency_uniform_ms is not None:
+        latency_ms = rng.uniform(*cfg.latency_uniform_ms)
+    else:
+        latency_ms = cfg.latency_base_ms + cfg.latency_per_token_ms * count
+        if cfg.latency_jitter_ms > 0:
+            latency_ms = max(
+                0.0, latency_ms + rng.uniform(-cfg.latency_jitter_ms, cfg.latency_jitter_ms)
+            )
+    if slow:
+        latency_ms += cfg.slow_ms
+
+    if hang:
+        return await _hang(request, state, entry)
+
+    stream = body.get("stream") is True
+    if not (stream and not drop and not error) and latency_ms > 0:
+        await asyncio.sleep(latency_ms / 1000.0)
+
+    if drop:
+        state.dropped += 1
+        entry["outcome"] = "dropped"
+        _close_connection(request)
+        return web.Response()  # never written: the transport is already closed
+    if error:
+        status = rng.choice(ERROR_STATUSES)
+        resp = _error(status, _ERROR_MESSAGES[status], "server_error", None)
+        return _finish(state, entry, started, resp, "error")
+
+    words = text.words_for(digest, count)
+    json_mode = _json_mode(body.get("response_format"))
+    message_text = text.json_content(tag, words) if json_mode else text.plain_content(tag, words)
+    prompt_tokens: int = entry["prompt_tokens"]
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": count,
+        "total_tokens": prompt_tokens + count,
+    }
+    entry["completion_tokens"] = count
+    completion_id = f"chatcmpl-sim{entry['seq']}"
+    created = int(time.time())
+    model: str = body["model"]
+    if malformed:
+        state.malformed += 1
+
+    if stream:
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        events = _stream_events(
+            completion_id, created, model, message_text, finish_reason, usage, include_usage
+        )
+        if malformed:
+            events = [events[0], b'data: {"id": "' + completion_id.encode() + b'", "choi\n\n']
+            events.append(b"data: [DONE]\n\n")
+        return await _stream(request, state, entry, started, events, latency_ms, malformed)
+
+    if malformed:
+        broken = f'{{"id": "{completion_id}", "object": "chat.completion", "choices": [{{"ind'
+        resp = web.Response(status=200, body=broken.encode(), content_type=_JSON)
+        return _finish(state, entry, started, resp, "malformed")
+    payload = {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": "fp_simulator",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": message_text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": usage,
+    }
+    return _finish(state, entry, started, _json_response(200, payload), "ok")
+
+
+def _json_mode(response_format: Any) -> bool:
+    # json_schema gets the same fixed object: the simulator does not try to satisfy schemas.
+    return isinstance(response_format, dict) and response_format.get("type") in (
+        "json_object",
+        "json_schema",
+    )
+
+
+def _close_connection(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+
+
+async def _hang(request: web.Request, state: SimState, entry: dict[str, Any]) -> web.Response:
+    state.hung += 1
+    entry["outcome"] = "hung"
+    # aiohttp only cancels handlers on disconnect when handler_cancellation is on; poll so
+    # in-process runners without it release the request as well.
+    while not state.closing:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            break
+        await asyncio.sleep(HANG_POLL_S)
+    _close_connection(request)
+    return web.Response()  # never written
+
+
+def _stream_events(
+    completion_id: str,
+    created: int,
+    model: str,
+    message_text: str,
+    finish_reason: str,
+    usage: dict[str, int],
+    include_usage: bool,
+) -> list[bytes]:
+    """SSE events: role delta, one event per word, finish, optional usage, ``[DONE]``."""
+    head = (
+        f'data: {{"id":{json.dumps(completion_id)},"object":"chat.completion.chunk",'
+        f'"created":{created},"model":{json.dumps(model)},"system_fingerprint":"fp_simulator",'
+        '"choices":'
+    )
+    usage_null = ',"usage":null' if include_usage else ""
+    open_delta = '[{"index":0,"delta":'
+    tail = ',"logprobs":null,"finish_reason":null}]' + usage_null + "}\n\n"
+    events = [f'{head}{open_delta}{{"role":"assistant","content":""}}{tail}']
+    parts = message_text.split(" ")
+    pieces = [parts[0]] + [" " + p for p in parts[1:]]
+    events.extend(f'{head}{open_delta}{{"content":{json.dumps(p)}}}{tail}' for p in pieces)
+    events.append(
+        f'{head}{open_delta}{{}},"logprobs":null,"finish_reason":"{finish_reason}"}}]'
+        f"{usage_null}}}\n\n"
+    )
+    if include_usage:
+        events.append(f'{head}[],"usage":{json.dumps(usage)}}}\n\n')
+    events.append("data: [DONE]\n\n")
+    return [e.encode() for e in events]
+
+
+async def _stream(
+    request: web.Request,
+    state: SimState,
+    entry: dict[str, Any],
+    started: float,
+    events: list[bytes],
+    latency_ms: float,
+    malformed: bool,
+) -> web.StreamResponse:
+    resp = web.StreamResponse(
+        status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    outcome = "malformed" if malformed else "ok"
+    try:
+        await resp.prepare(request)
+        if latency_ms <= 0:
+            await resp.write(b"".join(events))
+        else:
+            slices = min(len(events), STREAM_SLICES)
+            pause = latency_ms / 1000.0 / slices
+            step = len(events) / slices
+            for i in range(slices):
+                await asyncio.sleep(pause)
+                await resp.write(b"".join(events[round(i * step) : round((i + 1) * step)]))
+        await resp.write_eof()
+    except ConnectionError:
+        outcome = "client_closed"
+    latency = (time.perf_counter() - started) * 1000.0
+    entry["status"] = 200
+    entry["latency_ms"] = round(latency, 3)
+    entry["outcome"] = outcome
+    state.record_answer(200, latency)
+    return resp
+
+
+# --------------------------------------------------------------------------- other endpoints
+
+
+async def _models(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    rejection = _auth_error(state, request)
+    if rejection is not None:
+        return rejection
+    names = state.config.models or DEFAULT_MODELS
+    data = [
+        {"id": name, "object": "model", "created": 1700000000, "owned_by": "simulator"}
+        for name in names
+    ]
+    return _json_response(200, {"object": "list", "data": data})
+
+
+async def _stats(request: web.Request) -> web.Response:
+    return _json_response(200, request.app[STATE_KEY].stats())
+
+
+async def _requests(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    try:
+        after = int(request.query.get("after", "0"))
+        limit = int(request.query.get("limit", str(LOG_PAGE_DEFAULT)))
+    except ValueError:
+        return _bad_request("after and limit must be integers.")
+    page = state.log_page(after, limit)
+    next_after = page[-1]["seq"] if page else max(after, 0)
+    return _json_response(
+        200, {"object": "list", "data": page, "next_after": next_after, "last_seq": state.seq}
+    )
+
+
+async def _get_config(request: web.Request) -> web.Response:
+    return _json_response(200, {"config": request.app[STATE_KEY].config.public_dict()})
+
+
+async def _post_config(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    try:
+        patch = json.loads(await request.read())
+    except ValueError:
+        return _json_response(422, {"error": {"message": "Invalid JSON body."}})
+    if not isinstance(patch, dict):
+        return _json_response(422, {"error": {"message": "Expected a JSON object."}})
+    try:
+        new_config = state.config.updated(patch)
+    except ValidationError as exc:
+        details = exc.errors(include_url=False, include_context=False, include_input=False)
+        return _json_response(422, {"error": {"message": "Invalid config.", "details": details}})
+    except ValueError as exc:
+        return _json_response(422, {"error": {"message": str(exc)}})
+    state.apply_config(new_config)
+    return _json_response(200, {"config": new_config.public_dict()})
+
+
+async def _reset(request: web.Request) -> web.Response:
+    request.app[STATE_KEY].reset()
+    return _json_response(200, {"ok": True})
