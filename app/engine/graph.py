@@ -1,0 +1,615 @@
+"""Job-graph validation (``validate_graph`` → ``Graph``, or ``GraphValidationError`` listing
+every problem) and ``DagState``, the scheduler's pure bookkeeping of which agents may run."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+from app.engine.spec import AgentSpec, FailurePolicy, JobSpec
+from app.engine.templates import ContextPathError, RefKind, lookup_context, scan_refs
+
+Loc = tuple[str | int, ...]
+
+# Enough to fix a bad submission in a few rounds without building a huge error response.
+MAX_PROBLEMS = 100
+# difflib is O(number of ids) per lookup; bound the work a hostile request can cause.
+_MAX_SUGGESTIONS = 20
+_MAX_LISTED_KEYS = 20
+
+
+class ProblemType(StrEnum):
+    """The ``type`` of a ``GraphProblem``."""
+
+    empty = "job_graph.empty"
+    too_many_agents = "job_graph.too_many_agents"
+    duplicate_id = "job_graph.duplicate_id"
+    duplicate_dependency = "job_graph.duplicate_dependency"
+    self_dependency = "job_graph.self_dependency"
+    unknown_dependency = "job_graph.unknown_dependency"
+    cycle = "job_graph.cycle"
+    malformed_reference = "template.malformed_reference"
+    unknown_agent_reference = "template.unknown_agent"
+    undeclared_dependency = "template.undeclared_dependency"
+    self_reference = "template.self_reference"
+    agent_reference_in_system_prompt = "template.agent_reference_in_system_prompt"
+    missing_context = "template.missing_context"
+    too_many_problems = "job_graph.too_many_problems"
+
+
+@dataclass(frozen=True, slots=True)
+class GraphProblem:
+    """One thing wrong with a submitted job, located FastAPI-style (``("body", "agents", 3,
+    "depends_on", 0)``)."""
+
+    loc: Loc
+    msg: str
+    type: str
+
+    def as_detail(self) -> dict[str, Any]:
+        """The entry for a ``{"detail": [...]}`` 422 body."""
+        return {"loc": list(self.loc), "msg": self.msg, "type": self.type}
+
+
+class GraphValidationError(ValueError):
+    """The job graph is invalid; ``problems`` lists everything found (at most MAX_PROBLEMS,
+    the last then being a ``too_many_problems`` note)."""
+
+    def __init__(self, problems: list[GraphProblem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(p.msg for p in problems[:5]) + ("; …" * (len(problems) > 5)))
+
+    def detail(self) -> list[dict[str, Any]]:
+        """All problems in the FastAPI 422 ``detail`` shape."""
+        return [p.as_detail() for p in self.problems]
+
+
+@dataclass(frozen=True, slots=True)
+class Graph:
+    """A validated job graph.
+
+    ``ids`` are in submission order and ``index`` maps each back to its position. ``deps``
+    keeps each agent's depends_on order; ``dependents`` lists each agent's direct dependents
+    in submission order. ``topo_order`` lists every dependency before its dependents and,
+    among valid orders, stays as close to submission order as a depth-first walk allows: if
+    the submission order is already topological, ``topo_order == ids``. ``depth`` is the
+    length of the longest dependency chain below an agent (0 for agents without
+    dependencies); ``levels[d]`` holds the agents of depth ``d`` in submission order.
+    """
+
+    ids: tuple[str, ...]
+    index: dict[str, int]
+    deps: dict[str, tuple[str, ...]]
+    dependents: dict[str, tuple[str, ...]]
+    topo_order: tuple[str, ...]
+    depth: dict[str, int]
+    levels: tuple[tuple[str, ...], ...]
+
+
+def _show(value: str, limit: int = 80) -> str:
+    # User-supplied strings go into messages; keep a pathological one from bloating the 422.
+    return repr(value if len(value) <= limit else value[:limit] + "…")
+
+
+def _suggest(word: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {_show(close[0])}?" if close else ""
+
+
+def _list_keys(keys: Sequence[str]) -> str:
+    shown = ", ".join(_show(k, 40) for k in keys[:_MAX_LISTED_KEYS])
+    more = len(keys) - _MAX_LISTED_KEYS
+    return shown + (f", … ({more} more)" if more > 0 else "")
+
+
+class _Problems:
+    """Collects problems up to MAX_PROBLEMS, then only counts the rest."""
+
+    def __init__(self) -> None:
+        self.items: list[GraphProblem] = []
+        self.dropped = 0
+        self.suggestions_left = _MAX_SUGGESTIONS
+
+    def add(self, loc: Loc, msg: str, type_: ProblemType) -> None:
+        if len(self.items) < MAX_PROBLEMS:
+            self.items.append(GraphProblem(loc, msg, type_.value))
+        else:
+            self.dropped += 1
+
+    def suggest(self, word: str, candidates: Iterable[str]) -> str:
+        if self.suggestions_left <= 0:
+            return ""
+        self.suggestions_left -= 1
+        return _suggest(word, candidates)
+
+    def raise_if_any(self) -> None:
+        if not self.items:
+            return
+        problems = list(self.items)
+        if self.dropped:
+            # The note takes the last slot so the list never exceeds MAX_PROBLEMS.
+            problems[-1] = GraphProblem(
+                ("body",),
+                f"… and {self.dropped + 1} more problems not listed",
+                ProblemType.too_many_problems.value,
+            )
+        raise GraphValidationError(problems)
+
+
+def validate_graph(spec: JobSpec, *, max_agents: int) -> Graph:
+    """Check ``spec``'s graph and templates; return the ``Graph`` or raise
+    ``GraphValidationError`` with every problem found.
+
+    Checks, in stages (a later stage runs only if the ones it relies on passed): the agent
+    count (1..max_agents); ids unique; depends_on entries known, not self, not repeated;
+    template references in tasks and system prompts (agents referenced must be in
+    depends_on, context paths must exist, nothing malformed); then acyclicity, reporting
+    one concrete cycle. Iterative and O(agents + edges + template text).
+    """
+    problems = _Problems()
+    agents = spec.agents
+    if not agents:
+        problems.add(
+            ("body", "agents"), "the job has no agents; give at least one", ProblemType.empty
+        )
+        problems.raise_if_any()
+    if len(agents) > max_agents:
+        # Stop here: a too-large graph is rejected before spending work on it.
+        problems.add(
+            ("body", "agents"),
+            f"the job has {len(agents)} agents; at most {max_agents} are allowed",
+            ProblemType.too_many_agents,
+        )
+        problems.raise_if_any()
+
+    index: dict[str, int] = {}
+    for i, agent in enumerate(agents):
+        first = index.setdefault(agent.id, i)
+        if first != i:
+            problems.add(
+                ("body", "agents", i, "id"),
+                f"duplicate agent id {_show(agent.id)}: agents[{first}] and agents[{i}] both "
+                "use it; ids must be unique",
+                ProblemType.duplicate_id,
+            )
+    ids_ok = not problems.items
+
+    deps_ok = True
+    for i, agent in enumerate(agents):
+        if not _check_depends_on(i, agent, index, problems):
+            deps_ok = False
+
+    _check_system_prompt(
+        ("body", "system_prompt"),
+        "the job's system_prompt",
+        spec.system_prompt,
+        spec.context,
+        problems,
+    )
+    for i, agent in enumerate(agents):
+        _check_agent_templates(i, agent, index, spec.context, problems)
+
+    if not (ids_ok and deps_ok):
+        # Cycle detection over duplicate or dangling ids would report nonsense.
+        problems.raise_if_any()
+
+    ids = tuple(a.id for a in agents)
+    dep_idx = [[index[d] for d in a.depends_on] for a in agents]
+    order_or_cycle = _topo_sort(dep_idx)
+    if isinstance(order_or_cycle, _Cycle):
+        _report_cycle(order_or_cycle, agents, problems)
+    problems.raise_if_any()
+    assert isinstance(order_or_cycle, list)
+    return _build_graph(agents, ids, index, dep_idx, order_or_cycle)
+
+
+def _check_depends_on(
+    i: int, agent: AgentSpec, index: Mapping[str, int], problems: _Problems
+) -> bool:
+    ok = True
+    seen: dict[str, int] = {}
+    for j, dep in enumerate(agent.depends_on):
+        loc: Loc = ("body", "agents", i, "depends_on", j)
+        if dep in seen:
+            # AgentSpec rejects this already; checked again for specs built without validation.
+            problems.add(
+                loc,
+                f"agent {_show(agent.id)} lists {_show(dep)} twice in depends_on "
+                f"(positions {seen[dep]} and {j})",
+                ProblemType.duplicate_dependency,
+            )
+            ok = False
+            continue
+        seen[dep] = j
+        if dep == agent.id:
+            problems.add(
+                loc,
+                f"agent {_show(agent.id)} depends on itself; remove it from its own depends_on",
+                ProblemType.self_dependency,
+            )
+            ok = False
+        elif dep not in index:
+            problems.add(
+                loc,
+                f"agent {_show(agent.id)} depends on unknown agent {_show(dep)}"
+                + problems.suggest(dep, index),
+                ProblemType.unknown_dependency,
+            )
+            ok = False
+    return ok
+
+
+def _check_agent_templates(
+    i: int,
+    agent: AgentSpec,
+    index: Mapping[str, int],
+    context: Mapping[str, Any],
+    problems: _Problems,
+) -> None:
+    loc: Loc = ("body", "agents", i, "task")
+    refs, malformed = scan_refs(agent.task)
+    for bad in malformed:
+        problems.add(
+            loc,
+            f"agent {_show(agent.id)} has a malformed template reference {_show(bad.raw)}: "
+            + bad.reason,
+            ProblemType.malformed_reference,
+        )
+    declared = set(agent.depends_on)
+    for ref in refs:
+        if ref.kind is RefKind.context:
+            _check_context_ref(
+                loc, f"agent {_show(agent.id)}", ref.raw, ref.path, context, problems
+            )
+            continue
+        target = ref.agent_id
+        assert target is not None
+        if target == agent.id:
+            problems.add(
+                loc,
+                f"agent {_show(agent.id)} references its own output {_show(ref.raw)}",
+                ProblemType.self_reference,
+            )
+        elif target in declared:
+            # Known or not, depends_on reports any problem with this id.
+            continue
+        elif target not in index:
+            problems.add(
+                loc,
+                f"agent {_show(agent.id)} references {_show(ref.raw)}, but there is no agent "
+                f"{_show(target)}" + problems.suggest(target, index),
+                ProblemType.unknown_agent_reference,
+            )
+        else:
+            problems.add(
+                loc,
+                f"agent {_show(agent.id)} references {_show(ref.raw)}, but {_show(target)} is "
+                f"not in its depends_on; add {_show(target)} to depends_on",
+                ProblemType.undeclared_dependency,
+            )
+    if agent.system_prompt is not None:
+        _check_system_prompt(
+            ("body", "agents", i, "system_prompt"),
+            f"the system_prompt of agent {_show(agent.id)}",
+            agent.system_prompt,
+            context,
+            problems,
+        )
+
+
+def _check_system_prompt(
+    loc: Loc, who: str, text: str | None, context: Mapping[str, Any], problems: _Problems
+) -> None:
+    if text is None:
+        return
+    refs, malformed = scan_refs(text)
+    for bad in malformed:
+        problems.add(
+            loc,
+            f"{who} has a malformed template reference {_show(bad.raw)}: {bad.reason}",
+            ProblemType.malformed_reference,
+        )
+    for ref in refs:
+        if ref.kind is RefKind.context:
+            _check_context_ref(loc, who, ref.raw, ref.path, context, problems)
+        else:
+            problems.add(
+                loc,
+                f"{who} references {_show(ref.raw)}, but a system prompt may reference the "
+                "context only; reference agent outputs in the task",
+                ProblemType.agent_reference_in_system_prompt,
+            )
+
+
+def _check_context_ref(
+    loc: Loc,
+    who: str,
+    raw: str,
+    path: tuple[str, ...],
+    context: Mapping[str, Any],
+    problems: _Problems,
+) -> None:
+    try:
+        lookup_context(context, path)
+    except ContextPathError as exc:
+        problems.add(
+            loc,
+            f"{who} references {_show(raw)}, but " + _context_miss(exc, problems),
+            ProblemType.missing_context,
+        )
+
+
+def _json_kind(value: Any) -> str:
+    # Name the JSON type the caller sent, not the Python type it was parsed into.
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    return f"a {type(value).__name__}"
+
+
+def _context_miss(exc: ContextPathError, problems: _Problems) -> str:
+    missing = exc.path[exc.depth]
+    where = "context" if exc.depth == 0 else "context." + ".".join(exc.path[: exc.depth])
+    container = exc.container
+    if not isinstance(container, Mapping):
+        return (
+            f"{where} is {_json_kind(container)}, not an object, so it has no key {_show(missing)}"
+        )
+    keys = [str(k) for k in container]
+    if not keys:
+        return f"{where} is empty, so it has no key {_show(missing)}"
+    return (
+        f"{where} has no key {_show(missing)} (available keys: {_list_keys(keys)})"
+        + problems.suggest(missing, keys)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Cycle:
+    # Agent indices in "depends on" order: members[k] depends on members[k + 1], and the last
+    # depends on the first.
+    members: list[int]
+
+
+def _topo_sort(dep_idx: Sequence[Sequence[int]]) -> list[int] | _Cycle:
+    """Post-order DFS over dependencies, roots taken in submission order.
+
+    Iterative with an explicit stack, so long chains cannot hit the recursion limit. An
+    agent is emitted once all its dependencies are, which keeps an already-topological
+    submission order unchanged.
+    """
+    white, grey, black = 0, 1, 2
+    n = len(dep_idx)
+    colour = [white] * n
+    stack_pos = [-1] * n
+    order: list[int] = []
+    for root in range(n):
+        if colour[root] != white:
+            continue
+        stack_nodes = [root]
+        stack_next = [0]
+        colour[root] = grey
+        stack_pos[root] = 0
+        while stack_nodes:
+            node = stack_nodes[-1]
+            deps = dep_idx[node]
+            nxt = stack_next[-1]
+            if nxt < len(deps):
+                stack_next[-1] = nxt + 1
+                dep = deps[nxt]
+                if colour[dep] == white:
+                    colour[dep] = grey
+                    stack_pos[dep] = len(stack_nodes)
+                    stack_nodes.append(dep)
+                    stack_next.append(0)
+                elif colour[dep] == grey:
+                    # Each stack entry depends on the next; `node` (the top) depends on `dep`.
+                    return _Cycle(stack_nodes[stack_pos[dep] :])
+            else:
+                colour[node] = black
+                order.append(node)
+                stack_nodes.pop()
+                stack_next.pop()
+    return order
+
+
+def _report_cycle(cycle: _Cycle, agents: Sequence[AgentSpec], problems: _Problems) -> None:
+    members = cycle.members
+    # Start at the earliest-submitted member so the message does not depend on DFS entry.
+    start = members.index(min(members))
+    members = members[start:] + members[:start]
+    first, second = members[0], members[1 % len(members)]
+    names = [agents[m].id for m in members] + [agents[first].id]
+    edge_pos = agents[first].depends_on.index(agents[second].id)
+    problems.add(
+        ("body", "agents", first, "depends_on", edge_pos),
+        "dependency cycle: "
+        + " -> ".join(_show(n, 64) for n in names)
+        + " (each agent lists the next in its depends_on); remove one of these dependencies",
+        ProblemType.cycle,
+    )
+
+
+def _build_graph(
+    agents: Sequence[AgentSpec],
+    ids: tuple[str, ...],
+    index: dict[str, int],
+    dep_idx: Sequence[Sequence[int]],
+    order: Sequence[int],
+) -> Graph:
+    dependents: list[list[str]] = [[] for _ in agents]
+    for i, deps in enumerate(dep_idx):
+        for d in deps:
+            dependents[d].append(ids[i])
+    depth_idx = [0] * len(agents)
+    for i in order:
+        deps = dep_idx[i]
+        if deps:
+            depth_idx[i] = 1 + max(depth_idx[d] for d in deps)
+    levels: list[list[str]] = [[] for _ in range(max(depth_idx) + 1)]
+    for i, agent_id in enumerate(ids):
+        levels[depth_idx[i]].append(agent_id)
+    return Graph(
+        ids=ids,
+        index=index,
+        deps={a.id: tuple(a.depends_on) for a in agents},
+        dependents={ids[i]: tuple(ds) for i, ds in enumerate(dependents)},
+        topo_order=tuple(ids[i] for i in order),
+        depth={ids[i]: d for i, d in enumerate(depth_idx)},
+        levels=tuple(tuple(level) for level in levels),
+    )
+
+
+class NodeStatus(StrEnum):
+    """An agent's state in ``DagState``."""
+
+    # Some dependency has not finished yet.
+    waiting = "waiting"
+    # All dependencies finished; the scheduler may run it (or is running it).
+    ready = "ready"
+    done = "done"
+    failed = "failed"
+    # Downstream of a failure under skip_dependents; never runs.
+    skipped = "skipped"
+    # Not finished when a fail_fast failure cancelled the job.
+    cancelled = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset(
+    {NodeStatus.done, NodeStatus.failed, NodeStatus.skipped, NodeStatus.cancelled}
+)
+
+
+class FailureOutcome(NamedTuple):
+    """What a failure released: agents now runnable, agents skipped, agents cancelled.
+
+    Per policy only one list can be non-empty: ``newly_ready`` for continue, ``skipped`` for
+    skip_dependents, ``cancelled`` for fail_fast (every unfinished agent, including ready or
+    running ones, which the caller must stop).
+    """
+
+    newly_ready: list[str]
+    skipped: list[str]
+    cancelled: list[str]
+
+
+class DagStateError(RuntimeError):
+    """An agent was marked in a state that does not allow it (e.g. finished twice)."""
+
+
+class DagState:
+    """Per-agent status for one run of a ``Graph``: which agents may start, and what a
+    finish or failure releases. Pure bookkeeping; each call costs O(agents it affects),
+    except a fail_fast failure, which touches every agent once."""
+
+    def __init__(self, graph: Graph) -> None:
+        self._graph = graph
+        self._remaining = {agent_id: len(graph.deps[agent_id]) for agent_id in graph.ids}
+        self._status = {
+            agent_id: NodeStatus.ready if n == 0 else NodeStatus.waiting
+            for agent_id, n in self._remaining.items()
+        }
+        self._roots = [agent_id for agent_id in graph.ids if self._remaining[agent_id] == 0]
+        self._unfinished = len(graph.ids)
+
+    @property
+    def graph(self) -> Graph:
+        return self._graph
+
+    def ready(self) -> list[str]:
+        """The agents runnable at the start (no dependencies), in submission order. Agents
+        that become runnable later are returned by ``mark_done`` / ``mark_failed``."""
+        return list(self._roots)
+
+    def status(self, agent_id: str) -> NodeStatus:
+        return self._status[agent_id]
+
+    @property
+    def statuses(self) -> Mapping[str, NodeStatus]:
+        """Read-only live view of every agent's status."""
+        return MappingProxyType(self._status)
+
+    @property
+    def finished(self) -> bool:
+        """True once every agent is in a terminal status."""
+        return self._unfinished == 0
+
+    @property
+    def unfinished_count(self) -> int:
+        return self._unfinished
+
+    def mark_done(self, agent_id: str) -> list[str]:
+        """Record a success; return dependents whose dependencies have now all finished,
+        in submission order. A late result for a cancelled agent is ignored."""
+        if not self._finish(agent_id, NodeStatus.done):
+            return []
+        return self._release(agent_id)
+
+    def mark_failed(self, agent_id: str, policy: FailurePolicy) -> FailureOutcome:
+        """Record a failure and apply ``policy`` (see ``FailureOutcome``). A late failure
+        for a cancelled agent is ignored."""
+        if not self._finish(agent_id, NodeStatus.failed):
+            return FailureOutcome([], [], [])
+        if policy is FailurePolicy.continue_:
+            return FailureOutcome(self._release(agent_id), [], [])
+        if policy is FailurePolicy.fail_fast:
+            cancelled = [
+                other for other in self._graph.ids if self._status[other] not in TERMINAL_STATUSES
+            ]
+            for other in cancelled:
+                self._status[other] = NodeStatus.cancelled
+            self._unfinished -= len(cancelled)
+            return FailureOutcome([], [], cancelled)
+        return FailureOutcome([], self._skip_downstream(agent_id), [])
+
+    def _finish(self, agent_id: str, status: NodeStatus) -> bool:
+        current = self._status[agent_id]
+        if current is NodeStatus.cancelled:
+            return False
+        if current is not NodeStatus.ready:
+            raise DagStateError(
+                f"agent {agent_id!r} cannot become {status.value}: it is {current.value}"
+            )
+        self._status[agent_id] = status
+        self._unfinished -= 1
+        return True
+
+    def _release(self, agent_id: str) -> list[str]:
+        newly_ready: list[str] = []
+        for child in self._graph.dependents[agent_id]:
+            # A skipped or cancelled child stays so, whatever its other dependencies do.
+            if self._status[child] is not NodeStatus.waiting:
+                continue
+            self._remaining[child] -= 1
+            if self._remaining[child] == 0:
+                self._status[child] = NodeStatus.ready
+                newly_ready.append(child)
+        return newly_ready
+
+    def _skip_downstream(self, agent_id: str) -> list[str]:
+        skipped: list[str] = []
+        frontier = [agent_id]
+        while frontier:
+            node = frontier.pop()
+            for child in self._graph.dependents[node]:
+                # Every dependent of an unfinished agent is waiting; one already skipped had
+                # its own dependents skipped with it, so the walk stops there.
+                if self._status[child] is NodeStatus.waiting:
+                    self._status[child] = NodeStatus.skipped
+                    skipped.append(child)
+                    frontier.append(child)
+        self._unfinished -= len(skipped)
+        index = self._graph.index
+        skipped.sort(key=index.__getitem__)
+        return skipped
