@@ -1,0 +1,32 @@
+"""Dependencies shared by routes: the long-lived services built in the lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.config import Settings
+from app.events.bus import EventBus
+from app.scheduler.scheduler import Scheduler
+from app.store.store import Store
+from app.upstream.client import Upstream
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    bus: EventBus
+    scheduler: Scheduler
+    upstream: Upstream
+    upstream_label: str
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]

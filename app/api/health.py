@@ -1,0 +1,35 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from app.api.deps import ServicesDep
+from app.api.schemas import Health, Readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """The process is up and serving."""
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Not ready: see which part failed."}},
+)
+async def readyz(services: ServicesDep) -> JSONResponse:
+    """Ready to take jobs: the database answers and the scheduler runs."""
+    db_ok = await services.store.ping()
+    sched_ok = services.scheduler.running
+    body = Readiness(
+        status="ok" if db_ok and sched_ok else "unavailable",
+        database=db_ok,
+        scheduler=sched_ok,
+        upstream=services.upstream_label,
+    )
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if body.status == "ok" else 503)

@@ -1,0 +1,305 @@
+"""Routes for jobs: submit, list, inspect, results, cancel, delete."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from app.api.deps import ServicesDep
+from app.api.schemas import (
+    AgentCounts,
+    AgentDetail,
+    AgentSummary,
+    CancelAccepted,
+    JobListItem,
+    JobPage,
+    JobPublic,
+    JobResults,
+    Usage,
+)
+from app.engine.graph import GraphValidationError, validate_graph
+from app.engine.spec import JobSpec
+from app.errors import ConflictError, NotFoundError, UnprocessableError
+from app.store import repository as repo
+from app.store.ids import new_job_id
+from app.store.models import AgentStatus, JobStatus, utcnow
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+JOB_NOT_FOUND = "job not found"
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such job (or agent)."},
+}
+
+
+def _job_public(row: Any, totals: repo.JobTotals, agents: list[Any] | None) -> JobPublic:
+    counts = AgentCounts(**totals.counts, total=sum(totals.counts.values()))
+    return JobPublic(
+        id=row.id,
+        name=row.name,
+        status=row.status,
+        model=row.model,
+        failure_policy=row.failure_policy,
+        max_concurrency=row.max_concurrency,
+        budget_usd=row.budget_usd,
+        metadata=repo.loads(row.metadata_json, {}),
+        error=row.error,
+        counts=counts,
+        usage=Usage(
+            prompt_tokens=totals.prompt_tokens,
+            completion_tokens=totals.completion_tokens,
+            total_tokens=totals.total_tokens,
+        ),
+        cost_usd=totals.cost_usd,
+        cost_complete=totals.cost_complete,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        agents=None
+        if agents is None
+        else [
+            AgentSummary(
+                id=a.agent_id,
+                status=a.status,
+                model=a.model,
+                depends_on=repo.loads(a.depends_on_json, []),
+                attempts=a.attempts,
+                total_tokens=a.total_tokens,
+                cost_usd=a.cost_usd,
+                latency_ms=a.latency_ms,
+                error=a.last_error,
+            )
+            for a in agents
+        ],
+    )
+
+
+async def _load_job(services: ServicesDep, job_id: str, *, with_agents: bool) -> JobPublic:
+    def read(conn: Any) -> tuple[Any, repo.JobTotals, list[Any] | None] | None:
+        row = repo.get_job(conn, job_id)
+        if row is None:
+            return None
+        agents = repo.agent_summaries(conn, job_id) if with_agents else None
+        return row, repo.job_totals(conn, job_id), agents
+
+    found = await services.store.read(read)
+    if found is None:
+        raise NotFoundError(JOB_NOT_FOUND)
+    return _job_public(*found)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobPublic,
+    responses={
+        200: {"description": "Repeated submit with the same Idempotency-Key and body."},
+        409: {"description": "Idempotency-Key reused with a different body."},
+        413: {"description": "Request body too large."},
+        422: {"description": "The job graph is invalid; `detail` names each problem."},
+    },
+)
+async def submit_job(
+    spec: JobSpec,
+    services: ServicesDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JobPublic:
+    """Validate and store a job graph, then run it in the background."""
+    settings = services.settings
+    try:
+        graph = validate_graph(spec, max_agents=settings.max_agents_per_job)
+    except GraphValidationError as exc:
+        raise UnprocessableError(exc.detail()) from None
+    job_id = new_job_id()
+    model = spec.model or settings.default_model
+    resolved = spec.resolved_agents()
+    spec_json = spec.model_dump_json()
+    row = {
+        "id": job_id,
+        "name": spec.name,
+        "status": JobStatus.queued,
+        "model": model,
+        "failure_policy": str(spec.failure_policy),
+        "max_concurrency": spec.max_concurrency,
+        "budget_usd": spec.budget_usd,
+        "spec_json": spec_json,
+        "metadata_json": repo.dumps(spec.metadata),
+        "agents_total": len(resolved),
+        "idempotency_key": idempotency_key,
+        "request_hash": hashlib.sha256(spec_json.encode()).hexdigest()
+        if idempotency_key
+        else None,
+        "created_at": utcnow(),
+        "event_seq": 0,
+        "cancel_requested": False,
+    }
+    agents = [
+        {
+            "job_id": job_id,
+            "agent_id": a.id,
+            "position": i,
+            "status": AgentStatus.pending,
+            "model": a.model or model,
+            "depends_on_json": repo.dumps(list(a.depends_on)),
+            "attempts": 0,
+            "rate_limited": 0,
+        }
+        for i, a in enumerate(resolved)
+    ]
+    try:
+        stored_id, created = await services.store.write(
+            repo.create_job(repo.NewJob(row=row, agents=agents))
+        )
+    except repo.IdempotencyConflictError as exc:
+        raise ConflictError(
+            f"Idempotency-Key was already used for job {exc.job_id} with a different body"
+        ) from None
+    if created:
+        services.scheduler.submit(stored_id, spec, graph, model=model)
+    else:
+        response.status_code = status.HTTP_200_OK
+    response.headers["Location"] = f"/jobs/{stored_id}"
+    return await _load_job(services, stored_id, with_agents=False)
+
+
+@router.get("", response_model=JobPage)
+async def list_jobs(
+    services: ServicesDep,
+    status_: Annotated[JobStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=26, pattern=r"^[0-9a-z]{1,26}$")] = None,
+) -> JobPage:
+    """Jobs, newest first. Follow `next_cursor` for older pages."""
+    rows = await services.store.read(
+        lambda c: repo.list_jobs(
+            c, status=str(status_) if status_ else None, limit=limit + 1, before=cursor
+        )
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return JobPage(
+        data=[
+            JobListItem(
+                id=r.id,
+                name=r.name,
+                status=r.status,
+                model=r.model,
+                agents_total=r.agents_total,
+                metadata=repo.loads(r.metadata_json, {}),
+                error=r.error,
+                created_at=r.created_at,
+                started_at=r.started_at,
+                finished_at=r.finished_at,
+            )
+            for r in rows
+        ],
+        next_cursor=rows[-1].id if more and rows else None,
+    )
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=_ERRORS)
+async def get_job(
+    job_id: str,
+    services: ServicesDep,
+    agents: Annotated[bool, Query(description="Include one summary row per agent.")] = True,
+) -> JobPublic:
+    """Status, counts by agent status, usage, cost, timestamps and the agents."""
+    return await _load_job(services, job_id, with_agents=agents)
+
+
+@router.get("/{job_id}/agents/{agent_id}", response_model=AgentDetail, responses=_ERRORS)
+async def get_agent(job_id: str, agent_id: str, services: ServicesDep) -> AgentDetail:
+    """One agent in full: the prompt as sent, output, usage, cost, attempts, last error."""
+    row = await services.store.read(lambda c: repo.get_agent(c, job_id, agent_id))
+    if row is None:
+        job = await services.store.read(lambda c: repo.get_job(c, job_id))
+        raise NotFoundError(JOB_NOT_FOUND if job is None else "agent not found in this job")
+    usage = (
+        Usage(
+            prompt_tokens=row.prompt_tokens or 0,
+            completion_tokens=row.completion_tokens or 0,
+            total_tokens=row.total_tokens or 0,
+        )
+        if row.total_tokens is not None
+        else None
+    )
+    return AgentDetail(
+        job_id=row.job_id,
+        id=row.agent_id,
+        status=row.status,
+        model=row.model,
+        depends_on=repo.loads(row.depends_on_json, []),
+        system_prompt=row.system_prompt,
+        prompt=row.prompt,
+        output=row.output,
+        finish_reason=row.finish_reason,
+        usage=usage,
+        cost_usd=row.cost_usd,
+        attempts=row.attempts,
+        rate_limited=row.rate_limited,
+        latency_ms=row.latency_ms,
+        last_error=row.last_error,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+    )
+
+
+@router.get("/{job_id}/results", response_model=JobResults, responses=_ERRORS)
+async def get_results(job_id: str, services: ServicesDep) -> JobResults:
+    """Outputs of the completed agents, by agent id (partial while the job runs)."""
+
+    def read(conn: Any) -> tuple[Any, list[tuple[str, str]]] | None:
+        row = repo.get_job(conn, job_id)
+        if row is None:
+            return None
+        return row, repo.completed_outputs(conn, job_id)
+
+    found = await services.store.read(read)
+    if found is None:
+        raise NotFoundError(JOB_NOT_FOUND)
+    row, outputs = found
+    return JobResults(
+        job_id=job_id,
+        status=row.status,
+        complete=len(outputs) == row.agents_total,
+        results=dict(outputs),
+    )
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=CancelAccepted,
+    responses={**_ERRORS, 409: {"description": "The job has already finished."}},
+)
+async def cancel_job(job_id: str, services: ServicesDep) -> CancelAccepted:
+    """Stop pending agents and abort in-flight calls; the job ends `cancelled`."""
+    try:
+        current = await services.store.write(repo.request_cancel(job_id))
+    except repo.JobNotFoundError:
+        raise NotFoundError(JOB_NOT_FOUND) from None
+    if JobStatus(current).finished:
+        raise ConflictError(f"job already finished ({current}); nothing to cancel")
+    services.scheduler.cancel(job_id)
+    return CancelAccepted(id=job_id, status=current, detail="cancellation requested")
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**_ERRORS, 409: {"description": "The job is still queued or running."}},
+)
+async def delete_job(job_id: str, services: ServicesDep) -> Response:
+    """Remove a finished job, its agents and its events."""
+    try:
+        await services.store.write(repo.delete_job(job_id))
+    except repo.JobNotFoundError:
+        raise NotFoundError(JOB_NOT_FOUND) from None
+    except repo.JobStillRunningError as exc:
+        raise ConflictError(
+            f"job is {exc.status}; cancel it first (POST /jobs/{job_id}/cancel), then delete"
+        ) from None
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

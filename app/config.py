@@ -1,0 +1,77 @@
+"""Service settings: every tunable in one place, read from `SWARM_*` environment variables."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class HttpTransport(StrEnum):
+    # aiohttp's connection pool costs about half the client CPU per call of httpx2's at
+    # hundreds of concurrent calls (see README, "Benchmarks"), so it is the default.
+    aiohttp = "aiohttp"
+    httpx2 = "httpx2"
+
+
+class Environment(StrEnum):
+    # development: with no upstream configured the built-in simulator is started and announced.
+    development = "development"
+    # production: a missing upstream is a start-up error, never a silent simulator.
+    production = "production"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWARM_", env_file=None, extra="ignore")
+
+    environment: Environment = Environment.development
+    database_url: str = "sqlite:///./data/swarm.db"
+    # Apply pending migrations at start-up (idempotent; `alembic upgrade head` does the same).
+    migrate_on_start: bool = True
+
+    # Upstream (one OpenAI-compatible provider; the model registry adds more).
+    upstream_base_url: str | None = None
+    upstream_api_key: SecretStr | None = None
+    default_model: str = "kimi-k2.5"
+    http_transport: HttpTransport = HttpTransport.aiohttp
+
+    # Connection pool, sized for about 200 concurrent calls.
+    pool_max_connections: int = Field(200, ge=1)
+    pool_max_keepalive: int = Field(50, ge=0)
+    pool_keepalive_expiry_s: float = Field(30.0, gt=0)
+    timeout_connect_s: float = Field(10.0, gt=0)
+    # LLM answers can take minutes; a shorter read time-out would cut off long generations.
+    timeout_read_s: float = Field(120.0, gt=0)
+    timeout_write_s: float = Field(10.0, gt=0)
+    timeout_pool_s: float = Field(30.0, gt=0)
+
+    # Scheduling.
+    global_concurrency: int = Field(256, ge=1)
+    max_agents_per_job: int = Field(10_000, ge=1)
+    default_max_retries: int = Field(5, ge=0, le=20)
+    # Back-off: full jitter between 0 and min(cap, base * 2**attempt).
+    retry_backoff_base_s: float = Field(0.5, ge=0)
+    retry_backoff_cap_s: float = Field(30.0, ge=0)
+    # A server's Retry-After above this is treated as this, so one bad header can't park a job.
+    retry_after_cap_s: float = Field(60.0, ge=0)
+
+    # Store: how many queued writes one transaction may carry.
+    write_batch_max: int = Field(500, ge=1)
+
+    # Built-in simulator used when no upstream is configured (development only).
+    simulator_port: int = Field(0, ge=0, le=65535)
+    simulator_latency_ms: str = "200,800"
+
+    # Request body size limit (bytes): larger bodies are refused with 413.
+    max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,85 @@
+"""In-process fan-out of committed events to live subscribers (SSE streams, tests).
+
+Events reach the bus only after the transaction that stored them committed, so a
+subscriber never sees what the database lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    job_id: str
+    seq: int
+    type: str
+    agent_id: str | None
+    ts: datetime
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def payload(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "seq": self.seq,
+            "type": self.type,
+            "job_id": self.job_id,
+            "ts": self.ts.isoformat(),
+        }
+        if self.agent_id is not None:
+            body["agent_id"] = self.agent_id
+        body.update(self.data)
+        return body
+
+
+class Subscription:
+    """One subscriber's bounded queue; when it overflows the subscriber is cut off."""
+
+    def __init__(self, bus: EventBus, job_id: str, maxsize: int) -> None:
+        self._bus = bus
+        self.job_id = job_id
+        self.queue: asyncio.Queue[StoredEvent | None] = asyncio.Queue(maxsize)
+        self.overflowed = False
+
+    def offer(self, event: StoredEvent) -> None:
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            # A slow reader must never slow the scheduler: drop it; it can resume by seq.
+            self.overflowed = True
+            self._bus.unsubscribe(self)
+
+    def close(self) -> None:
+        self._bus.unsubscribe(self)
+
+
+class EventBus:
+    def __init__(self, subscriber_queue_size: int = 1000) -> None:
+        self._subs: defaultdict[str, set[Subscription]] = defaultdict(set)
+        self._queue_size = subscriber_queue_size
+
+    def subscribe(self, job_id: str) -> Subscription:
+        sub = Subscription(self, job_id, self._queue_size)
+        self._subs[job_id].add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.job_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.job_id]
+
+    def publish(self, events: list[StoredEvent]) -> None:
+        for event in events:
+            for sub in tuple(self._subs.get(event.job_id, ())):
+                sub.offer(event)
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._subs.values())

@@ -1,0 +1,24 @@
+"""Every event type the service emits, in one place (the SSE `event:` field)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class EventType(StrEnum):
+    job_queued = "job.queued"  # stored; waiting for the scheduler
+    job_started = "job.started"  # the scheduler picked it up (again, after a restart)
+    agent_started = "agent.started"  # a call is about to be made (attempt N)
+    agent_retrying = "agent.retrying"  # the last attempt failed retryably; reason and delay
+    agent_completed = "agent.completed"  # output stored; usage, cost, latency
+    agent_failed = "agent.failed"  # gave up; the error says what to fix
+    agent_skipped = "agent.skipped"  # a dependency failed under skip_dependents
+    agent_cancelled = "agent.cancelled"  # cancel, fail_fast or budget
+    job_completed = "job.completed"  # terminal: every agent completed
+    job_failed = "job.failed"  # terminal: some agent failed or was skipped
+    job_cancelled = "job.cancelled"  # terminal: cancelled or stopped by the budget
+
+
+TERMINAL_JOB_EVENTS = frozenset(
+    {EventType.job_completed, EventType.job_failed, EventType.job_cancelled}
+)

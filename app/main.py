@@ -1,0 +1,115 @@
+"""The FastAPI application: builds every long-lived resource in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
+from fastapi import FastAPI
+
+from app.api import health, jobs
+from app.api.deps import Services
+from app.api.limits import BodySizeLimit
+from app.config import Environment, Settings, get_settings
+from app.errors import install_handlers
+from app.events.bus import EventBus
+from app.scheduler.scheduler import Scheduler
+from app.store import migrate
+from app.store.store import Store
+from app.upstream.client import build_upstream
+from app.upstream.local_simulator import LocalSimulator
+from app.upstream.registry import ModelRegistry
+
+log = logging.getLogger("app")
+
+# On SIGTERM, calls in flight get this long to finish before they are left to resume.
+SHUTDOWN_GRACE_S = 10.0
+
+
+class NoUpstreamError(RuntimeError):
+    pass
+
+
+def _configure_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    # One line per upstream request would drown the log (and cost CPU) at swarm scale.
+    for noisy in ("httpx2", "openai", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        _configure_logging()
+        if settings.migrate_on_start:
+            await anyio.to_thread.run_sync(migrate.upgrade, settings.database_url)
+        simulator: LocalSimulator | None = None
+        base_url = settings.upstream_base_url
+        api_key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
+        if base_url is None:
+            if settings.environment is Environment.production:
+                raise NoUpstreamError(
+                    "SWARM_ENVIRONMENT=production but no upstream is configured: set "
+                    "SWARM_UPSTREAM_BASE_URL (the simulator is never used in production)"
+                )
+            simulator = LocalSimulator(
+                port=settings.simulator_port, latency_ms=settings.simulator_latency_ms
+            )
+            base_url = await simulator.start()
+            label = f"simulator at {base_url}"
+        else:
+            label = base_url
+        bus = EventBus()
+        store = Store(settings.database_url, bus, batch_max=settings.write_batch_max)
+        await store.start()
+        upstream = build_upstream("default", base_url, api_key, settings)
+        scheduler = Scheduler(
+            settings=settings, store=store, upstream=upstream, registry=ModelRegistry()
+        )
+        app.state.services = Services(
+            settings=settings,
+            store=store,
+            bus=bus,
+            scheduler=scheduler,
+            upstream=upstream,
+            upstream_label=label,
+        )
+        await scheduler.start()
+        log.info("ready: database %s, upstream %s", _safe_db(settings.database_url), label)
+        try:
+            yield
+        finally:
+            await scheduler.stop(SHUTDOWN_GRACE_S)
+            await store.close()
+            await upstream.http.aclose()
+            if simulator is not None:
+                await simulator.stop()
+
+    app = FastAPI(
+        title="Swarm job service",
+        version="0.1.0",
+        summary="Runs DAGs of LLM sub-agents as durable background jobs.",
+        lifespan=lifespan,
+    )
+    install_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    return app
+
+
+def _safe_db(url: str) -> str:
+    """The database URL without its password, for the log."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+app = create_app()

@@ -1,0 +1,123 @@
+"""The in-process scheduler: owns every job run of this process, the global concurrency
+limit, resuming unfinished jobs at start-up, cancellation and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from app.config import Settings
+from app.engine.graph import Graph, validate_graph
+from app.engine.spec import JobSpec
+from app.scheduler.job_run import JobRun
+from app.store import repository as repo
+from app.store.models import JobStatus
+from app.store.store import Store
+from app.upstream.client import Upstream
+from app.upstream.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(
+        self, *, settings: Settings, store: Store, upstream: Upstream, registry: ModelRegistry
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.upstream = upstream
+        self.registry = registry
+        # Upstream calls in flight across all jobs of this process.
+        self.global_slots = asyncio.Semaphore(settings.global_concurrency)
+        self.runs: dict[str, JobRun] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.running = False
+
+    async def start(self) -> None:
+        self.running = True
+        for job_id in await self.store.read(repo.unfinished_job_ids):
+            await self._resume(job_id)
+
+    async def _resume(self, job_id: str) -> None:
+        row = await self.store.read(lambda c: repo.get_job(c, job_id))
+        if row is None:
+            return
+        spec = JobSpec.model_validate_json(row.spec_json)
+        graph = validate_graph(spec, max_agents=max(len(spec.agents), 1))
+        log.info("resuming job", extra={"job_id": job_id, "status": row.status})
+        self._launch(
+            job_id,
+            spec,
+            graph,
+            model=row.model,
+            resumed=row.status == JobStatus.running,
+            cancel_requested=bool(row.cancel_requested),
+        )
+
+    def submit(self, job_id: str, spec: JobSpec, graph: Graph, *, model: str) -> None:
+        """Start a freshly stored job (called after its insert committed)."""
+        self._launch(job_id, spec, graph, model=model, resumed=False, cancel_requested=False)
+
+    def _launch(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        graph: Graph,
+        *,
+        model: str,
+        resumed: bool,
+        cancel_requested: bool,
+    ) -> None:
+        if job_id in self.runs or not self.running:
+            return
+        run = JobRun(
+            job_id=job_id,
+            spec=spec,
+            graph=graph,
+            default_model=model,
+            store=self.store,
+            upstream=self.upstream,
+            registry=self.registry,
+            settings=self.settings,
+            global_slots=self.global_slots,
+        )
+        self.runs[job_id] = run
+        task = asyncio.create_task(
+            run.run(resumed=resumed, cancel_requested=cancel_requested), name=f"job:{job_id}"
+        )
+        self.tasks[job_id] = task
+        task.add_done_callback(lambda t, j=job_id: self._done(j, t))
+
+    def _done(self, job_id: str, task: asyncio.Task[None]) -> None:
+        self.runs.pop(job_id, None)
+        self.tasks.pop(job_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job run crashed", exc_info=task.exception(), extra={"job_id": job_id})
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a job running here. False if no run of it is in this process."""
+        run = self.runs.get(job_id)
+        if run is None:
+            return False
+        run.cancel("cancelled by request")
+        return True
+
+    async def wait_idle(self, job_id: str) -> None:
+        task = self.tasks.get(job_id)
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def stop(self, grace_s: float) -> None:
+        """Graceful shutdown: start nothing new, give in-flight calls `grace_s` to finish,
+        then abandon the rest — they are still `running` in the database and resume on the
+        next start."""
+        self.running = False
+        for run in list(self.runs.values()):
+            run.drain()
+        tasks = list(self.tasks.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            if pending:
+                for run in list(self.runs.values()):
+                    run.abort_for_shutdown()
+                await asyncio.wait(pending, timeout=5)

@@ -1,0 +1,123 @@
+"""Database tables (SQLModel): jobs, their agents, and each job's ordered event log."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import Column, Index, MetaData, Text
+from sqlmodel import Field, SQLModel
+
+# Named constraints: SQLite batch migrations can only alter constraints that have names.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata: MetaData = SQLModel.metadata
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobStatus(StrEnum):
+    queued = "queued"  # accepted and stored, not yet picked up by the scheduler
+    running = "running"  # at least one agent may be in flight
+    completed = "completed"  # every agent completed
+    failed = "failed"  # some agent failed (or was skipped because of a failure)
+    cancelled = "cancelled"  # cancelled by a user, or stopped by its budget
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_JOB_STATUSES
+
+
+FINISHED_JOB_STATUSES = frozenset({JobStatus.completed, JobStatus.failed, JobStatus.cancelled})
+
+
+class AgentStatus(StrEnum):
+    pending = "pending"  # waiting for dependencies or a free slot
+    running = "running"  # a call is in flight or waiting out a back-off before the next
+    completed = "completed"  # has an output
+    failed = "failed"  # retries exhausted or a non-retryable error
+    skipped = "skipped"  # not run because a dependency failed
+    cancelled = "cancelled"  # not run (or aborted) by a cancel, fail_fast or the budget
+
+
+FINISHED_AGENT_STATUSES = frozenset(
+    {AgentStatus.completed, AgentStatus.failed, AgentStatus.skipped, AgentStatus.cancelled}
+)
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        # GET /jobs?status=… newest first: (status, id) serves filter and order together.
+        Index("ix_jobs_status_id", "status", "id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=26)
+    name: str = Field(max_length=200)
+    status: str = Field(default=JobStatus.queued, max_length=16)
+    model: str = Field(max_length=200)
+    failure_policy: str = Field(max_length=32)
+    max_concurrency: int
+    budget_usd: float | None = None
+    # The job graph as accepted (after validation): the scheduler rebuilds runs from it.
+    spec_json: str = Field(sa_column=Column(Text, nullable=False))
+    metadata_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    agents_total: int
+    idempotency_key: str | None = Field(default=None, max_length=255, unique=True)
+    request_hash: str | None = Field(default=None, max_length=64)
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    cancel_requested: bool = False
+    # Last event sequence number handed out for this job (events are gap-free per job).
+    event_seq: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Agent(SQLModel, table=True):
+    __tablename__ = "agents"
+    __table_args__ = (
+        Index("ix_agents_job_id_status", "job_id", "status"),
+        Index("ix_agents_job_id_position", "job_id", "position"),
+    )
+
+    job_id: str = Field(primary_key=True, foreign_key="jobs.id", max_length=26)
+    agent_id: str = Field(primary_key=True, max_length=64)
+    # Submission order, so agent lists read back as the user wrote them.
+    position: int
+    status: str = Field(default=AgentStatus.pending, max_length=16)
+    model: str = Field(max_length=200)
+    depends_on_json: str = Field(default="[]", sa_column=Column(Text, nullable=False))
+    system_prompt: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # The task after template rendering and the dependency block: exactly what was sent.
+    prompt: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    output: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    finish_reason: str | None = Field(default=None, max_length=32)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    cost_usd: float | None = None
+    attempts: int = 0
+    rate_limited: int = 0
+    latency_ms: float | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Event(SQLModel, table=True):
+    __tablename__ = "events"
+
+    job_id: str = Field(primary_key=True, foreign_key="jobs.id", max_length=26)
+    seq: int = Field(primary_key=True)
+    type: str = Field(max_length=32)
+    agent_id: str | None = Field(default=None, max_length=64)
+    ts: datetime = Field(default_factory=utcnow)
+    data_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))

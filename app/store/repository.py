@@ -1,0 +1,476 @@
+"""All SQL of the service: reads (run in worker threads) and write operations (run by the
+single writer, see `writer.py`). Routes and the scheduler call these, never SQL directly."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, insert, select, update
+
+from app.events.types import EventType
+from app.store.models import (
+    FINISHED_JOB_STATUSES,
+    Agent,
+    AgentStatus,
+    Event,
+    Job,
+    JobStatus,
+    utcnow,
+)
+from app.store.writer import Tx
+
+jobs_t = Job.__table__  # type: ignore[attr-defined]
+agents_t = Agent.__table__  # type: ignore[attr-defined]
+events_t = Event.__table__  # type: ignore[attr-defined]
+
+
+class IdempotencyConflictError(Exception):
+    """The Idempotency-Key was used before with a different request body."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
+class JobNotFoundError(Exception):
+    pass
+
+
+class JobStillRunningError(Exception):
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+# -- write operations (executed inside the writer's transaction) ---------------------------
+
+
+@dataclass(frozen=True)
+class NewJob:
+    row: dict[str, Any]
+    agents: list[dict[str, Any]]
+
+
+def create_job(new: NewJob) -> Any:
+    """Insert a job and its agents, or return the earlier job for a repeated idempotent submit.
+
+    Returns `(job_id, created)`.
+    """
+
+    def op(tx: Tx) -> tuple[str, bool]:
+        key = new.row.get("idempotency_key")
+        if key is not None:
+            prior = tx.conn.execute(
+                select(jobs_t.c.id, jobs_t.c.request_hash).where(
+                    jobs_t.c.idempotency_key == key
+                )
+            ).first()
+            if prior is not None:
+                if prior.request_hash != new.row.get("request_hash"):
+                    raise IdempotencyConflictError(prior.id)
+                return prior.id, False
+        tx.conn.execute(insert(jobs_t), [new.row])
+        if new.agents:
+            tx.conn.execute(insert(agents_t), new.agents)
+        job_id = new.row["id"]
+        tx.emit(job_id, EventType.job_queued, agents=len(new.agents))
+        return job_id, True
+
+    return op
+
+
+def mark_job_started(job_id: str, resumed: bool) -> Any:
+    def op(tx: Tx) -> None:
+        now = utcnow()
+        tx.conn.execute(
+            update(jobs_t)
+            .where(jobs_t.c.id == job_id)
+            .values(status=JobStatus.running, started_at=func.coalesce(jobs_t.c.started_at, now))
+        )
+        if resumed:
+            # Agents caught mid-call by a crash go back to pending; their attempt stays counted.
+            tx.conn.execute(
+                update(agents_t)
+                .where(agents_t.c.job_id == job_id, agents_t.c.status == AgentStatus.running)
+                .values(status=AgentStatus.pending)
+            )
+        tx.emit(job_id, EventType.job_started, resumed=resumed)
+
+    return op
+
+
+def mark_agent_started(
+    job_id: str,
+    agent_id: str,
+    *,
+    attempt: int,
+    model: str,
+    system_prompt: str | None,
+    prompt: str,
+) -> Any:
+    def op(tx: Tx) -> None:
+        values: dict[str, Any] = {
+            "status": AgentStatus.running,
+            "attempts": attempt,
+            "model": model,
+            "system_prompt": system_prompt,
+            "prompt": prompt,
+        }
+        if attempt == 1:
+            values["started_at"] = utcnow()
+        tx.conn.execute(
+            update(agents_t)
+            .where(agents_t.c.job_id == job_id, agents_t.c.agent_id == agent_id)
+            .values(**values)
+        )
+        tx.emit(job_id, EventType.agent_started, agent_id, attempt=attempt, model=model)
+
+    return op
+
+
+def mark_agent_retrying(
+    job_id: str,
+    agent_id: str,
+    *,
+    attempt: int,
+    reason: str,
+    error: str,
+    delay_s: float,
+    rate_limited: bool,
+) -> Any:
+    def op(tx: Tx) -> None:
+        values: dict[str, Any] = {"last_error": error}
+        if rate_limited:
+            values["rate_limited"] = agents_t.c.rate_limited + 1
+        tx.conn.execute(
+            update(agents_t)
+            .where(agents_t.c.job_id == job_id, agents_t.c.agent_id == agent_id)
+            .values(**values)
+        )
+        tx.emit(
+            job_id,
+            EventType.agent_retrying,
+            agent_id,
+            attempt=attempt,
+            reason=reason,
+            error=error,
+            delay_s=round(delay_s, 3),
+        )
+
+    return op
+
+
+@dataclass(frozen=True)
+class Completion:
+    output: str
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    cost_usd: float | None
+    latency_ms: float
+
+
+def mark_agent_completed(job_id: str, agent_id: str, c: Completion) -> Any:
+    def op(tx: Tx) -> None:
+        tx.conn.execute(
+            update(agents_t)
+            .where(agents_t.c.job_id == job_id, agents_t.c.agent_id == agent_id)
+            .values(
+                status=AgentStatus.completed,
+                output=c.output,
+                finish_reason=c.finish_reason,
+                prompt_tokens=c.prompt_tokens,
+                completion_tokens=c.completion_tokens,
+                total_tokens=c.total_tokens,
+                cost_usd=c.cost_usd,
+                latency_ms=c.latency_ms,
+                last_error=None,
+                finished_at=utcnow(),
+            )
+        )
+        tx.emit(
+            job_id,
+            EventType.agent_completed,
+            agent_id,
+            usage={
+                "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens,
+                "total_tokens": c.total_tokens,
+            },
+            cost_usd=c.cost_usd,
+            latency_ms=round(c.latency_ms, 1),
+            finish_reason=c.finish_reason,
+        )
+
+    return op
+
+
+def mark_agent_failed(job_id: str, agent_id: str, *, error: str, reason: str) -> Any:
+    def op(tx: Tx) -> None:
+        tx.conn.execute(
+            update(agents_t)
+            .where(agents_t.c.job_id == job_id, agents_t.c.agent_id == agent_id)
+            .values(status=AgentStatus.failed, last_error=error, finished_at=utcnow())
+        )
+        tx.emit(job_id, EventType.agent_failed, agent_id, error=error, reason=reason)
+
+    return op
+
+
+_BULK_EVENT = {
+    AgentStatus.skipped: EventType.agent_skipped,
+    AgentStatus.cancelled: EventType.agent_cancelled,
+}
+
+
+def mark_agents_ended(
+    job_id: str, agent_ids: Sequence[str], status: AgentStatus, reason: str
+) -> Any:
+    """Skip or cancel many agents at once (one statement, one event each)."""
+    event_type = _BULK_EVENT[status]
+
+    def op(tx: Tx) -> None:
+        if not agent_ids:
+            return
+        now = utcnow()
+        unfinished = (AgentStatus.pending, AgentStatus.running)
+        # Chunked: SQLite caps bound parameters per statement.
+        for start in range(0, len(agent_ids), 500):
+            chunk = list(agent_ids[start : start + 500])
+            # Only agents still unfinished: one whose result landed as it was being
+            # cancelled keeps its result.
+            ended = {
+                r.agent_id
+                for r in tx.conn.execute(
+                    select(agents_t.c.agent_id).where(
+                        agents_t.c.job_id == job_id,
+                        agents_t.c.agent_id.in_(chunk),
+                        agents_t.c.status.in_(unfinished),
+                    )
+                )
+            }
+            if not ended:
+                continue
+            tx.conn.execute(
+                update(agents_t)
+                .where(agents_t.c.job_id == job_id, agents_t.c.agent_id.in_(ended))
+                .values(status=status, last_error=reason, finished_at=now)
+            )
+            for agent_id in chunk:
+                if agent_id in ended:
+                    tx.emit(job_id, event_type, agent_id, reason=reason)
+
+    return op
+
+
+_TERMINAL_EVENT = {
+    JobStatus.completed: EventType.job_completed,
+    JobStatus.failed: EventType.job_failed,
+    JobStatus.cancelled: EventType.job_cancelled,
+}
+
+
+def mark_job_finished(job_id: str, status: JobStatus, error: str | None) -> Any:
+    def op(tx: Tx) -> None:
+        tx.conn.execute(
+            update(jobs_t)
+            .where(jobs_t.c.id == job_id)
+            .values(status=status, error=error, finished_at=utcnow())
+        )
+        counts = dict(
+            tx.conn.execute(
+                select(agents_t.c.status, func.count())
+                .where(agents_t.c.job_id == job_id)
+                .group_by(agents_t.c.status)
+            ).all()
+        )
+        data: dict[str, Any] = {"counts": {str(k): int(v) for k, v in counts.items()}}
+        if error:
+            data["error"] = error
+        tx.emit(job_id, _TERMINAL_EVENT[status], **data)
+
+    return op
+
+
+def request_cancel(job_id: str) -> Any:
+    """Flag the job for cancellation. Returns its status, or raises JobNotFoundError."""
+
+    def op(tx: Tx) -> str:
+        row = tx.conn.execute(select(jobs_t.c.status).where(jobs_t.c.id == job_id)).first()
+        if row is None:
+            raise JobNotFoundError(job_id)
+        if row.status not in FINISHED_JOB_STATUSES:
+            tx.conn.execute(
+                update(jobs_t).where(jobs_t.c.id == job_id).values(cancel_requested=True)
+            )
+        return str(row.status)
+
+    return op
+
+
+def delete_job(job_id: str) -> Any:
+    def op(tx: Tx) -> None:
+        row = tx.conn.execute(select(jobs_t.c.status).where(jobs_t.c.id == job_id)).first()
+        if row is None:
+            raise JobNotFoundError(job_id)
+        if row.status not in FINISHED_JOB_STATUSES:
+            raise JobStillRunningError(row.status)
+        tx.conn.execute(delete(events_t).where(events_t.c.job_id == job_id))
+        tx.conn.execute(delete(agents_t).where(agents_t.c.job_id == job_id))
+        tx.conn.execute(delete(jobs_t).where(jobs_t.c.id == job_id))
+        tx.forget_job(job_id)
+
+    return op
+
+
+# -- reads ---------------------------------------------------------------------------------
+
+
+def get_job(conn: Connection, job_id: str) -> Any:
+    return conn.execute(select(jobs_t).where(jobs_t.c.id == job_id)).first()
+
+
+def list_jobs(
+    conn: Connection, *, status: str | None, limit: int, before: str | None
+) -> list[Any]:
+    cols = [c for c in jobs_t.c if c.name != "spec_json"]
+    q = select(*cols)
+    if status is not None:
+        q = q.where(jobs_t.c.status == status)
+    if before is not None:
+        q = q.where(jobs_t.c.id < before)
+    return list(conn.execute(q.order_by(jobs_t.c.id.desc()).limit(limit)).all())
+
+
+@dataclass(frozen=True)
+class JobTotals:
+    counts: dict[str, int]
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost_usd: float | None
+    cost_complete: bool
+
+
+def job_totals(conn: Connection, job_id: str) -> JobTotals:
+    rows = conn.execute(
+        select(
+            agents_t.c.status,
+            func.count(),
+            func.coalesce(func.sum(agents_t.c.prompt_tokens), 0),
+            func.coalesce(func.sum(agents_t.c.completion_tokens), 0),
+            func.coalesce(func.sum(agents_t.c.total_tokens), 0),
+            func.sum(agents_t.c.cost_usd),
+            func.count(agents_t.c.cost_usd),
+            func.count(agents_t.c.total_tokens),
+        )
+        .where(agents_t.c.job_id == job_id)
+        .group_by(agents_t.c.status)
+    ).all()
+    counts = {str(s): 0 for s in AgentStatus}
+    pt = ct = tt = 0
+    cost: float | None = None
+    priced = with_usage = 0
+    for status, n, p, c, t, cost_sum, n_priced, n_usage in rows:
+        counts[str(status)] = int(n)
+        pt += int(p)
+        ct += int(c)
+        tt += int(t)
+        if cost_sum is not None:
+            cost = (cost or 0.0) + float(cost_sum)
+        priced += int(n_priced)
+        with_usage += int(n_usage)
+    return JobTotals(
+        counts=counts,
+        prompt_tokens=pt,
+        completion_tokens=ct,
+        total_tokens=tt,
+        cost_usd=cost,
+        cost_complete=priced == with_usage,
+    )
+
+
+_SUMMARY_COLS = (
+    agents_t.c.agent_id,
+    agents_t.c.status,
+    agents_t.c.model,
+    agents_t.c.depends_on_json,
+    agents_t.c.attempts,
+    agents_t.c.total_tokens,
+    agents_t.c.cost_usd,
+    agents_t.c.latency_ms,
+    agents_t.c.last_error,
+)
+
+
+def agent_summaries(conn: Connection, job_id: str) -> list[Any]:
+    return list(
+        conn.execute(
+            select(*_SUMMARY_COLS)
+            .where(agents_t.c.job_id == job_id)
+            .order_by(agents_t.c.position)
+        ).all()
+    )
+
+
+def get_agent(conn: Connection, job_id: str, agent_id: str) -> Any:
+    return conn.execute(
+        select(agents_t).where(agents_t.c.job_id == job_id, agents_t.c.agent_id == agent_id)
+    ).first()
+
+
+def completed_outputs(conn: Connection, job_id: str) -> list[tuple[str, str]]:
+    rows = conn.execute(
+        select(agents_t.c.agent_id, agents_t.c.output)
+        .where(agents_t.c.job_id == job_id, agents_t.c.status == AgentStatus.completed)
+        .order_by(agents_t.c.position)
+    ).all()
+    return [(r.agent_id, r.output or "") for r in rows]
+
+
+def agent_states(conn: Connection, job_id: str) -> list[Any]:
+    """What a resumed run needs to know of each agent."""
+    return list(
+        conn.execute(
+            select(
+                agents_t.c.agent_id,
+                agents_t.c.status,
+                agents_t.c.output,
+                agents_t.c.attempts,
+                agents_t.c.cost_usd,
+                agents_t.c.last_error,
+            ).where(agents_t.c.job_id == job_id)
+        ).all()
+    )
+
+
+def unfinished_job_ids(conn: Connection) -> list[str]:
+    rows = conn.execute(
+        select(jobs_t.c.id)
+        .where(jobs_t.c.status.in_([JobStatus.queued, JobStatus.running]))
+        .order_by(jobs_t.c.id)
+    ).all()
+    return [r.id for r in rows]
+
+
+def events_after(conn: Connection, job_id: str, after: int, limit: int = 1000) -> list[Any]:
+    return list(
+        conn.execute(
+            select(events_t)
+            .where(events_t.c.job_id == job_id, events_t.c.seq > after)
+            .order_by(events_t.c.seq)
+            .limit(limit)
+        ).all()
+    )
+
+
+def loads(text: str | None, default: Any) -> Any:
+    return default if text is None else json.loads(text)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

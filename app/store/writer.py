@@ -1,0 +1,211 @@
+"""The single writer: every state change goes through one connection, in batched transactions.
+
+Callers hand it an operation (a function of a `Tx`); operations queued while a batch is
+being written are committed together in the next one. Events an operation emits get the
+job's next gap-free `seq`, are inserted in the same transaction, and are published to the
+bus only after the commit — so a subscriber never sees what the database lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, insert, select, update
+
+from app.events.bus import EventBus, StoredEvent
+from app.store.models import Event, Job, utcnow
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_events_table = Event.__table__  # type: ignore[attr-defined]
+_jobs_table = Job.__table__  # type: ignore[attr-defined]
+
+
+class StoreClosedError(RuntimeError):
+    pass
+
+
+class Tx:
+    """What an operation sees: the connection of the open transaction, and `emit`."""
+
+    def __init__(self, conn: Connection, seq_cache: dict[str, int]) -> None:
+        self.conn = conn
+        self._seq_cache = seq_cache
+        self.seqs: dict[str, int] = {}
+        self.events: list[StoredEvent] = []
+        self.forgotten: set[str] = set()
+
+    def _next_seq(self, job_id: str) -> int:
+        current = self.seqs.get(job_id)
+        if current is None:
+            current = self._seq_cache.get(job_id)
+            if current is None:
+                row = self.conn.execute(
+                    select(_jobs_table.c.event_seq).where(_jobs_table.c.id == job_id)
+                ).first()
+                current = int(row[0]) if row is not None else 0
+        current += 1
+        self.seqs[job_id] = current
+        return current
+
+    def emit(self, job_id: str, type_: str, agent_id: str | None = None, **data: Any) -> None:
+        self.events.append(
+            StoredEvent(
+                job_id=job_id,
+                seq=self._next_seq(job_id),
+                type=str(type_),
+                agent_id=agent_id,
+                ts=utcnow(),
+                data=data,
+            )
+        )
+
+    def forget_job(self, job_id: str) -> None:
+        """The job is gone (deleted): drop its cached sequence counter after commit."""
+        self.forgotten.add(job_id)
+        self.seqs.pop(job_id, None)
+        self.events = [e for e in self.events if e.job_id != job_id]
+
+    def flush(self) -> None:
+        if self.events:
+            self.conn.execute(
+                insert(_events_table),
+                [
+                    {
+                        "job_id": e.job_id,
+                        "seq": e.seq,
+                        "type": e.type,
+                        "agent_id": e.agent_id,
+                        "ts": e.ts,
+                        "data_json": json.dumps(e.data, ensure_ascii=False, default=str),
+                    }
+                    for e in self.events
+                ],
+            )
+        for job_id, seq in self.seqs.items():
+            self.conn.execute(
+                update(_jobs_table).where(_jobs_table.c.id == job_id).values(event_seq=seq)
+            )
+
+
+WriteOp = Callable[[Tx], T]
+_Item = tuple[Callable[[Tx], Any], "asyncio.Future[Any]"]
+
+
+class StoreWriter:
+    def __init__(self, engine: Engine, bus: EventBus, *, batch_max: int = 500) -> None:
+        self._engine = engine
+        self._bus = bus
+        self._batch_max = batch_max
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
+        # One thread, one connection: SQLite sees exactly one writer.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self._seq_cache: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.batches = 0
+        self.ops = 0
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="store-writer")
+
+    async def close(self) -> None:
+        """Write everything already queued, then stop."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._queue.put(None)
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    async def run(self, op: WriteOp[T]) -> T:
+        if self._closed:
+            raise StoreClosedError("the store is shutting down")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((op, fut))
+        return await fut
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = False
+        while not stopping:
+            item = await self._queue.get()
+            if item is None:
+                break
+            batch = [item]
+            while len(batch) < self._batch_max:
+                try:
+                    nxt = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            try:
+                outcomes, events = await loop.run_in_executor(
+                    self._executor, self._write_batch, [op for op, _ in batch]
+                )
+            except Exception as exc:  # the database itself failed (disk full, gone away)
+                log.exception("store write failed")
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            self.batches += 1
+            self.ops += len(batch)
+            # Announce only what is committed, in commit order.
+            self._bus.publish(events)
+            for (_, fut), (ok, value) in zip(batch, outcomes, strict=True):
+                if fut.done():
+                    continue
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+
+    # -- in the writer thread -------------------------------------------------------------
+
+    def _commit(self, ops: list[Callable[[Tx], Any]]) -> tuple[list[Any], Tx]:
+        with self._engine.begin() as conn:
+            tx = Tx(conn, self._seq_cache)
+            results = [op(tx) for op in ops]
+            tx.flush()
+        self._seq_cache.update(tx.seqs)
+        for job_id in tx.forgotten:
+            self._seq_cache.pop(job_id, None)
+        return results, tx
+
+    def _write_batch(
+        self, ops: list[Callable[[Tx], Any]]
+    ) -> tuple[list[tuple[bool, Any]], list[StoredEvent]]:
+        try:
+            results, tx = self._commit(ops)
+            return [(True, r) for r in results], tx.events
+        except Exception as exc:
+            if len(ops) == 1:
+                return [(False, exc)], []
+        # One operation spoiled the batch: write each alone so the others still land.
+        outcomes: list[tuple[bool, Any]] = []
+        events: list[StoredEvent] = []
+        for op in ops:
+            try:
+                (result,), tx = self._commit([op])
+            except Exception as exc:
+                outcomes.append((False, exc))
+            else:
+                outcomes.append((True, result))
+                events.extend(tx.events)
+        return outcomes, events

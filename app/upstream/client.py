@@ -1,0 +1,121 @@
+"""One pooled `AsyncOpenAI` client per upstream, built once at start-up, and one agent call.
+
+The SDK's own retries are off: the scheduler owns the retry loop, so that every attempt is
+seen, counted and reported.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+import openai
+from openai import AsyncOpenAI
+
+from app.config import HttpTransport, Settings
+
+
+def build_http_client(settings: Settings) -> httpx2.AsyncClient:
+    limits = httpx2.Limits(
+        max_connections=settings.pool_max_connections,
+        max_keepalive_connections=settings.pool_max_keepalive,
+        keepalive_expiry=settings.pool_keepalive_expiry_s,
+    )
+    timeout = httpx2.Timeout(
+        connect=settings.timeout_connect_s,
+        read=settings.timeout_read_s,
+        write=settings.timeout_write_s,
+        pool=settings.timeout_pool_s,
+    )
+    if settings.http_transport == HttpTransport.aiohttp:
+        return openai.DefaultAioHttpClient(limits=limits, timeout=timeout)
+    return httpx2.AsyncClient(limits=limits, timeout=timeout)
+
+
+@dataclass
+class Upstream:
+    name: str
+    base_url: str
+    client: AsyncOpenAI
+    http: httpx2.AsyncClient
+
+
+def build_upstream(name: str, base_url: str, api_key: str | None, settings: Settings) -> Upstream:
+    http = build_http_client(settings)
+    client = AsyncOpenAI(
+        base_url=base_url,
+        # Local servers (vLLM, llama.cpp, the simulator) accept any key; the SDK wants one.
+        api_key=api_key or "not-needed",
+        max_retries=0,
+        http_client=http,
+    )
+    return Upstream(name=name, base_url=base_url, client=client, http=http)
+
+
+@dataclass(frozen=True)
+class AgentRequest:
+    model: str
+    system_prompt: str | None
+    prompt: str
+    temperature: float | None = None
+    max_tokens: int | None = None
+    json_mode: bool = False
+    timeout_s: float | None = None
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+    def messages(self) -> list[dict[str, str]]:
+        msgs = []
+        if self.system_prompt:
+            msgs.append({"role": "system", "content": self.system_prompt})
+        msgs.append({"role": "user", "content": self.prompt})
+        return msgs
+
+    @property
+    def prompt_chars(self) -> int:
+        return len(self.prompt) + len(self.system_prompt or "")
+
+
+@dataclass(frozen=True)
+class CallResult:
+    output: str
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    latency_ms: float
+
+
+class EmptyOutputError(Exception):
+    """The upstream answered 200 with a completion that has no content."""
+
+
+async def call_chat(client: AsyncOpenAI, req: AgentRequest) -> CallResult:
+    """Make exactly one chat-completion call. Raises the SDK's exceptions unchanged."""
+    kwargs: dict[str, Any] = {"model": req.model, "messages": req.messages()}
+    if req.temperature is not None:
+        kwargs["temperature"] = req.temperature
+    if req.max_tokens is not None:
+        kwargs["max_tokens"] = req.max_tokens
+    if req.json_mode:
+        kwargs["response_format"] = {"type": "json_object"}
+    if req.timeout_s is not None:
+        kwargs["timeout"] = req.timeout_s
+    if req.extra_body:
+        kwargs["extra_body"] = req.extra_body
+    started = time.perf_counter()
+    resp = await client.chat.completions.create(**kwargs)
+    latency_ms = (time.perf_counter() - started) * 1000
+    if not resp.choices or resp.choices[0].message.content is None:
+        raise EmptyOutputError("the upstream returned a completion without content")
+    choice = resp.choices[0]
+    usage = resp.usage
+    return CallResult(
+        output=choice.message.content or "",
+        finish_reason=choice.finish_reason,
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
+        total_tokens=usage.total_tokens if usage else None,
+        latency_ms=latency_ms,
+    )

@@ -1,0 +1,179 @@
+"""Classifies an upstream failure once: retryable or not, why, and what the user should fix.
+
+Classification is by exception type and status code (never by matching message text), so
+the reason recorded on the agent and shown to users is the same everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+import httpx2
+import openai
+
+from app.upstream.client import EmptyOutputError
+from app.upstream.retry import parse_retry_after
+
+
+class FailureReason(StrEnum):
+    rate_limited = "rate_limited"  # 429: back off, honour Retry-After
+    timeout = "timeout"  # connect/read time-out
+    connection = "connection"  # refused, reset, dropped mid-response
+    server_error = "server_error"  # 5xx
+    conflict = "conflict"  # 408/409: the server says try again
+    malformed_response = "malformed_response"  # 2xx whose body is not a completion
+    auth = "auth"  # 401: wrong or revoked key
+    permission = "permission"  # 403: the plan lacks access
+    model_not_found = "model_not_found"  # 404
+    context_length = "context_length"  # the prompt does not fit the model
+    bad_request = "bad_request"  # 400/422 otherwise
+    empty_output = "empty_output"  # a completion without content
+
+
+RETRYABLE = frozenset(
+    {
+        FailureReason.rate_limited,
+        FailureReason.timeout,
+        FailureReason.connection,
+        FailureReason.server_error,
+        FailureReason.conflict,
+        FailureReason.malformed_response,
+        FailureReason.empty_output,
+    }
+)
+
+# Anything shaped like an API key (sk-…, Bearer …) is masked in upstream messages we relay.
+_KEYISH = re.compile(r"(sk-[A-Za-z0-9_\-*]{4,}|Bearer\s+\S+|[A-Za-z0-9_\-]{32,})")
+
+
+def redact(text: str) -> str:
+    return _KEYISH.sub("[redacted]", text)
+
+
+@dataclass(frozen=True)
+class UpstreamFailure:
+    reason: FailureReason
+    message: str
+    status: int | None = None
+    retry_after_s: float | None = None
+
+    @property
+    def retryable(self) -> bool:
+        return self.reason in RETRYABLE
+
+
+def _upstream_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return redact(inner["message"])[:500]
+        if isinstance(body.get("message"), str):
+            return redact(body["message"])[:500]
+    return redact(str(exc.message))[:500]
+
+
+def _upstream_code(exc: openai.APIStatusError) -> str | None:
+    code = getattr(exc, "code", None)
+    if isinstance(code, str):
+        return code
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("code"), str):
+            return str(inner["code"])
+    return None
+
+
+def classify(
+    exc: BaseException,
+    *,
+    agent_id: str,
+    model: str,
+    context_window: int | None,
+    prompt_chars: int,
+    retry_after_cap_s: float = 60.0,
+) -> UpstreamFailure:
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamFailure(FailureReason.timeout, "the upstream did not answer in time")
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__
+        detail = f" ({type(cause).__name__})" if cause is not None else ""
+        return UpstreamFailure(
+            FailureReason.connection, f"the connection to the upstream failed{detail}"
+        )
+    if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError):
+        return UpstreamFailure(
+            FailureReason.malformed_response,
+            "the upstream answered with a body that is not a chat completion",
+        )
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        upstream = _upstream_message(exc)
+        if status == 429:
+            retry_after = parse_retry_after(exc.response.headers, cap_s=retry_after_cap_s)
+            return UpstreamFailure(
+                FailureReason.rate_limited,
+                f"rate limited by the upstream (429): {upstream}",
+                status,
+                retry_after,
+            )
+        if status in (408, 409):
+            return UpstreamFailure(
+                FailureReason.conflict, f"the upstream asked to retry ({status})", status
+            )
+        if status >= 500:
+            return UpstreamFailure(
+                FailureReason.server_error, f"upstream server error ({status}): {upstream}", status
+            )
+        if status == 401:
+            return UpstreamFailure(
+                FailureReason.auth,
+                "the upstream rejected the API key (401): check that the key configured for "
+                "this provider is correct and not revoked",
+                status,
+            )
+        if status == 403:
+            return UpstreamFailure(
+                FailureReason.permission,
+                f"the API key has no access to model {model!r} (403): the plan or project "
+                f"lacks permission; upstream said: {upstream}",
+                status,
+            )
+        if status == 404:
+            return UpstreamFailure(
+                FailureReason.model_not_found,
+                f"the upstream does not know model {model!r} (404): check the model name "
+                f"(GET /upstream lists what it offers); upstream said: {upstream}",
+                status,
+            )
+        code = _upstream_code(exc)
+        if code == "context_length_exceeded" or (status == 400 and "context" in (code or "")):
+            window = f"{context_window:,} tokens" if context_window else "unknown"
+            return UpstreamFailure(
+                FailureReason.context_length,
+                f"agent {agent_id!r}: the prompt (about {prompt_chars // 4:,} tokens, "
+                f"{prompt_chars:,} characters) is too long for model {model!r} "
+                f"(context window {window}); shorten the task or its inputs, lower max_tokens, "
+                f"or use a model with a larger window; upstream said: {upstream}",
+                status,
+            )
+        return UpstreamFailure(
+            FailureReason.bad_request, f"the upstream refused the request ({status}): {upstream}",
+            status,
+        )
+    if isinstance(exc, EmptyOutputError):
+        return UpstreamFailure(FailureReason.empty_output, str(exc))
+    if isinstance(exc, httpx2.TimeoutException):
+        return UpstreamFailure(FailureReason.timeout, "the upstream did not answer in time")
+    if isinstance(exc, httpx2.TransportError | OSError):
+        return UpstreamFailure(
+            FailureReason.connection, f"the connection to the upstream failed ({type(exc).__name__})"
+        )
+    return UpstreamFailure(
+        FailureReason.malformed_response,
+        f"unexpected upstream response ({type(exc).__name__})",
+    )
