@@ -266,5 +266,7 @@ def test_rendering_never_expands_substituted_values(
 @given(text=_VALUE_TEXT)
 def test_spans_cover_raw_text(text: str) -> None:
     refs, malformed = scan_refs(text)
-    for item in [*refs, *malformed]:
-        assert text[item.span[0] : item.span[1]] == item.raw
+    for ref in refs:
+        assert text[ref.span[0] : ref.span[1]] == ref.raw
+    for bad in malformed:
+        assert text[bad.span[0] : bad.span[1]] == bad.raw
