@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from app.simulator import content as text
 from app.simulator.config import SimulatorConfig
+from app.simulator.faults import plan_request
 from app.simulator.state import RPM_WINDOW_S, SimState
 
 STATE_KEY = web.AppKey("simulator_state", SimState)
@@ -26,7 +27,6 @@ MAX_BODY_BYTES = 64 * 1024 * 1024  # context-overflow tests send prompts past ai
 HANG_POLL_S = 0.1  # how quickly a hung handler notices that its client went away
 STREAM_SLICES = 8  # latency is spread over at most this many writes, to bound timer overhead
 LOG_PAGE_DEFAULT = 1000
-ERROR_STATUSES = (500, 502, 503)
 _JSON = "application/json"
 _ERROR_MESSAGES = {
     500: "The server had an error while processing your request. Sorry about that!",
@@ -262,14 +262,6 @@ async def _answer(
     digest: bytes,
     tag: str,
 ) -> web.StreamResponse:
-    # Draw every fault in a fixed order so one seed gives one reproducible fault sequence.
-    rng = state.rng
-    drop = cfg.drop_rate > 0 and rng.random() < cfg.drop_rate
-    hang = cfg.hang_rate > 0 and rng.random() < cfg.hang_rate
-    error = cfg.error_rate > 0 and rng.random() < cfg.error_rate
-    malformed = cfg.malformed_rate > 0 and rng.random() < cfg.malformed_rate
-    slow = cfg.slow_rate > 0 and rng.random() < cfg.slow_rate
-
     low, high = cfg.output_tokens
     count = text.target_length(digest, low, high)
     finish_reason = "stop"
@@ -278,31 +270,22 @@ async def _answer(
         count = max_tokens
         finish_reason = "length"
 
-    if cfg.latency_uniform_ms is not None:
-        latency_ms = rng.uniform(*cfg.latency_uniform_ms)
-    else:
-        latency_ms = cfg.latency_base_ms + cfg.latency_per_token_ms * count
-        if cfg.latency_jitter_ms > 0:
-            latency_ms = max(
-                0.0, latency_ms + rng.uniform(-cfg.latency_jitter_ms, cfg.latency_jitter_ms)
-            )
-    if slow:
-        latency_ms += cfg.slow_ms
-
-    if hang:
+    plan = plan_request(cfg, state.rng, count)
+    if plan.hang:
         return await _hang(request, state, entry)
 
     stream = body.get("stream") is True
-    if not (stream and not drop and not error) and latency_ms > 0:
-        await asyncio.sleep(latency_ms / 1000.0)
+    # A streamed answer spreads its latency over the chunks instead of waiting up front.
+    if plan.latency_ms > 0 and (not stream or plan.drop or plan.error_status is not None):
+        await asyncio.sleep(plan.latency_ms / 1000.0)
 
-    if drop:
+    if plan.drop:
         state.dropped += 1
         entry["outcome"] = "dropped"
         _close_connection(request)
         return web.Response()  # never written: the transport is already closed
-    if error:
-        status = rng.choice(ERROR_STATUSES)
+    if plan.error_status is not None:
+        status = plan.error_status
         resp = _error(status, _ERROR_MESSAGES[status], "server_error", None)
         return _finish(state, entry, started, resp, "error")
 
@@ -319,6 +302,7 @@ async def _answer(
     completion_id = f"chatcmpl-sim{entry['seq']}"
     created = int(time.time())
     model: str = body["model"]
+    malformed = plan.malformed
     if malformed:
         state.malformed += 1
 
@@ -331,7 +315,7 @@ async def _answer(
         if malformed:
             events = [events[0], b'data: {"id": "' + completion_id.encode() + b'", "choi\n\n']
             events.append(b"data: [DONE]\n\n")
-        return await _stream(request, state, entry, started, events, latency_ms, malformed)
+        return await _stream(request, state, entry, started, events, plan.latency_ms, malformed)
 
     if malformed:
         broken = f'{{"id": "{completion_id}", "object": "chat.completion", "choices": [{{"ind'
