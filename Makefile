@@ -1,0 +1,39 @@
+# The README's commands. Everything installs into .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test lint typecheck openapi install clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+## Serve the API on $(HOST):$(PORT) (SQLite in ./data; the simulator when no upstream is set).
+run: install
+	$(VENV)/bin/alembic upgrade head
+	$(VENV)/bin/uvicorn app.main:app --host $(HOST) --port $(PORT)
+
+## Lint, type-check and run the whole test suite.
+test: install lint typecheck
+	$(VENV)/bin/pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check app tests migrations bench
+	$(VENV)/bin/ruff format --check app tests migrations bench
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+## Regenerate openapi/openapi.json from the app.
+openapi: install
+	$(PY) -m app.openapi_export > openapi/openapi.json
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

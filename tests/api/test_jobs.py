@@ -1,0 +1,255 @@
+"""The jobs API in-process, with the upstream faked at the transport."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx2
+
+from tests.conftest import FakeUpstream, Service, answer_for
+
+DOC_ANALYSIS: dict[str, Any] = {
+    "name": "doc-analysis",
+    "context": {"document": "Jane Doe wrote this in Paris on 2024-05-01. It is upbeat."},
+    "agents": [
+        {"id": "extract_metadata", "system_prompt": "You return JSON only.",
+         "task": "Extract author, date, keywords from: {{context.document}}"},
+        {"id": "extract_entities", "system_prompt": "You find named entities.",
+         "task": "List the people, places and organisations in: {{context.document}}"},
+        {"id": "sentiment_analysis", "system_prompt": "You judge tone.",
+         "task": "Judge the sentiment of: {{context.document}}"},
+        {"id": "summary", "system_prompt": "You write reports.",
+         "task": "Merge these analyses into one report.",
+         "depends_on": ["extract_metadata", "extract_entities", "sentiment_analysis"]},
+    ],
+}
+
+
+async def test_submit_runs_the_graph_and_feeds_outputs_downstream(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    resp = await service.client.post("/jobs", json=DOC_ANALYSIS)
+    assert resp.status_code == 201
+    job_id = resp.json()["id"]
+    assert resp.headers["location"] == f"/jobs/{job_id}"
+
+    job = await service.wait(job_id)
+    assert job["status"] == "completed"
+    assert job["counts"]["completed"] == 4 and job["counts"]["total"] == 4
+    assert [a["id"] for a in job["agents"]] == [a["id"] for a in DOC_ANALYSIS["agents"]]
+    assert all(a["attempts"] == 1 for a in job["agents"])
+    assert job["usage"]["total_tokens"] == sum(a["total_tokens"] for a in job["agents"])
+    assert job["cost_usd"] is not None and job["cost_usd"] > 0
+
+    results = (await service.client.get(f"/jobs/{job_id}/results")).json()
+    assert results["complete"] is True
+    assert set(results["results"]) == {a["id"] for a in DOC_ANALYSIS["agents"]}
+
+    summary = (await service.client.get(f"/jobs/{job_id}/agents/summary")).json()
+    # The summary's prompt, as stored and as sent upstream, carries every dependency's output.
+    for dep in ("extract_metadata", "extract_entities", "sentiment_analysis"):
+        assert results["results"][dep] in summary["prompt"]
+        assert f'<dependency id="{dep}">' in summary["prompt"]
+    assert fake_upstream.calls_with(summary["prompt"])
+    assert summary["output"] == answer_for(summary["prompt"])
+    assert summary["system_prompt"] == "You write reports."
+    assert summary["usage"]["total_tokens"] > 0
+
+    # The context was rendered into the first agents' prompts.
+    meta = (await service.client.get(f"/jobs/{job_id}/agents/extract_metadata")).json()
+    assert DOC_ANALYSIS["context"]["document"] in meta["prompt"]
+    # Dependencies ran before the summary was called.
+    order = [fake_upstream.user_prompt(c) for c in fake_upstream.calls]
+    assert order[-1] == summary["prompt"]
+
+
+async def test_invalid_graph_is_422_naming_the_cycle_and_stores_nothing(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    body = {
+        "agents": [
+            {"id": "a", "task": "x", "depends_on": ["c"]},
+            {"id": "b", "task": "x", "depends_on": ["a"]},
+            {"id": "c", "task": "x", "depends_on": ["b"]},
+        ]
+    }
+    resp = await service.client.post("/jobs", json=body)
+    assert resp.status_code == 422
+    text = json.dumps(resp.json()["detail"])
+    assert "cycle" in text and all(x in text for x in ('a', 'b', 'c'))
+    assert (await service.client.get("/jobs")).json()["data"] == []
+    assert fake_upstream.calls == []
+
+
+async def test_validation_errors_name_the_problem(service: Service) -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"agents": []}, "no agents"),
+        ({"agents": [{"id": "a", "task": "x"}, {"id": "a", "task": "y"}]}, "'a'"),
+        ({"agents": [{"id": "a", "task": "x", "depends_on": ["nope"]}]}, "nope"),
+        ({"agents": [{"id": "a", "task": "{{context.missing}}"}]}, "missing"),
+        ({"agents": [{"id": "a", "task": "x"}, {"id": "b", "task": "{{agents.a.output}}"}]},
+         "depends_on"),
+        ({"agents": [{"id": "bad id!", "task": "x"}]}, "id"),
+        ({"agents": [{"id": "a", "task": "x", "temperature": 7}]}, "temperature"),
+        ({"agents": [{"id": "a", "task": "x", "colour": "red"}]}, "colour"),
+        ({"max_concurrency": 0, "agents": [{"id": "a", "task": "x"}]}, "max_concurrency"),
+    ]
+    for body, needle in cases:
+        resp = await service.client.post("/jobs", json=body)
+        assert resp.status_code == 422, (body, resp.text)
+        assert needle in json.dumps(resp.json()["detail"]), (needle, resp.text)
+    assert (await service.client.get("/jobs")).json()["data"] == []
+
+
+async def test_malformed_json_and_oversized_bodies_are_clear_4xx(service: Service) -> None:
+    resp = await service.client.post(
+        "/jobs", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert resp.status_code == 422
+    big = {"agents": [{"id": "a", "task": "x" * (service.app.state.services.settings
+                                                    .max_request_bytes + 10)}]}
+    resp = await service.client.post("/jobs", json=big)
+    assert resp.status_code == 413
+    assert "limit" in resp.json()["detail"]
+
+
+async def test_unknown_ids_are_404(service: Service) -> None:
+    for method, path in [
+        ("GET", "/jobs/nope"),
+        ("GET", "/jobs/nope/agents/a"),
+        ("GET", "/jobs/nope/results"),
+        ("POST", "/jobs/nope/cancel"),
+        ("DELETE", "/jobs/nope"),
+    ]:
+        resp = await service.client.request(method, path)
+        assert resp.status_code == 404, (method, path, resp.text)
+        assert "not found" in resp.json()["detail"]
+    job = await service.submit({"agents": [{"id": "a", "task": "x"}]})
+    resp = await service.client.get(f"/jobs/{job['id']}/agents/zzz")
+    assert resp.status_code == 404
+    assert resp.json()["detail"] == "agent not found in this job"
+
+
+async def test_max_concurrency_is_respected(service: Service, fake_upstream: FakeUpstream) -> None:
+    fake_upstream.latency_s = 0.05
+    body = {"max_concurrency": 3, "agents": [{"id": f"a{i}", "task": f"t{i}"} for i in range(12)]}
+    job = await service.submit(body)
+    done = await service.wait(job["id"])
+    assert done["status"] == "completed"
+    assert fake_upstream.peak_in_flight == 3
+
+
+async def test_delete_running_job_is_409_then_204_after_it_finishes(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    release = asyncio.Event()
+
+    async def hold(_body: dict[str, Any], _n: int) -> None:
+        await release.wait()
+
+    fake_upstream.script = hold
+    job = await service.submit({"agents": [{"id": "a", "task": "x"}]})
+    resp = await service.client.delete(f"/jobs/{job['id']}")
+    assert resp.status_code == 409
+    assert "cancel it first" in resp.json()["detail"]
+    release.set()
+    assert (await service.wait(job["id"]))["status"] == "completed"
+    assert (await service.client.delete(f"/jobs/{job['id']}")).status_code == 204
+    assert (await service.client.get(f"/jobs/{job['id']}")).status_code == 404
+
+
+async def test_cancel_aborts_in_flight_calls_and_pending_agents(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    async def hang(_body: dict[str, Any], _n: int) -> None:
+        await asyncio.sleep(3600)
+
+    fake_upstream.script = hang
+    body = {
+        "max_concurrency": 2,
+        "agents": [{"id": f"a{i}", "task": f"t{i}"} for i in range(5)]
+        + [{"id": "last", "task": "x", "depends_on": ["a0"]}],
+    }
+    job = await service.submit(body)
+    async with asyncio.timeout(5):
+        while len(fake_upstream.calls) < 2:
+            await asyncio.sleep(0.01)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    resp = await service.client.post(f"/jobs/{job['id']}/cancel")
+    assert resp.status_code == 202
+    done = await service.wait(job["id"], timeout=5)
+    assert loop.time() - t0 < 1.0
+    assert done["status"] == "cancelled"
+    assert done["counts"]["cancelled"] == 6
+    assert fake_upstream.in_flight == 0  # the hanging calls were aborted
+    assert len(fake_upstream.calls) == 2
+    assert (await service.client.post(f"/jobs/{job['id']}/cancel")).status_code == 409
+
+
+async def test_list_filters_by_status_and_paginates_newest_first(service: Service) -> None:
+    ids = []
+    for i in range(5):
+        job = await service.submit({"name": f"j{i}", "agents": [{"id": "a", "task": f"x{i}"}]})
+        ids.append(job["id"])
+        await service.wait(job["id"])
+    bad = await service.submit(
+        {"agents": [{"id": "a", "task": "x"}], "model": "m"}
+    )
+    await service.wait(bad["id"])
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await service.client.get("/jobs", params=params)).json()
+        seen += [j["id"] for j in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == list(reversed([*ids, bad["id"]]))
+    completed = (await service.client.get("/jobs", params={"status": "completed"})).json()
+    assert len(completed["data"]) == 6
+    assert (await service.client.get("/jobs", params={"status": "failed"})).json()["data"] == []
+    assert (await service.client.get("/jobs", params={"status": "bogus"})).status_code == 422
+    assert (await service.client.get("/jobs", params={"limit": 500})).status_code == 422
+
+
+async def test_idempotency_key_returns_the_first_job_or_409(service: Service) -> None:
+    body = {"agents": [{"id": "a", "task": "x"}]}
+    headers = {"Idempotency-Key": "order-42"}
+    first = await service.client.post("/jobs", json=body, headers=headers)
+    again = await service.client.post("/jobs", json=body, headers=headers)
+    assert first.status_code == 201 and again.status_code == 200
+    assert first.json()["id"] == again.json()["id"]
+    other = await service.client.post(
+        "/jobs", json={"agents": [{"id": "b", "task": "y"}]}, headers=headers
+    )
+    assert other.status_code == 409
+    assert len((await service.client.get("/jobs")).json()["data"]) == 1
+
+
+async def test_health_and_readiness(service: Service) -> None:
+    assert (await service.client.get("/healthz")).json() == {"status": "ok"}
+    ready = (await service.client.get("/readyz")).json()
+    assert ready["status"] == "ok" and ready["database"] and ready["scheduler"]
+
+
+async def test_response_never_contains_the_upstream_key(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    def reject(_body: dict[str, Any], _n: int) -> httpx2.Response:
+        return httpx2.Response(
+            401,
+            json={"error": {"message": "Incorrect API key provided: sk-test-upstream-key-0123456789",
+                            "code": "invalid_api_key"}},
+        )
+
+    fake_upstream.script = reject
+    job = await service.submit({"agents": [{"id": "a", "task": "x"}]})
+    await service.wait(job["id"])
+    for path in (f"/jobs/{job['id']}", f"/jobs/{job['id']}/agents/a", "/jobs", "/readyz"):
+        assert "sk-test-upstream-key" not in (await service.client.get(path)).text

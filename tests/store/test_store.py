@@ -1,0 +1,199 @@
+"""The store: one writer under load, gap-free event sequences, migrations = models."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
+
+from app.events.bus import EventBus
+from app.store import migrate
+from app.store import repository as repo
+from app.store.ids import new_job_id
+from app.store.models import AgentStatus, JobStatus, metadata, utcnow
+from app.store.store import Store
+
+PG_ADMIN_URL = os.environ.get("SWARM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_available() -> bool:
+    try:
+        engine = create_engine(PG_ADMIN_URL)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/store.db"
+        return
+    if not _postgres_available():
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    name = f"swarm_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_migrations_agree_with_models(database_url: str) -> None:
+    migrate.upgrade(database_url)
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        tables = set(inspect(conn).get_table_names())
+    engine.dispose()
+    assert diff == []
+    assert {"jobs", "agents", "events", "alembic_version"} <= tables
+
+
+def _new_job(n_agents: int) -> repo.NewJob:
+    job_id = new_job_id()
+    row = {
+        "id": job_id, "name": "load", "status": JobStatus.queued, "model": "m",
+        "failure_policy": "skip_dependents", "max_concurrency": 10, "budget_usd": None,
+        "spec_json": "{}", "metadata_json": "{}", "agents_total": n_agents,
+        "idempotency_key": None, "request_hash": None, "created_at": utcnow(),
+        "event_seq": 0, "cancel_requested": False,
+    }
+    agents = [
+        {"job_id": job_id, "agent_id": f"a{i}", "position": i, "status": AgentStatus.pending,
+         "model": "m", "depends_on_json": "[]", "attempts": 0, "rate_limited": 0}
+        for i in range(n_agents)
+    ]
+    return repo.NewJob(row=row, agents=agents)
+
+
+async def test_a_thousand_agents_finishing_at_once_never_lock_the_database(
+    database_url: str,
+) -> None:
+    migrate.upgrade(database_url)
+    bus = EventBus(subscriber_queue_size=5000)
+    store = Store(database_url, bus)
+    await store.start()
+    try:
+        new = _new_job(1000)
+        job_id, created = await store.write(repo.create_job(new))
+        assert created
+        sub = bus.subscribe(job_id)
+
+        async def finish(i: int) -> None:
+            aid = f"a{i}"
+            await store.write(repo.mark_agent_started(
+                job_id, aid, attempt=1, model="m", system_prompt=None, prompt=f"p{i}"))
+            await store.write(repo.mark_agent_completed(job_id, aid, repo.Completion(
+                output=f"out{i}", finish_reason="stop", prompt_tokens=3, completion_tokens=2,
+                total_tokens=5, cost_usd=0.001, latency_ms=1.0)))
+
+        async def reader() -> int:
+            reads = 0
+            for _ in range(50):
+                totals = await store.read(lambda c: repo.job_totals(c, job_id))
+                assert sum(totals.counts.values()) == 1000
+                reads += 1
+            return reads
+
+        results = await asyncio.gather(
+            *(finish(i) for i in range(1000)), *(reader() for _ in range(4))
+        )
+        assert sum(r for r in results if isinstance(r, int)) == 200
+        totals = await store.read(lambda c: repo.job_totals(c, job_id))
+        assert totals.counts["completed"] == 1000
+        assert totals.total_tokens == 5000
+        assert totals.cost_usd == pytest.approx(1.0)
+        # Batched: far fewer transactions than operations.
+        assert store.writer.batches < store.writer.ops / 5
+
+        events = await store.read(lambda c: repo.events_after(c, job_id, 0, 5000))
+        assert [e.seq for e in events] == list(range(1, 2002))
+        # What a subscriber saw from the moment it subscribed (after job.queued) is
+        # exactly what was stored, in the same order.
+        live = []
+        while not sub.queue.empty():
+            ev = sub.queue.get_nowait()
+            assert ev is not None
+            live.append((ev.seq, ev.type, ev.agent_id))
+        assert live == [(e.seq, e.type, e.agent_id) for e in events[1:]]
+    finally:
+        await store.close()
+
+
+async def test_a_failing_operation_does_not_spoil_its_batch(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    migrate.upgrade(url)
+    store = Store(url, EventBus())
+    await store.start()
+    try:
+        good = [_new_job(2) for _ in range(5)]
+        dup = _new_job(1)
+        dup.row["id"] = good[0].row["id"]  # primary-key clash with a job in the same batch
+        outcomes = await asyncio.gather(
+            *(store.write(repo.create_job(g)) for g in good),
+            store.write(repo.create_job(dup)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(o, tuple) and o[1] for o in outcomes[:5])
+        assert isinstance(outcomes[5], Exception)
+        for g in good:
+            row = await store.read(lambda c, j=g.row["id"]: repo.get_job(c, j))
+            assert row is not None and row.event_seq == 1
+    finally:
+        await store.close()
+
+
+async def test_delete_refuses_unfinished_jobs(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    migrate.upgrade(url)
+    store = Store(url, EventBus())
+    await store.start()
+    try:
+        job_id, _ = await store.write(repo.create_job(_new_job(3)))
+        with pytest.raises(repo.JobStillRunningError):
+            await store.write(repo.delete_job(job_id))
+        await store.write(repo.mark_job_finished(job_id, JobStatus.cancelled, "test"))
+        await store.write(repo.delete_job(job_id))
+        assert await store.read(lambda c: repo.get_job(c, job_id)) is None
+        assert await store.read(lambda c: repo.events_after(c, job_id, 0)) == []
+        with pytest.raises(repo.JobNotFoundError):
+            await store.write(repo.delete_job(job_id))
+    finally:
+        await store.close()
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    from app.store.db import make_engine
+
+    url = f"sqlite:///{tmp_path}/w.db"
+    engine = make_engine(url, writer=True)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10_000
+    engine.dispose()
+
+
+def test_job_ids_sort_by_creation_time() -> None:
+    ids = []
+    for _ in range(3):
+        ids.append(new_job_id())
+        import time
+
+        time.sleep(0.002)
+    assert ids == sorted(ids) and len(set(ids)) == 3 and all(len(i) == 26 for i in ids)
