@@ -52,7 +52,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await anyio.to_thread.run_sync(migrate.upgrade, settings.database_url)
         simulator: LocalSimulator | None = None
         base_url = settings.upstream_base_url
-        api_key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
+        api_key = (
+            settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
+        )
         if base_url is None:
             if settings.environment is Environment.production:
                 raise NoUpstreamError(

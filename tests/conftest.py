@@ -39,16 +39,20 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-def completion_body(content: str, *, prompt_tokens: int = 10, completion_tokens: int = 5,
-                    model: str = "kimi-k2.5") -> dict[str, Any]:
+def completion_body(
+    content: str, *, prompt_tokens: int = 10, completion_tokens: int = 5, model: str = "kimi-k2.5"
+) -> dict[str, Any]:
     return {
         "id": "chatcmpl-test",
         "object": "chat.completion",
         "created": 0,
         "model": model,
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": content},
-             "finish_reason": "stop"}
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
         ],
         "usage": {
             "prompt_tokens": prompt_tokens,
@@ -115,8 +119,9 @@ class FakeUpstream:
 @pytest.fixture
 def fake_upstream(httpx2_mock: HTTPXMock) -> FakeUpstream:
     fake = FakeUpstream()
-    httpx2_mock.add_callback(fake, url=f"{UPSTREAM}/chat/completions", is_reusable=True,
-                             is_optional=True)
+    httpx2_mock.add_callback(
+        fake, url=f"{UPSTREAM}/chat/completions", is_reusable=True, is_optional=True
+    )
     return fake
 
 

@@ -32,4 +32,6 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         scheduler=sched_ok,
         upstream=services.upstream_label,
     )
-    return JSONResponse(body.model_dump(mode="json"), status_code=200 if body.status == "ok" else 503)
+    return JSONResponse(
+        body.model_dump(mode="json"), status_code=200 if body.status == "ok" else 503
+    )

@@ -129,9 +129,7 @@ async def submit_job(
         "metadata_json": repo.dumps(spec.metadata),
         "agents_total": len(resolved),
         "idempotency_key": idempotency_key,
-        "request_hash": hashlib.sha256(spec_json.encode()).hexdigest()
-        if idempotency_key
-        else None,
+        "request_hash": hashlib.sha256(spec_json.encode()).hexdigest() if idempotency_key else None,
         "created_at": utcnow(),
         "event_seq": 0,
         "cancel_requested": False,

@@ -289,7 +289,9 @@ class JobRun:
         req = self._request(agent)
         info = self.registry.get(req.model)
         max_retries = (
-            agent.max_retries if agent.max_retries is not None else self.settings.default_max_retries
+            agent.max_retries
+            if agent.max_retries is not None
+            else self.settings.default_max_retries
         )
         max_attempts = 1 + max_retries
         attempt = self.prior_attempts.get(agent_id, 0)
@@ -367,4 +369,3 @@ class JobRun:
                 )
             )
             return AgentOutcome(agent_id, True, output=result.output, cost_usd=cost)
-

@@ -4,6 +4,7 @@ limit, resuming unfinished jobs at start-up, cancellation and graceful shutdown.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 from app.config import Settings
@@ -86,7 +87,7 @@ class Scheduler:
             run.run(resumed=resumed, cancel_requested=cancel_requested), name=f"job:{job_id}"
         )
         self.tasks[job_id] = task
-        task.add_done_callback(lambda t, j=job_id: self._done(j, t))
+        task.add_done_callback(functools.partial(self._done, job_id))
 
     def _done(self, job_id: str, task: asyncio.Task[None]) -> None:
         self.runs.pop(job_id, None)

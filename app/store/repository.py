@@ -64,9 +64,7 @@ def create_job(new: NewJob) -> Any:
         key = new.row.get("idempotency_key")
         if key is not None:
             prior = tx.conn.execute(
-                select(jobs_t.c.id, jobs_t.c.request_hash).where(
-                    jobs_t.c.idempotency_key == key
-                )
+                select(jobs_t.c.id, jobs_t.c.request_hash).where(jobs_t.c.idempotency_key == key)
             ).first()
             if prior is not None:
                 if prior.request_hash != new.row.get("request_hash"):
@@ -281,7 +279,7 @@ def mark_job_finished(job_id: str, status: JobStatus, error: str | None) -> Any:
             .where(jobs_t.c.id == job_id)
             .values(status=status, error=error, finished_at=utcnow())
         )
-        counts = dict(
+        counts: dict[str, int] = dict(
             tx.conn.execute(
                 select(agents_t.c.status, func.count())
                 .where(agents_t.c.job_id == job_id)
@@ -334,9 +332,7 @@ def get_job(conn: Connection, job_id: str) -> Any:
     return conn.execute(select(jobs_t).where(jobs_t.c.id == job_id)).first()
 
 
-def list_jobs(
-    conn: Connection, *, status: str | None, limit: int, before: str | None
-) -> list[Any]:
+def list_jobs(conn: Connection, *, status: str | None, limit: int, before: str | None) -> list[Any]:
     cols = [c for c in jobs_t.c if c.name != "spec_json"]
     q = select(*cols)
     if status is not None:
@@ -410,9 +406,7 @@ _SUMMARY_COLS = (
 def agent_summaries(conn: Connection, job_id: str) -> list[Any]:
     return list(
         conn.execute(
-            select(*_SUMMARY_COLS)
-            .where(agents_t.c.job_id == job_id)
-            .order_by(agents_t.c.position)
+            select(*_SUMMARY_COLS).where(agents_t.c.job_id == job_id).order_by(agents_t.c.position)
         ).all()
     )
 

@@ -162,7 +162,8 @@ def classify(
                 status,
             )
         return UpstreamFailure(
-            FailureReason.bad_request, f"the upstream refused the request ({status}): {upstream}",
+            FailureReason.bad_request,
+            f"the upstream refused the request ({status}): {upstream}",
             status,
         )
     if isinstance(exc, EmptyOutputError):
@@ -171,7 +172,8 @@ def classify(
         return UpstreamFailure(FailureReason.timeout, "the upstream did not answer in time")
     if isinstance(exc, httpx2.TransportError | OSError):
         return UpstreamFailure(
-            FailureReason.connection, f"the connection to the upstream failed ({type(exc).__name__})"
+            FailureReason.connection,
+            f"the connection to the upstream failed ({type(exc).__name__})",
         )
     return UpstreamFailure(
         FailureReason.malformed_response,

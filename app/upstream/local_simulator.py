@@ -28,6 +28,7 @@ class LocalSimulator:
         self.latency_ms = latency_ms
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
+        self._drainer: asyncio.Task[None] | None = None
 
     async def start(self) -> str:
         self.proc = await asyncio.create_subprocess_exec(
@@ -58,7 +59,7 @@ class LocalSimulator:
             await self.stop()
             raise
         # Keep draining its stdout so the child can never block on a full pipe.
-        asyncio.create_task(self._drain(), name="simulator-stdout")
+        self._drainer = asyncio.create_task(self._drain(), name="simulator-stdout")
         print(BANNER.format(url=self.url), file=sys.stderr, flush=True)
         log.warning("using the built-in simulator at %s (no upstream configured)", self.url)
         return self.url

@@ -29,8 +29,7 @@ class ModelInfo:
         ):
             return None
         return (
-            prompt_tokens * self.input_usd_per_mtok
-            + completion_tokens * self.output_usd_per_mtok
+            prompt_tokens * self.input_usd_per_mtok + completion_tokens * self.output_usd_per_mtok
         ) / 1_000_000
 
 

@@ -14,15 +14,27 @@ DOC_ANALYSIS: dict[str, Any] = {
     "name": "doc-analysis",
     "context": {"document": "Jane Doe wrote this in Paris on 2024-05-01. It is upbeat."},
     "agents": [
-        {"id": "extract_metadata", "system_prompt": "You return JSON only.",
-         "task": "Extract author, date, keywords from: {{context.document}}"},
-        {"id": "extract_entities", "system_prompt": "You find named entities.",
-         "task": "List the people, places and organisations in: {{context.document}}"},
-        {"id": "sentiment_analysis", "system_prompt": "You judge tone.",
-         "task": "Judge the sentiment of: {{context.document}}"},
-        {"id": "summary", "system_prompt": "You write reports.",
-         "task": "Merge these analyses into one report.",
-         "depends_on": ["extract_metadata", "extract_entities", "sentiment_analysis"]},
+        {
+            "id": "extract_metadata",
+            "system_prompt": "You return JSON only.",
+            "task": "Extract author, date, keywords from: {{context.document}}",
+        },
+        {
+            "id": "extract_entities",
+            "system_prompt": "You find named entities.",
+            "task": "List the people, places and organisations in: {{context.document}}",
+        },
+        {
+            "id": "sentiment_analysis",
+            "system_prompt": "You judge tone.",
+            "task": "Judge the sentiment of: {{context.document}}",
+        },
+        {
+            "id": "summary",
+            "system_prompt": "You write reports.",
+            "task": "Merge these analyses into one report.",
+            "depends_on": ["extract_metadata", "extract_entities", "sentiment_analysis"],
+        },
     ],
 }
 
@@ -78,7 +90,7 @@ async def test_invalid_graph_is_422_naming_the_cycle_and_stores_nothing(
     resp = await service.client.post("/jobs", json=body)
     assert resp.status_code == 422
     text = json.dumps(resp.json()["detail"])
-    assert "cycle" in text and all(x in text for x in ('a', 'b', 'c'))
+    assert "cycle" in text and all(x in text for x in ("a", "b", "c"))
     assert (await service.client.get("/jobs")).json()["data"] == []
     assert fake_upstream.calls == []
 
@@ -89,8 +101,10 @@ async def test_validation_errors_name_the_problem(service: Service) -> None:
         ({"agents": [{"id": "a", "task": "x"}, {"id": "a", "task": "y"}]}, "'a'"),
         ({"agents": [{"id": "a", "task": "x", "depends_on": ["nope"]}]}, "nope"),
         ({"agents": [{"id": "a", "task": "{{context.missing}}"}]}, "missing"),
-        ({"agents": [{"id": "a", "task": "x"}, {"id": "b", "task": "{{agents.a.output}}"}]},
-         "depends_on"),
+        (
+            {"agents": [{"id": "a", "task": "x"}, {"id": "b", "task": "{{agents.a.output}}"}]},
+            "depends_on",
+        ),
         ({"agents": [{"id": "bad id!", "task": "x"}]}, "id"),
         ({"agents": [{"id": "a", "task": "x", "temperature": 7}]}, "temperature"),
         ({"agents": [{"id": "a", "task": "x", "colour": "red"}]}, "colour"),
@@ -108,8 +122,11 @@ async def test_malformed_json_and_oversized_bodies_are_clear_4xx(service: Servic
         "/jobs", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert resp.status_code == 422
-    big = {"agents": [{"id": "a", "task": "x" * (service.app.state.services.settings
-                                                    .max_request_bytes + 10)}]}
+    big = {
+        "agents": [
+            {"id": "a", "task": "x" * (service.app.state.services.settings.max_request_bytes + 10)}
+        ]
+    }
     resp = await service.client.post("/jobs", json=big)
     assert resp.status_code == 413
     assert "limit" in resp.json()["detail"]
@@ -195,9 +212,7 @@ async def test_list_filters_by_status_and_paginates_newest_first(service: Servic
         job = await service.submit({"name": f"j{i}", "agents": [{"id": "a", "task": f"x{i}"}]})
         ids.append(job["id"])
         await service.wait(job["id"])
-    bad = await service.submit(
-        {"agents": [{"id": "a", "task": "x"}], "model": "m"}
-    )
+    bad = await service.submit({"agents": [{"id": "a", "task": "x"}], "model": "m"})
     await service.wait(bad["id"])
     seen: list[str] = []
     cursor = None
@@ -244,8 +259,12 @@ async def test_response_never_contains_the_upstream_key(
     def reject(_body: dict[str, Any], _n: int) -> httpx2.Response:
         return httpx2.Response(
             401,
-            json={"error": {"message": "Incorrect API key provided: sk-test-upstream-key-0123456789",
-                            "code": "invalid_api_key"}},
+            json={
+                "error": {
+                    "message": "Incorrect API key provided: sk-test-upstream-key-0123456789",
+                    "code": "invalid_api_key",
+                }
+            },
         )
 
     fake_upstream.script = reject

@@ -20,8 +20,13 @@ PIPELINE = {
 }
 
 
-def fail_when(text: str, status: int, body: dict[str, Any] | None = None,
-              times: int | None = None, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+def fail_when(
+    text: str,
+    status: int,
+    body: dict[str, Any] | None = None,
+    times: int | None = None,
+    headers: dict[str, str] | None = None,
+):  # type: ignore[no-untyped-def]
     seen = {"n": 0}
 
     def script(req: dict[str, Any], _n: int) -> httpx2.Response | None:
@@ -30,8 +35,7 @@ def fail_when(text: str, status: int, body: dict[str, Any] | None = None,
         seen["n"] += 1
         if times is not None and seen["n"] > times:
             return None
-        return httpx2.Response(status, json=body or {"error": {"message": "boom"}},
-                               headers=headers)
+        return httpx2.Response(status, json=body or {"error": {"message": "boom"}}, headers=headers)
 
     return script
 

@@ -20,7 +20,9 @@ from app.store.ids import new_job_id
 from app.store.models import AgentStatus, JobStatus, metadata, utcnow
 from app.store.store import Store
 
-PG_ADMIN_URL = os.environ.get("SWARM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_ADMIN_URL = os.environ.get(
+    "SWARM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 
 
 def _postgres_available() -> bool:
@@ -67,15 +69,33 @@ def test_migrations_agree_with_models(database_url: str) -> None:
 def _new_job(n_agents: int) -> repo.NewJob:
     job_id = new_job_id()
     row = {
-        "id": job_id, "name": "load", "status": JobStatus.queued, "model": "m",
-        "failure_policy": "skip_dependents", "max_concurrency": 10, "budget_usd": None,
-        "spec_json": "{}", "metadata_json": "{}", "agents_total": n_agents,
-        "idempotency_key": None, "request_hash": None, "created_at": utcnow(),
-        "event_seq": 0, "cancel_requested": False,
+        "id": job_id,
+        "name": "load",
+        "status": JobStatus.queued,
+        "model": "m",
+        "failure_policy": "skip_dependents",
+        "max_concurrency": 10,
+        "budget_usd": None,
+        "spec_json": "{}",
+        "metadata_json": "{}",
+        "agents_total": n_agents,
+        "idempotency_key": None,
+        "request_hash": None,
+        "created_at": utcnow(),
+        "event_seq": 0,
+        "cancel_requested": False,
     }
     agents = [
-        {"job_id": job_id, "agent_id": f"a{i}", "position": i, "status": AgentStatus.pending,
-         "model": "m", "depends_on_json": "[]", "attempts": 0, "rate_limited": 0}
+        {
+            "job_id": job_id,
+            "agent_id": f"a{i}",
+            "position": i,
+            "status": AgentStatus.pending,
+            "model": "m",
+            "depends_on_json": "[]",
+            "attempts": 0,
+            "rate_limited": 0,
+        }
         for i in range(n_agents)
     ]
     return repo.NewJob(row=row, agents=agents)
@@ -96,11 +116,26 @@ async def test_a_thousand_agents_finishing_at_once_never_lock_the_database(
 
         async def finish(i: int) -> None:
             aid = f"a{i}"
-            await store.write(repo.mark_agent_started(
-                job_id, aid, attempt=1, model="m", system_prompt=None, prompt=f"p{i}"))
-            await store.write(repo.mark_agent_completed(job_id, aid, repo.Completion(
-                output=f"out{i}", finish_reason="stop", prompt_tokens=3, completion_tokens=2,
-                total_tokens=5, cost_usd=0.001, latency_ms=1.0)))
+            await store.write(
+                repo.mark_agent_started(
+                    job_id, aid, attempt=1, model="m", system_prompt=None, prompt=f"p{i}"
+                )
+            )
+            await store.write(
+                repo.mark_agent_completed(
+                    job_id,
+                    aid,
+                    repo.Completion(
+                        output=f"out{i}",
+                        finish_reason="stop",
+                        prompt_tokens=3,
+                        completion_tokens=2,
+                        total_tokens=5,
+                        cost_usd=0.001,
+                        latency_ms=1.0,
+                    ),
+                )
+            )
 
         async def reader() -> int:
             reads = 0
