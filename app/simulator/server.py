@@ -192,6 +192,11 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         state.peak_in_flight = state.in_flight
     try:
         return await _answer(request, state, cfg, entry, started, body, digest, tag)
+    except asyncio.CancelledError:
+        # With handler_cancellation on, a client that gives up cancels us mid-latency.
+        if entry["outcome"] == "pending":
+            entry["outcome"] = "client_closed"
+        raise
     finally:
         state.in_flight -= 1
 

@@ -13,6 +13,7 @@ import pytest
 
 from app.simulator.config import SimulatorConfig
 from app.simulator.faults import Plan, plan_request
+from app.simulator.server import STATE_KEY, start_server
 from tests.simulator.conftest import Sim, StartSim
 
 MESSAGES: list[Any] = [{"role": "user", "content": "ping"}]
@@ -203,3 +204,24 @@ def test_zero_latency_plans_no_sleep() -> None:
     assert plan.latency_ms == 0
     uniform = SimulatorConfig(latency_uniform_ms="10,20", latency_base_ms=999)
     assert all(10 <= plan_request(uniform, random.Random(s), 5).latency_ms <= 20 for s in range(20))
+
+
+async def test_start_server_cancels_handlers_of_departed_clients() -> None:
+    # start_server (used by the CLI) turns handler_cancellation on: no poll, no wasted sleep.
+    runner, port = await start_server(SimulatorConfig(port=0, latency_base_ms=5000))
+    try:
+        async with openai.AsyncOpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0, timeout=0.2
+        ) as client:
+            with pytest.raises(openai.APITimeoutError):
+                await client.chat.completions.create(model="m", messages=MESSAGES)
+        state = runner.app[STATE_KEY]
+        for _ in range(50):
+            if state.in_flight == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert state.in_flight == 0
+        assert [e["outcome"] for e in state.log] == ["client_closed"]
+        assert state.latency_count == 0  # nothing was answered
+    finally:
+        await runner.cleanup()
