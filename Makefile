@@ -25,8 +25,8 @@ test: install lint typecheck
 	$(VENV)/bin/pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check app tests migrations
-	$(VENV)/bin/ruff format --check app tests migrations
+	$(VENV)/bin/ruff check app tests migrations bench
+	$(VENV)/bin/ruff format --check app tests migrations bench
 
 typecheck: install
 	$(VENV)/bin/mypy

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     upstream_base_url: str | None = None
     upstream_api_key: SecretStr | None = None
     default_model: str = "kimi-k2.5"
+    # YAML or JSON file of providers and models (prices, context windows, limits).
+    models_file: str | None = None
     http_transport: HttpTransport = HttpTransport.aiohttp
 
     # Connection pool, sized for about 200 concurrent calls.

@@ -18,8 +18,8 @@ from app.events.bus import EventBus
 from app.scheduler.scheduler import Scheduler
 from app.store import migrate
 from app.store.store import Store
-from app.upstream.client import build_upstream
 from app.upstream.local_simulator import LocalSimulator
+from app.upstream.pool import UpstreamPool
 from app.upstream.registry import ModelRegistry
 
 log = logging.getLogger("app")
@@ -50,12 +50,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _configure_logging()
         if settings.migrate_on_start:
             await anyio.to_thread.run_sync(migrate.upgrade, settings.database_url)
+        registry = ModelRegistry.load(settings.models_file)
         simulator: LocalSimulator | None = None
         base_url = settings.upstream_base_url
         api_key = (
             settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
         )
-        if base_url is None:
+        if UpstreamPool.nothing_configured(settings, registry):
             if settings.environment is Environment.production:
                 raise NoUpstreamError(
                     "SWARM_ENVIRONMENT=production but no upstream is configured: set "
@@ -65,22 +66,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 port=settings.simulator_port, latency_ms=settings.simulator_latency_ms
             )
             base_url = await simulator.start()
+        upstreams = UpstreamPool(
+            settings, registry, default_base_url=base_url, default_api_key=api_key
+        )
+        label = upstreams.describe()
+        if simulator is not None:
             label = f"simulator at {base_url}"
-        else:
-            label = base_url
         bus = EventBus()
         store = Store(settings.database_url, bus, batch_max=settings.write_batch_max)
         await store.start()
-        upstream = build_upstream("default", base_url, api_key, settings)
-        scheduler = Scheduler(
-            settings=settings, store=store, upstream=upstream, registry=ModelRegistry()
-        )
+        scheduler = Scheduler(settings=settings, store=store, upstreams=upstreams)
         app.state.services = Services(
             settings=settings,
             store=store,
             bus=bus,
             scheduler=scheduler,
-            upstream=upstream,
+            upstreams=upstreams,
             upstream_label=label,
         )
         await scheduler.start()
@@ -90,7 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await scheduler.stop(SHUTDOWN_GRACE_S)
             await store.close()
-            await upstream.http.aclose()
+            await upstreams.aclose()
             if simulator is not None:
                 await simulator.stop()
 

@@ -11,7 +11,7 @@ from app.config import Settings
 from app.events.bus import EventBus
 from app.scheduler.scheduler import Scheduler
 from app.store.store import Store
-from app.upstream.client import Upstream
+from app.upstream.pool import UpstreamPool
 
 
 @dataclass
@@ -20,7 +20,7 @@ class Services:
     store: Store
     bus: EventBus
     scheduler: Scheduler
-    upstream: Upstream
+    upstreams: UpstreamPool
     upstream_label: str
 
 

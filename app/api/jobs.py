@@ -20,11 +20,12 @@ from app.api.schemas import (
     Usage,
 )
 from app.engine.graph import GraphValidationError, validate_graph
-from app.engine.spec import JobSpec
+from app.engine.spec import JobSpec, ResolvedAgent
 from app.errors import ConflictError, NotFoundError, UnprocessableError
 from app.store import repository as repo
 from app.store.ids import new_job_id
 from app.store.models import AgentStatus, JobStatus, utcnow
+from app.upstream.pool import NoRouteError
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -76,6 +77,27 @@ def _job_public(row: Any, totals: repo.JobTotals, agents: list[Any] | None) -> J
     )
 
 
+def _check_routes(services: ServicesDep, agents: list[ResolvedAgent], default: str) -> None:
+    """Every model the job uses must have an upstream, or nothing is stored."""
+    problems: list[dict[str, Any]] = []
+    seen: dict[str, str | None] = {}
+    for i, agent in enumerate(agents):
+        model = agent.model or default
+        if model not in seen:
+            try:
+                services.upstreams.route(model)
+                seen[model] = None
+            except NoRouteError as exc:
+                seen[model] = str(exc)
+        if seen[model] is not None:
+            loc = ["body", "agents", i, "model"] if agent.model else ["body", "model"]
+            problems.append({"loc": loc, "msg": seen[model], "type": "no_upstream"})
+            if len(problems) >= 20:
+                break
+    if problems:
+        raise UnprocessableError(problems)
+
+
 async def _load_job(services: ServicesDep, job_id: str, *, with_agents: bool) -> JobPublic:
     def read(conn: Any) -> tuple[Any, repo.JobTotals, list[Any] | None] | None:
         row = repo.get_job(conn, job_id)
@@ -116,6 +138,7 @@ async def submit_job(
     job_id = new_job_id()
     model = spec.model or settings.default_model
     resolved = spec.resolved_agents()
+    _check_routes(services, resolved, model)
     spec_json = spec.model_dump_json()
     row = {
         "id": job_id,

@@ -20,9 +20,9 @@ from app.engine.templates import DepOutput, build_task_prompt, render_system_pro
 from app.store import repository as repo
 from app.store.models import AgentStatus, JobStatus
 from app.store.store import Store
-from app.upstream.client import AgentRequest, Upstream, call_chat
+from app.upstream.client import AgentRequest, call_chat
 from app.upstream.errors import FailureReason, UpstreamFailure, classify
-from app.upstream.registry import ModelRegistry
+from app.upstream.pool import NoRouteError, Route, UpstreamPool
 from app.upstream.retry import retry_delay
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,7 @@ class JobRun:
         graph: Graph,
         default_model: str,
         store: Store,
-        upstream: Upstream,
-        registry: ModelRegistry,
+        upstreams: UpstreamPool,
         settings: Settings,
         global_slots: asyncio.Semaphore,
     ) -> None:
@@ -55,8 +54,7 @@ class JobRun:
         self.spec = spec
         self.graph = graph
         self.store = store
-        self.upstream = upstream
-        self.registry = registry
+        self.upstreams = upstreams
         self.settings = settings
         self.global_slots = global_slots
         self.default_model = default_model
@@ -262,7 +260,7 @@ class JobRun:
 
     # -- one agent ------------------------------------------------------------------------
 
-    def _request(self, agent: ResolvedAgent) -> AgentRequest:
+    def _request(self, agent: ResolvedAgent, route: Route) -> AgentRequest:
         outputs = {d: self.outputs[d] for d in agent.depends_on}
         prompt = build_task_prompt(
             agent.task, depends_on=agent.depends_on, context=self.spec.context, outputs=outputs
@@ -272,22 +270,31 @@ class JobRun:
             if agent.system_prompt
             else None
         )
-        model = agent.model or self.default_model
         return AgentRequest(
-            model=model,
+            model=route.model.name,
+            upstream_model=route.model.wire_name,
             system_prompt=system,
             prompt=prompt,
             temperature=agent.temperature,
             max_tokens=agent.max_tokens,
             json_mode=agent.response_format is ResponseFormat.json,
             timeout_s=agent.timeout_s,
-            extra_body=dict(self.registry.get(model).extra_body),
+            extra_body=dict(route.model.extra_body),
         )
 
     async def _run_agent(self, agent_id: str) -> AgentOutcome:
         agent = self.agents[agent_id]
-        req = self._request(agent)
-        info = self.registry.get(req.model)
+        model = agent.model or self.default_model
+        try:
+            route = self.upstreams.route(model)
+        except NoRouteError as exc:
+            # Configuration changed since the job was accepted (submit checks routes).
+            await self.store.write(
+                repo.mark_agent_failed(self.job_id, agent_id, error=str(exc), reason="no_route")
+            )
+            return AgentOutcome(agent_id, False, error=str(exc))
+        req = self._request(agent, route)
+        info = route.model
         max_retries = (
             agent.max_retries
             if agent.max_retries is not None
@@ -309,8 +316,8 @@ class JobRun:
                 )
             )
             try:
-                async with self.global_slots:
-                    result = await call_chat(self.upstream.client, req)
+                async with self.global_slots, route.upstream.connections:
+                    result = await call_chat(route.upstream.client, req)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

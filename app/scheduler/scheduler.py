@@ -14,20 +14,16 @@ from app.scheduler.job_run import JobRun
 from app.store import repository as repo
 from app.store.models import JobStatus
 from app.store.store import Store
-from app.upstream.client import Upstream
-from app.upstream.registry import ModelRegistry
+from app.upstream.pool import UpstreamPool
 
 log = logging.getLogger(__name__)
 
 
 class Scheduler:
-    def __init__(
-        self, *, settings: Settings, store: Store, upstream: Upstream, registry: ModelRegistry
-    ) -> None:
+    def __init__(self, *, settings: Settings, store: Store, upstreams: UpstreamPool) -> None:
         self.settings = settings
         self.store = store
-        self.upstream = upstream
-        self.registry = registry
+        self.upstreams = upstreams
         # Upstream calls in flight across all jobs of this process.
         self.global_slots = asyncio.Semaphore(settings.global_concurrency)
         self.runs: dict[str, JobRun] = {}
@@ -77,8 +73,7 @@ class Scheduler:
             graph=graph,
             default_model=model,
             store=self.store,
-            upstream=self.upstream,
-            registry=self.registry,
+            upstreams=self.upstreams,
             settings=self.settings,
             global_slots=self.global_slots,
         )

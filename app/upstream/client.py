@@ -6,6 +6,7 @@ seen, counted and reported.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,9 @@ class Upstream:
     base_url: str
     client: AsyncOpenAI
     http: httpx2.AsyncClient
+    # Calls in flight to this upstream never exceed its connection pool, so no call ever
+    # waits inside the pool (where the wait would count against its time-out).
+    connections: asyncio.Semaphore
 
 
 def build_upstream(name: str, base_url: str, api_key: str | None, settings: Settings) -> Upstream:
@@ -51,7 +55,13 @@ def build_upstream(name: str, base_url: str, api_key: str | None, settings: Sett
         max_retries=0,
         http_client=http,
     )
-    return Upstream(name=name, base_url=base_url, client=client, http=http)
+    return Upstream(
+        name=name,
+        base_url=base_url,
+        client=client,
+        http=http,
+        connections=asyncio.Semaphore(settings.pool_max_connections),
+    )
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,8 @@ class AgentRequest:
     json_mode: bool = False
     timeout_s: float | None = None
     extra_body: dict[str, Any] = field(default_factory=dict)
+    # The provider's name for the model, when it differs from ours.
+    upstream_model: str | None = None
 
     def messages(self) -> list[dict[str, str]]:
         msgs = []
@@ -93,7 +105,10 @@ class EmptyOutputError(Exception):
 
 async def call_chat(client: AsyncOpenAI, req: AgentRequest) -> CallResult:
     """Make exactly one chat-completion call. Raises the SDK's exceptions unchanged."""
-    kwargs: dict[str, Any] = {"model": req.model, "messages": req.messages()}
+    kwargs: dict[str, Any] = {
+        "model": req.upstream_model or req.model,
+        "messages": req.messages(),
+    }
     if req.temperature is not None:
         kwargs["temperature"] = req.temperature
     if req.max_tokens is not None:
