@@ -1,0 +1,138 @@
+"""Crash and restart: kill -9 mid-job, SIGTERM with a grace period. Nothing accepted is lost
+and no agent that completed is ever called again (checked against the simulator's log)."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from tests.e2e.conftest import Proc, start_service, start_simulator, wait_job
+from tests.e2e.test_seed_graphs import sim_requests
+
+pytestmark = pytest.mark.e2e
+
+
+def fan_out_job(n: int) -> dict[str, Any]:
+    agents: list[dict[str, Any]] = [{"id": f"w{i}", "task": f"work item {i}"} for i in range(n)]
+    agents.append(
+        {"id": "merge", "task": "Merge the work items.", "depends_on": [f"w{i}" for i in range(10)]}
+    )
+    return {"name": "durable", "max_concurrency": 40, "agents": agents}
+
+
+def agent_rows(db: Path, job_id: str) -> dict[str, tuple[str, int, str | None]]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT agent_id, status, attempts, prompt FROM agents WHERE job_id = ?", (job_id,)
+        ).fetchall()
+    return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+
+def wait_for_completed(client: httpx2.Client, job_id: str, at_least: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        counts = client.get(f"/jobs/{job_id}", params={"agents": "false"}).json()["counts"]
+        if counts["completed"] >= at_least:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the job made no progress")
+
+
+def calls_by_prompt(simulator: Proc) -> Counter[str]:
+    return Counter(r["messages"][-1]["content"] for r in sim_requests(simulator))
+
+
+def test_kill_9_mid_job_resumes_without_repeating_completed_agents(tmp_path: Path) -> None:
+    sim = start_simulator(tmp_path, "--latency-uniform-ms", "100,300", "--seed", "3")
+    db = tmp_path / "swarm.db"
+    env = {"SWARM_UPSTREAM_BASE_URL": sim.url + "/v1"}
+    try:
+        svc = start_service(tmp_path, env, db=db)
+        with httpx2.Client(base_url=svc.url, timeout=10) as client:
+            job_id = client.post("/jobs", json=fan_out_job(500)).json()["id"]
+            wait_for_completed(client, job_id, 150)
+        svc.stop(sig_kill=True)
+
+        before = agent_rows(db, job_id)
+        completed_before = {a for a, (s, _, _) in before.items() if s == "completed"}
+        running_before = {a: n for a, (s, n, _) in before.items() if s == "running"}
+        assert len(completed_before) >= 150 and len(completed_before) < 501
+        calls_at_kill = calls_by_prompt(sim)
+
+        svc = start_service(tmp_path, env, db=db)
+        with httpx2.Client(base_url=svc.url, timeout=10) as client:
+            job = wait_job(client, job_id, timeout=90)
+        svc.stop()
+        assert job["status"] == "completed"
+        assert job["counts"]["completed"] == 501
+
+        after = agent_rows(db, job_id)
+        calls = calls_by_prompt(sim)
+        for agent_id in completed_before:
+            prompt = after[agent_id][2]
+            assert prompt is not None
+            # Called once, before the kill, and never again.
+            assert calls[prompt] == calls_at_kill[prompt] == 1, agent_id
+            assert after[agent_id][1] == before[agent_id][1]
+        for agent_id, attempts in running_before.items():
+            # Caught mid-call: retried after the restart, and that attempt is counted.
+            assert after[agent_id][0] == "completed"
+            assert after[agent_id][1] == attempts + 1, agent_id
+        # Every agent's prompt reached the upstream; none was lost.
+        assert all(calls[row[2]] >= 1 for row in after.values() if row[2] is not None)
+    finally:
+        sim.stop()
+
+
+def test_sigterm_lets_calls_in_flight_finish_then_resumes_the_rest(tmp_path: Path) -> None:
+    sim = start_simulator(tmp_path, "--latency-uniform-ms", "800,1200", "--seed", "5")
+    db = tmp_path / "swarm.db"
+    env = {"SWARM_UPSTREAM_BASE_URL": sim.url + "/v1"}
+    try:
+        svc = start_service(tmp_path, env, db=db)
+        with httpx2.Client(base_url=svc.url, timeout=10) as client:
+            body = {
+                "max_concurrency": 10,
+                "agents": [{"id": f"a{i}", "task": f"slow item {i}"} for i in range(40)],
+            }
+            job_id = client.post("/jobs", json=body).json()["id"]
+            deadline = time.monotonic() + 10
+            while client.get(f"/jobs/{job_id}").json()["counts"]["running"] < 10:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        started = time.monotonic()
+        svc.proc.send_signal(signal.SIGTERM)
+        svc.proc.wait(timeout=30)
+        stopped_after = time.monotonic() - started
+        # uvicorn shuts down gracefully, then re-raises the signal it caught.
+        assert svc.proc.returncode in (0, -signal.SIGTERM), svc.log()
+        assert "Traceback" not in svc.log()
+        # In-flight calls (≈1 s each) were allowed to finish; nothing waited the full grace.
+        assert stopped_after < 8
+
+        mid = agent_rows(db, job_id)
+        assert "running" not in {s for s, _, _ in mid.values()}
+        done_at_stop = {a for a, (s, _, _) in mid.items() if s == "completed"}
+        assert len(done_at_stop) >= 10
+        calls_at_stop = calls_by_prompt(sim)
+
+        svc = start_service(tmp_path, env, db=db)
+        with httpx2.Client(base_url=svc.url, timeout=10) as client:
+            job = wait_job(client, job_id, timeout=60)
+        svc.stop()
+        assert job["status"] == "completed"
+        after = agent_rows(db, job_id)
+        calls = calls_by_prompt(sim)
+        for agent_id in done_at_stop:
+            prompt = after[agent_id][2]
+            assert prompt is not None and calls[prompt] == calls_at_stop[prompt] == 1
+        assert all(n == 1 for _, n, _ in after.values())
+    finally:
+        sim.stop()
