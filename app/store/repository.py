@@ -119,11 +119,7 @@ def mark_agent_started(
         }
         if attempt == 1:
             values["started_at"] = utcnow()
-        tx.conn.execute(
-            update(agents_t)
-            .where(agents_t.c.job_id == job_id, agents_t.c.agent_id == agent_id)
-            .values(**values)
-        )
+        tx.update_agent(job_id, agent_id, values)
         tx.emit(job_id, EventType.agent_started, agent_id, attempt=attempt, model=model)
 
     return op
@@ -174,21 +170,21 @@ class Completion:
 
 def mark_agent_completed(job_id: str, agent_id: str, c: Completion) -> Any:
     def op(tx: Tx) -> None:
-        tx.conn.execute(
-            update(agents_t)
-            .where(agents_t.c.job_id == job_id, agents_t.c.agent_id == agent_id)
-            .values(
-                status=AgentStatus.completed,
-                output=c.output,
-                finish_reason=c.finish_reason,
-                prompt_tokens=c.prompt_tokens,
-                completion_tokens=c.completion_tokens,
-                total_tokens=c.total_tokens,
-                cost_usd=c.cost_usd,
-                latency_ms=c.latency_ms,
-                last_error=None,
-                finished_at=utcnow(),
-            )
+        tx.update_agent(
+            job_id,
+            agent_id,
+            {
+                "status": AgentStatus.completed,
+                "output": c.output,
+                "finish_reason": c.finish_reason,
+                "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": c.completion_tokens,
+                "total_tokens": c.total_tokens,
+                "cost_usd": c.cost_usd,
+                "latency_ms": c.latency_ms,
+                "last_error": None,
+                "finished_at": utcnow(),
+            },
         )
         tx.emit(
             job_id,
@@ -209,10 +205,10 @@ def mark_agent_completed(job_id: str, agent_id: str, c: Completion) -> Any:
 
 def mark_agent_failed(job_id: str, agent_id: str, *, error: str, reason: str) -> Any:
     def op(tx: Tx) -> None:
-        tx.conn.execute(
-            update(agents_t)
-            .where(agents_t.c.job_id == job_id, agents_t.c.agent_id == agent_id)
-            .values(status=AgentStatus.failed, last_error=error, finished_at=utcnow())
+        tx.update_agent(
+            job_id,
+            agent_id,
+            {"status": AgentStatus.failed, "last_error": error, "finished_at": utcnow()},
         )
         tx.emit(job_id, EventType.agent_failed, agent_id, error=error, reason=reason)
 

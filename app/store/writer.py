@@ -15,10 +15,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
 from app.events.bus import EventBus, StoredEvent
-from app.store.models import Event, Job, utcnow
+from app.store.models import Agent, Event, Job, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ T = TypeVar("T")
 
 _events_table = Event.__table__  # type: ignore[attr-defined]
 _jobs_table = Job.__table__  # type: ignore[attr-defined]
+_agents_table = Agent.__table__  # type: ignore[attr-defined]
 
 
 class StoreClosedError(RuntimeError):
@@ -36,11 +37,50 @@ class Tx:
     """What an operation sees: the connection of the open transaction, and `emit`."""
 
     def __init__(self, conn: Connection, seq_cache: dict[str, int]) -> None:
-        self.conn = conn
+        self._conn = conn
         self._seq_cache = seq_cache
         self.seqs: dict[str, int] = {}
         self.events: list[StoredEvent] = []
         self.forgotten: set[str] = set()
+        # Plain column assignments to agents, merged per agent and written with one
+        # executemany per column set at the end of the batch (or before any other SQL).
+        self._agent_updates: dict[tuple[str, str], dict[str, Any]] = {}
+
+    @property
+    def conn(self) -> Connection:
+        """The transaction's connection; deferred agent updates are written first, so an
+        operation always reads what earlier operations of the batch wrote."""
+        self._flush_agent_updates()
+        return self._conn
+
+    def update_agent(self, job_id: str, agent_id: str, values: dict[str, Any]) -> None:
+        """Assign column values to one agent (no SQL expressions: they are merged, so
+        only the final value of each column is written)."""
+        merged = self._agent_updates.get((job_id, agent_id))
+        if merged is None:
+            self._agent_updates[(job_id, agent_id)] = dict(values)
+        else:
+            merged.update(values)
+
+    def _flush_agent_updates(self) -> None:
+        if not self._agent_updates:
+            return
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for (job_id, agent_id), values in self._agent_updates.items():
+            row = {"b_job": job_id, "b_agent": agent_id}
+            row.update({f"v_{k}": v for k, v in values.items()})
+            groups.setdefault(tuple(sorted(values)), []).append(row)
+        self._agent_updates = {}
+        for columns, rows in groups.items():
+            stmt = (
+                update(_agents_table)
+                .where(
+                    _agents_table.c.job_id == bindparam("b_job"),
+                    _agents_table.c.agent_id == bindparam("b_agent"),
+                )
+                .values({c: bindparam(f"v_{c}") for c in columns})
+            )
+            self._conn.execute(stmt, rows)
 
     def _next_seq(self, job_id: str) -> int:
         current = self.seqs.get(job_id)
@@ -74,8 +114,9 @@ class Tx:
         self.events = [e for e in self.events if e.job_id != job_id]
 
     def flush(self) -> None:
+        self._flush_agent_updates()
         if self.events:
-            self.conn.execute(
+            self._conn.execute(
                 insert(_events_table),
                 [
                     {
@@ -90,7 +131,7 @@ class Tx:
                 ],
             )
         for job_id, seq in self.seqs.items():
-            self.conn.execute(
+            self._conn.execute(
                 update(_jobs_table).where(_jobs_table.c.id == job_id).values(event_seq=seq)
             )
 
