@@ -1,0 +1,576 @@
+"""Asyncio concurrency primitives for the scheduler: fair global slots, an AIMD limit per
+model and token buckets for declared rpm/tpm limits. No I/O; time comes from an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import TracebackType
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+__all__ = [
+    "AdaptiveLimiter",
+    "AdaptiveSnapshot",
+    "Clock",
+    "FairLimiter",
+    "Outcome",
+    "Permit",
+    "RateLimits",
+    "Sleep",
+    "TokenBucket",
+]
+
+
+# --------------------------------------------------------------------------- fair slots
+
+
+class _Job:
+    __slots__ = ("in_flight", "queue", "waiting")
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        # Waiters still owed a slot. `queue` may also hold futures already cancelled: they
+        # are skipped when they reach the front, so that cancelling stays O(1).
+        self.waiting = 0
+        self.queue: deque[asyncio.Future[None]] = deque()
+
+
+class FairLimiter:
+    """Global concurrency slots shared fairly between jobs.
+
+    Fairness policy: while slots are free nobody waits. Once callers have to wait, each
+    freed slot goes to the next job (key) in a round-robin rotation of the jobs that have
+    waiters, and within a job to its oldest waiter. A job enters the rotation at the back
+    when its first call starts waiting and leaves it when it has no waiters left. So a job
+    with 10,000 queued calls and one with 3 queued calls submitted later take turns, slot
+    by slot, instead of the small job waiting behind the large one's backlog. The policy
+    counts grants, not slots held: a job's calls already in flight do not lower its turn.
+
+    `capacity` can change at run time: growing it hands the new slots to waiters at once;
+    shrinking it never interrupts calls in flight, it only withholds grants until enough
+    slots have been released.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = _check_capacity(capacity)
+        self._in_flight = 0
+        self._waiting = 0
+        self._jobs: dict[str, _Job] = {}
+        # Keys whose queue is non-empty, front = next to be served.
+        self._rotation: OrderedDict[str, None] = OrderedDict()
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @capacity.setter
+    def capacity(self, value: int) -> None:
+        self._capacity = _check_capacity(value)
+        self._wake()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    def in_flight_of(self, key: str) -> int:
+        job = self._jobs.get(key)
+        return 0 if job is None else job.in_flight
+
+    def waiting_of(self, key: str) -> int:
+        job = self._jobs.get(key)
+        return 0 if job is None else job.waiting
+
+    async def acquire(self, key: str) -> None:
+        job = self._jobs.get(key)
+        if job is None:
+            job = self._jobs[key] = _Job()
+        if self._in_flight < self._capacity and not self._rotation:
+            job.in_flight += 1
+            self._in_flight += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        job.queue.append(fut)
+        job.waiting += 1
+        self._waiting += 1
+        if key not in self._rotation:
+            self._rotation[key] = None
+        # The rotation may hold only cancelled waiters while a slot is free.
+        self._wake()
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                # The slot was handed to us in the same loop iteration as the cancellation:
+                # pass it on rather than leak it.
+                self.release(key)
+            else:
+                fut.cancel()
+                self._drop_waiter(key, job)
+            raise
+
+    def release(self, key: str) -> None:
+        job = self._jobs.get(key)
+        if job is None or job.in_flight == 0:
+            raise RuntimeError(f"release({key!r}) without a matching acquire")
+        job.in_flight -= 1
+        self._in_flight -= 1
+        if job.in_flight == 0 and job.waiting == 0:
+            del self._jobs[key]
+        self._wake()
+
+    def slot(self, key: str) -> AbstractAsyncContextManager[None]:
+        return _FairSlot(self, key)
+
+    def _drop_waiter(self, key: str, job: _Job) -> None:
+        job.waiting -= 1
+        self._waiting -= 1
+        if job.waiting == 0:
+            # Everything left in the queue is cancelled: free it now, not when its turn comes.
+            job.queue.clear()
+            self._rotation.pop(key, None)
+            if job.in_flight == 0:
+                del self._jobs[key]
+
+    def _wake(self) -> None:
+        while self._in_flight < self._capacity and self._rotation:
+            key = next(iter(self._rotation))
+            job = self._jobs[key]
+            queue = job.queue
+            while queue and queue[0].done():
+                queue.popleft()
+            if not queue:
+                del self._rotation[key]
+                continue
+            fut = queue.popleft()
+            job.waiting -= 1
+            self._waiting -= 1
+            job.in_flight += 1
+            self._in_flight += 1
+            fut.set_result(None)
+            if job.waiting == 0:
+                queue.clear()
+            if queue:
+                self._rotation.move_to_end(key)
+            else:
+                del self._rotation[key]
+
+
+class _FairSlot:
+    __slots__ = ("_key", "_limiter")
+
+    def __init__(self, limiter: FairLimiter, key: str) -> None:
+        self._limiter = limiter
+        self._key = key
+
+    async def __aenter__(self) -> None:
+        await self._limiter.acquire(self._key)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._limiter.release(self._key)
+
+
+def _check_capacity(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"capacity must be an int >= 1, got {value!r}")
+    return value
+
+
+# ------------------------------------------------------------------------ adaptive limit
+
+
+class Outcome(StrEnum):
+    """How an upstream call ended, as far as congestion control is concerned."""
+
+    ok = "ok"
+    overload = "overload"  # 429 or a time-out: the upstream is saturated
+    error = "error"  # anything else; says nothing about load, so the limit is left alone
+
+
+@dataclass(slots=True, eq=False)
+class Permit:
+    """One granted slot of an AdaptiveLimiter.
+
+    `epoch` is the limiter's decrease count at grant time: an overload reported on this
+    permit lowers the limit only if no decrease happened since it was granted.
+    """
+
+    granted_at: float
+    epoch: int
+    outcome: Outcome | None = None
+    _released: bool = field(default=False, init=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptiveSnapshot:
+    limit: float
+    in_flight: int
+    waiting: int
+    decreases: int
+
+
+class AdaptiveLimiter:
+    """AIMD concurrency limit for one upstream model (TCP congestion control, by calls).
+
+    - `ok` raises the limit by `increase / limit`, so a full window of successes raises it
+      by about `increase`; but only while at least half the window is in use, so a model
+      with little traffic does not drift to `maximum` and then flood the upstream when a
+      big swarm arrives (Netflix concurrency-limits does the same).
+    - `overload` multiplies the limit by `decrease`, at most once per window: only a permit
+      granted after the last decrease can decrease again. Calls in flight together see the
+      same congestion, so a burst of 429s from them halves the limit once, not once per
+      call. Windows are counted in decreases, not clock time, so equal timestamps (coarse
+      or fake clocks) cannot make the rule ambiguous.
+    - `error` is neutral.
+
+    The limit stays within [minimum, maximum]; `max(1, floor(limit))` calls may be in
+    flight. Waiters are served FIFO as soon as in-flight calls fall below that; a lower
+    limit never interrupts calls in flight, it only withholds new permits.
+    """
+
+    def __init__(
+        self,
+        *,
+        initial: float = 8,
+        minimum: float = 1,
+        maximum: float = 256,
+        increase: float = 1.0,
+        decrease: float = 0.5,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if not 0 < minimum <= initial <= maximum:
+            raise ValueError("need 0 < minimum <= initial <= maximum")
+        if increase <= 0:
+            raise ValueError("increase must be > 0")
+        if not 0 < decrease < 1:
+            raise ValueError("decrease must be in (0, 1)")
+        self._limit = float(initial)
+        self._minimum = float(minimum)
+        self._maximum = float(maximum)
+        self._increase = float(increase)
+        self._decrease = float(decrease)
+        self._clock = clock
+        self._in_flight = 0
+        self._waiting = 0
+        self._decreases = 0
+        # Live waiters plus cancelled futures not yet skipped (see FairLimiter).
+        self._waiters: deque[asyncio.Future[Permit]] = deque()
+
+    @property
+    def limit(self) -> float:
+        return self._limit
+
+    @property
+    def minimum(self) -> float:
+        return self._minimum
+
+    @property
+    def maximum(self) -> float:
+        return self._maximum
+
+    @maximum.setter
+    def maximum(self, value: float) -> None:
+        if value < self._minimum:
+            raise ValueError(f"maximum {value!r} is below minimum {self._minimum!r}")
+        self._maximum = float(value)
+        self._limit = min(self._limit, self._maximum)
+
+    @property
+    def slots(self) -> int:
+        return max(1, math.floor(self._limit))
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    @property
+    def decreases(self) -> int:
+        return self._decreases
+
+    def snapshot(self) -> AdaptiveSnapshot:
+        return AdaptiveSnapshot(self._limit, self._in_flight, self._waiting, self._decreases)
+
+    async def acquire(self) -> Permit:
+        if self._in_flight < self.slots and not self._waiters:
+            return self._grant()
+        fut: asyncio.Future[Permit] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._waiting += 1
+        self._wake()
+        try:
+            return await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                # Granted in the same loop iteration as the cancellation: pass it on
+                # without letting the call that never ran move the limit.
+                self._give_back(fut.result())
+            else:
+                fut.cancel()
+                self._waiting -= 1
+                if self._waiting == 0:
+                    self._waiters.clear()
+            raise
+
+    def release(self, permit: Permit, outcome: Outcome) -> None:
+        self._give_back(permit, wake=False)
+        if outcome is Outcome.ok:
+            # Counting this call: the window as it was while the call ran.
+            if (self._in_flight + 1) * 2 >= self.slots:
+                self._limit = min(self._maximum, self._limit + self._increase / self._limit)
+        elif outcome is Outcome.overload and permit.epoch == self._decreases:
+            self._limit = max(self._minimum, self._limit * self._decrease)
+            self._decreases += 1
+        self._wake()
+
+    def slot(self) -> AbstractAsyncContextManager[Permit]:
+        """`async with limiter.slot() as permit:` — set `permit.outcome` before leaving.
+
+        If it is left unset the outcome is `ok` when the block exits normally and `error`
+        (neutral) when an exception escapes, cancellation included: a call that failed in
+        an unclassified way must neither grow nor shrink the limit. An explicit outcome
+        always wins, so `permit.outcome = Outcome.overload; raise RateLimited()` works.
+        """
+        return _AdaptiveSlot(self)
+
+    def _grant(self) -> Permit:
+        self._in_flight += 1
+        return Permit(granted_at=self._clock(), epoch=self._decreases)
+
+    def _give_back(self, permit: Permit, *, wake: bool = True) -> None:
+        if permit._released:
+            raise RuntimeError("permit released twice")
+        permit._released = True
+        self._in_flight -= 1
+        if wake:
+            self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._in_flight < self.slots:
+            fut = self._waiters.popleft()
+            if fut.done():
+                continue
+            self._waiting -= 1
+            fut.set_result(self._grant())
+        if self._waiting == 0:
+            self._waiters.clear()
+
+
+class _AdaptiveSlot:
+    __slots__ = ("_limiter", "_permit")
+
+    def __init__(self, limiter: AdaptiveLimiter) -> None:
+        self._limiter = limiter
+        self._permit: Permit | None = None
+
+    async def __aenter__(self) -> Permit:
+        self._permit = await self._limiter.acquire()
+        return self._permit
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        permit = self._permit
+        assert permit is not None
+        outcome = permit.outcome
+        if outcome is None:
+            outcome = Outcome.ok if exc_type is None else Outcome.error
+        self._limiter.release(permit, outcome)
+
+
+# ------------------------------------------------------------------------- token buckets
+
+
+class _Taker:
+    __slots__ = ("gone", "need", "turn")
+
+    def __init__(self, need: float, turn: asyncio.Future[None]) -> None:
+        self.need = need
+        self.turn = turn
+        self.gone = False
+
+
+class TokenBucket:
+    """Token bucket refilled continuously at `rate_per_s` up to `capacity`; starts full.
+
+    Takers wait in FIFO order and only the head of the queue sleeps, so a large request is
+    not starved by a stream of small ones. A request larger than `capacity` could never be
+    covered; it is let through when the bucket is full and leaves the level negative, the
+    debt delaying later takers just as `adjust` charges do.
+    """
+
+    def __init__(
+        self,
+        *,
+        rate_per_s: float,
+        capacity: float,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if rate_per_s <= 0 or capacity <= 0:
+            raise ValueError("rate_per_s and capacity must be > 0")
+        self._rate = float(rate_per_s)
+        self._capacity = float(capacity)
+        self._clock = clock
+        self._sleep = sleep
+        self._level = self._capacity
+        self._stamp = clock()
+        # Float refill arithmetic lands a hair short of the target after sleeping exactly
+        # the computed delay; without slack a fake clock would spin on ever-tinier sleeps.
+        self._slack = 1e-9 * self._capacity
+        # Live takers at the front and in order; cancelled ones further back stay until
+        # they reach the front (`gone`), so cancelling is O(1).
+        self._queue: deque[_Taker] = deque()
+        self._queued = 0.0
+        self._waiting = 0
+
+    @property
+    def rate_per_s(self) -> float:
+        return self._rate
+
+    @property
+    def capacity(self) -> float:
+        return self._capacity
+
+    @property
+    def level(self) -> float:
+        self._refill()
+        return self._level
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    def try_take(self, n: float = 1) -> float:
+        """Take `n` now and return 0.0, or take nothing and return the seconds until `n`
+        would be available. Queued takers come first: with a queue, this takes only what
+        leaves their demand covered, and the wait is an estimate that includes it."""
+        need = self._need(n)
+        self._refill()
+        ahead = self._queued + need
+        if self._level + self._slack >= ahead:
+            self._level -= n
+            return 0.0
+        return (ahead - self._level) / self._rate
+
+    async def take(self, n: float = 1) -> None:
+        if not self._queue and self.try_take(n) == 0.0:
+            return
+        need = self._need(n)
+        me = _Taker(need, asyncio.get_running_loop().create_future())
+        self._queue.append(me)
+        self._queued += need
+        self._waiting += 1
+        try:
+            if self._queue[0] is not me:
+                await me.turn
+            while True:
+                self._refill()
+                if self._level + self._slack >= need:
+                    self._level -= n
+                    return
+                await self._sleep((need - self._level) / self._rate)
+        finally:
+            me.gone = True
+            self._queued -= need
+            self._waiting -= 1
+            if self._queue and self._queue[0] is me:
+                # Leaving the head (served, or cancelled even just as its turn came): the
+                # turn passes to the next live taker.
+                self._queue.popleft()
+                self._next_turn()
+
+    def adjust(self, delta: float) -> None:
+        """Charge (`delta` > 0) or refund (`delta` < 0) tokens after the fact. Charges may
+        leave the level negative; refunds are capped at `capacity`. A taker already
+        sleeping notices a refund when it wakes, not earlier."""
+        self._refill()
+        self._level = min(self._capacity, self._level - delta)
+
+    def _need(self, n: float) -> float:
+        if n < 0:
+            raise ValueError(f"cannot take a negative amount ({n!r})")
+        return min(n, self._capacity)
+
+    def _refill(self) -> None:
+        now = self._clock()
+        if now > self._stamp:
+            self._level = min(self._capacity, self._level + (now - self._stamp) * self._rate)
+            self._stamp = now
+
+    def _next_turn(self) -> None:
+        queue = self._queue
+        while queue and queue[0].gone:
+            queue.popleft()
+        if queue:
+            turn = queue[0].turn
+            if not turn.done():
+                turn.set_result(None)
+        else:
+            self._queued = 0.0  # drop accumulated float drift
+
+
+class RateLimits:
+    """Declared per-minute limits of one upstream: requests (rpm) and tokens (tpm), each a
+    bucket holding one minute's worth. None means no limit of that kind.
+
+    Call `admit(estimate)` before a request and `settle(estimate, actual)` after it (with
+    actual 0 if it consumed nothing) so the token bucket reflects real usage.
+    """
+
+    def __init__(
+        self,
+        rpm: int | None,
+        tpm: int | None,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.requests = _per_minute(rpm, clock, sleep)
+        self.tokens = _per_minute(tpm, clock, sleep)
+
+    async def admit(self, est_tokens: int) -> None:
+        if self.requests is not None:
+            await self.requests.take(1)
+        if self.tokens is not None:
+            try:
+                await self.tokens.take(est_tokens)
+            except BaseException:
+                if self.requests is not None:
+                    # Not admitted after all: the request token goes back.
+                    self.requests.adjust(-1)
+                raise
+
+    def settle(self, est_tokens: int, actual_tokens: int) -> None:
+        if self.tokens is not None:
+            self.tokens.adjust(actual_tokens - est_tokens)
+
+
+def _per_minute(limit: int | None, clock: Clock, sleep: Sleep) -> TokenBucket | None:
+    if limit is None:
+        return None
+    if limit <= 0:
+        raise ValueError(f"per-minute limit must be > 0 or None, got {limit!r}")
+    return TokenBucket(rate_per_s=limit / 60, capacity=limit, clock=clock, sleep=sleep)
