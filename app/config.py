@@ -51,6 +51,13 @@ class Settings(BaseSettings):
 
     # Scheduling.
     global_concurrency: int = Field(256, ge=1)
+    # Adaptive (AIMD) concurrency per model: where it starts, its ceiling (a model's
+    # max_concurrency in the registry overrides it) and how hard a 429 or time-out cuts it.
+    # 0.8 rather than TCP's 0.5: the sawtooth then averages about 90% of the upstream's
+    # real capacity instead of 75%, and this service is usually the key's only client.
+    model_concurrency_initial: int = Field(16, ge=1)
+    model_concurrency_max: int = Field(256, ge=1)
+    adaptive_decrease: float = Field(0.8, gt=0, lt=1)
     max_agents_per_job: int = Field(10_000, ge=1)
     default_max_retries: int = Field(5, ge=0, le=20)
     # Back-off: full jitter between 0 and min(cap, base * 2**attempt).

@@ -17,15 +17,20 @@ from app.config import Settings
 from app.engine.graph import DagState, Graph, NodeStatus
 from app.engine.spec import FailurePolicy, JobSpec, ResolvedAgent, ResponseFormat
 from app.engine.templates import DepOutput, build_task_prompt, render_system_prompt
+from app.scheduler.gates import Gates, estimate_tokens
+from app.scheduler.limits import Outcome
 from app.store import repository as repo
 from app.store.models import AgentStatus, JobStatus
 from app.store.store import Store
-from app.upstream.client import AgentRequest, call_chat
+from app.upstream.client import AgentRequest, CallResult, call_chat
 from app.upstream.errors import FailureReason, UpstreamFailure, classify
 from app.upstream.pool import NoRouteError, Route, UpstreamPool
 from app.upstream.retry import retry_delay
 
 log = logging.getLogger(__name__)
+
+# Failures that mean "the upstream is saturated": they shrink the model's adaptive limit.
+OVERLOAD_REASONS = frozenset({FailureReason.rate_limited, FailureReason.timeout})
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,7 @@ class JobRun:
         store: Store,
         upstreams: UpstreamPool,
         settings: Settings,
-        global_slots: asyncio.Semaphore,
+        gates: Gates,
     ) -> None:
         self.job_id = job_id
         self.spec = spec
@@ -56,7 +61,7 @@ class JobRun:
         self.store = store
         self.upstreams = upstreams
         self.settings = settings
-        self.global_slots = global_slots
+        self.gates = gates
         self.default_model = default_model
         self.policy = FailurePolicy(spec.failure_policy)
         self.agents: dict[str, ResolvedAgent] = {a.id: spec.resolve(a) for a in spec.agents}
@@ -302,77 +307,101 @@ class JobRun:
         )
         max_attempts = 1 + max_retries
         attempt = self.prior_attempts.get(agent_id, 0)
-        last: UpstreamFailure | None = None
         while True:
             attempt += 1
-            await self.store.write(
-                repo.mark_agent_started(
-                    self.job_id,
-                    agent_id,
-                    attempt=attempt,
-                    model=req.model,
-                    system_prompt=req.system_prompt,
-                    prompt=req.prompt,
+            outcome = await self._attempt(agent_id, attempt, route, req)
+            if isinstance(outcome, CallResult):
+                result = outcome
+                break
+            last = outcome
+            if last.retryable and attempt < max_attempts:
+                delay = retry_delay(
+                    attempt,
+                    last.retry_after_s,
+                    base_s=self.settings.retry_backoff_base_s,
+                    cap_s=self.settings.retry_backoff_cap_s,
+                    rng=self._rng,
                 )
-            )
-            try:
-                async with self.global_slots, route.upstream.connections:
-                    result = await call_chat(route.upstream.client, req)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                last = classify(
-                    exc,
-                    agent_id=agent_id,
-                    model=req.model,
-                    context_window=info.context_window,
-                    prompt_chars=req.prompt_chars,
-                    retry_after_cap_s=self.settings.retry_after_cap_s,
-                )
-                if last.retryable and attempt < max_attempts:
-                    delay = retry_delay(
-                        attempt,
-                        last.retry_after_s,
-                        base_s=self.settings.retry_backoff_base_s,
-                        cap_s=self.settings.retry_backoff_cap_s,
-                        rng=self._rng,
-                    )
-                    await self.store.write(
-                        repo.mark_agent_retrying(
-                            self.job_id,
-                            agent_id,
-                            attempt=attempt,
-                            reason=str(last.reason),
-                            error=last.message,
-                            delay_s=delay,
-                            rate_limited=last.reason is FailureReason.rate_limited,
-                        )
-                    )
-                    await asyncio.sleep(delay)
-                    continue
-                error = last.message
-                if last.retryable:
-                    error = f"gave up after {attempt} attempt(s): {last.message}"
                 await self.store.write(
-                    repo.mark_agent_failed(
-                        self.job_id, agent_id, error=error, reason=str(last.reason)
+                    repo.mark_agent_retrying(
+                        self.job_id,
+                        agent_id,
+                        attempt=attempt,
+                        reason=str(last.reason),
+                        error=last.message,
+                        delay_s=delay,
+                        rate_limited=last.reason is FailureReason.rate_limited,
                     )
                 )
-                return AgentOutcome(agent_id, False, error=error)
-            cost = info.cost(result.prompt_tokens, result.completion_tokens)
+                await asyncio.sleep(delay)
+                continue
+            error = last.message
+            if last.retryable:
+                error = f"gave up after {attempt} attempt(s): {last.message}"
             await self.store.write(
-                repo.mark_agent_completed(
-                    self.job_id,
-                    agent_id,
-                    repo.Completion(
-                        output=result.output,
-                        finish_reason=result.finish_reason,
-                        prompt_tokens=result.prompt_tokens,
-                        completion_tokens=result.completion_tokens,
-                        total_tokens=result.total_tokens,
-                        cost_usd=cost,
-                        latency_ms=result.latency_ms,
-                    ),
-                )
+                repo.mark_agent_failed(self.job_id, agent_id, error=error, reason=str(last.reason))
             )
-            return AgentOutcome(agent_id, True, output=result.output, cost_usd=cost)
+            return AgentOutcome(agent_id, False, error=error)
+        cost = info.cost(result.prompt_tokens, result.completion_tokens)
+        await self.store.write(
+            repo.mark_agent_completed(
+                self.job_id,
+                agent_id,
+                repo.Completion(
+                    output=result.output,
+                    finish_reason=result.finish_reason,
+                    prompt_tokens=result.prompt_tokens,
+                    completion_tokens=result.completion_tokens,
+                    total_tokens=result.total_tokens,
+                    cost_usd=cost,
+                    latency_ms=result.latency_ms,
+                ),
+            )
+        )
+        return AgentOutcome(agent_id, True, output=result.output, cost_usd=cost)
+
+    async def _attempt(
+        self, agent_id: str, attempt: int, route: Route, req: AgentRequest
+    ) -> CallResult | UpstreamFailure:
+        """One call through every limit: the model's adaptive limit and rate buckets, the
+        global limit, the upstream's pool. The attempt is recorded (and counted) once all
+        are passed, just before the call, so `running` means really in flight."""
+        gate = self.gates.for_model(route.model)
+        estimate = estimate_tokens(req.prompt_chars, req.max_tokens)
+        async with gate.concurrency.slot(self.job_id) as permit:
+            if gate.rate is not None:
+                await gate.rate.admit(estimate)
+            async with self.gates.global_slots.slot(self.job_id), route.upstream.connections:
+                await self.store.write(
+                    repo.mark_agent_started(
+                        self.job_id,
+                        agent_id,
+                        attempt=attempt,
+                        model=req.model,
+                        system_prompt=req.system_prompt,
+                        prompt=req.prompt,
+                    )
+                )
+                try:
+                    result = await call_chat(route.upstream.client, req)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    failure = classify(
+                        exc,
+                        agent_id=agent_id,
+                        model=req.model,
+                        context_window=route.model.context_window,
+                        prompt_chars=req.prompt_chars,
+                        retry_after_cap_s=self.settings.retry_after_cap_s,
+                    )
+                    permit.outcome = (
+                        Outcome.overload if failure.reason in OVERLOAD_REASONS else Outcome.error
+                    )
+                    if gate.rate is not None:
+                        gate.rate.settle(estimate, 0)
+                    return failure
+            permit.outcome = Outcome.ok
+            if gate.rate is not None:
+                gate.rate.settle(estimate, result.total_tokens or estimate)
+            return result

@@ -213,6 +213,7 @@ class Permit:
 
     granted_at: float
     epoch: int
+    key: str = ""
     outcome: Outcome | None = None
     _released: bool = field(default=False, init=False, repr=False)
 
@@ -238,9 +239,13 @@ class AdaptiveLimiter:
       call. Windows are counted in decreases, not clock time, so equal timestamps (coarse
       or fake clocks) cannot make the rule ambiguous.
     - `error` is neutral.
+    - Slow start (TCP's): until the first overload each `ok` adds a whole `increase`, so
+      the limit doubles every window and a swarm finds a large capacity in a few round
+      trips instead of hundreds.
 
     The limit stays within [minimum, maximum]; `max(1, floor(limit))` calls may be in
-    flight. Waiters are served FIFO as soon as in-flight calls fall below that; a lower
+    flight. Waiting goes through a FairLimiter whose capacity follows the limit, so the
+    jobs sharing a model take turns (its fairness policy) while the limit adapts; a lower
     limit never interrupts calls in flight, it only withholds new permits.
     """
 
@@ -252,6 +257,7 @@ class AdaptiveLimiter:
         maximum: float = 256,
         increase: float = 1.0,
         decrease: float = 0.5,
+        slow_start: bool = True,
         clock: Clock = time.monotonic,
     ) -> None:
         if not 0 < minimum <= initial <= maximum:
@@ -266,11 +272,9 @@ class AdaptiveLimiter:
         self._increase = float(increase)
         self._decrease = float(decrease)
         self._clock = clock
-        self._in_flight = 0
-        self._waiting = 0
         self._decreases = 0
-        # Live waiters plus cancelled futures not yet skipped (see FairLimiter).
-        self._waiters: deque[asyncio.Future[Permit]] = deque()
+        self._slow_start = slow_start
+        self._slots = FairLimiter(self.slots)
 
     @property
     def limit(self) -> float:
@@ -289,7 +293,7 @@ class AdaptiveLimiter:
         if value < self._minimum:
             raise ValueError(f"maximum {value!r} is below minimum {self._minimum!r}")
         self._maximum = float(value)
-        self._limit = min(self._limit, self._maximum)
+        self._set_limit(min(self._limit, self._maximum))
 
     @property
     def slots(self) -> int:
@@ -297,93 +301,68 @@ class AdaptiveLimiter:
 
     @property
     def in_flight(self) -> int:
-        return self._in_flight
+        return self._slots.in_flight
 
     @property
     def waiting(self) -> int:
-        return self._waiting
+        return self._slots.waiting
 
     @property
     def decreases(self) -> int:
         return self._decreases
 
     def snapshot(self) -> AdaptiveSnapshot:
-        return AdaptiveSnapshot(self._limit, self._in_flight, self._waiting, self._decreases)
+        return AdaptiveSnapshot(self._limit, self.in_flight, self.waiting, self._decreases)
 
-    async def acquire(self) -> Permit:
-        if self._in_flight < self.slots and not self._waiters:
-            return self._grant()
-        fut: asyncio.Future[Permit] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        self._waiting += 1
-        self._wake()
-        try:
-            return await fut
-        except BaseException:
-            if fut.done() and not fut.cancelled():
-                # Granted in the same loop iteration as the cancellation: pass it on
-                # without letting the call that never ran move the limit.
-                self._give_back(fut.result())
-            else:
-                fut.cancel()
-                self._waiting -= 1
-                if self._waiting == 0:
-                    self._waiters.clear()
-            raise
+    async def acquire(self, key: str = "") -> Permit:
+        """Wait for a slot; `key` (the job) decides whose turn it is when several wait."""
+        await self._slots.acquire(key)
+        return Permit(granted_at=self._clock(), epoch=self._decreases, key=key)
 
     def release(self, permit: Permit, outcome: Outcome) -> None:
-        self._give_back(permit, wake=False)
+        if permit._released:
+            raise RuntimeError("permit released twice")
+        permit._released = True
+        limit = self._limit
         if outcome is Outcome.ok:
             # Counting this call: the window as it was while the call ran.
-            if (self._in_flight + 1) * 2 >= self.slots:
-                self._limit = min(self._maximum, self._limit + self._increase / self._limit)
+            if self._slots.in_flight * 2 >= self.slots:
+                step = self._increase if self._slow_start else self._increase / limit
+                limit = min(self._maximum, limit + step)
         elif outcome is Outcome.overload and permit.epoch == self._decreases:
-            self._limit = max(self._minimum, self._limit * self._decrease)
+            limit = max(self._minimum, limit * self._decrease)
             self._decreases += 1
-        self._wake()
+            self._slow_start = False
+        # Capacity first, so the freed slot goes out under the new limit.
+        self._set_limit(limit)
+        self._slots.release(permit.key)
 
-    def slot(self) -> AbstractAsyncContextManager[Permit]:
-        """`async with limiter.slot() as permit:` — set `permit.outcome` before leaving.
+    def slot(self, key: str = "") -> AbstractAsyncContextManager[Permit]:
+        """`async with limiter.slot(job_id) as permit:` — set `permit.outcome` before leaving.
 
         If it is left unset the outcome is `ok` when the block exits normally and `error`
         (neutral) when an exception escapes, cancellation included: a call that failed in
         an unclassified way must neither grow nor shrink the limit. An explicit outcome
         always wins, so `permit.outcome = Outcome.overload; raise RateLimited()` works.
         """
-        return _AdaptiveSlot(self)
+        return _AdaptiveSlot(self, key)
 
-    def _grant(self) -> Permit:
-        self._in_flight += 1
-        return Permit(granted_at=self._clock(), epoch=self._decreases)
-
-    def _give_back(self, permit: Permit, *, wake: bool = True) -> None:
-        if permit._released:
-            raise RuntimeError("permit released twice")
-        permit._released = True
-        self._in_flight -= 1
-        if wake:
-            self._wake()
-
-    def _wake(self) -> None:
-        while self._waiters and self._in_flight < self.slots:
-            fut = self._waiters.popleft()
-            if fut.done():
-                continue
-            self._waiting -= 1
-            fut.set_result(self._grant())
-        if self._waiting == 0:
-            self._waiters.clear()
+    def _set_limit(self, limit: float) -> None:
+        self._limit = limit
+        if self._slots.capacity != self.slots:
+            self._slots.capacity = self.slots
 
 
 class _AdaptiveSlot:
-    __slots__ = ("_limiter", "_permit")
+    __slots__ = ("_key", "_limiter", "_permit")
 
-    def __init__(self, limiter: AdaptiveLimiter) -> None:
+    def __init__(self, limiter: AdaptiveLimiter, key: str) -> None:
         self._limiter = limiter
+        self._key = key
         self._permit: Permit | None = None
 
     async def __aenter__(self) -> Permit:
-        self._permit = await self._limiter.acquire()
+        self._permit = await self._limiter.acquire(self._key)
         return self._permit
 
     async def __aexit__(

@@ -10,6 +10,7 @@ import logging
 from app.config import Settings
 from app.engine.graph import Graph, validate_graph
 from app.engine.spec import JobSpec
+from app.scheduler.gates import Gates
 from app.scheduler.job_run import JobRun
 from app.store import repository as repo
 from app.store.models import JobStatus
@@ -24,8 +25,8 @@ class Scheduler:
         self.settings = settings
         self.store = store
         self.upstreams = upstreams
-        # Upstream calls in flight across all jobs of this process.
-        self.global_slots = asyncio.Semaphore(settings.global_concurrency)
+        # Every limit an upstream call passes (global, per model, rpm/tpm).
+        self.gates = Gates(settings)
         self.runs: dict[str, JobRun] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.running = False
@@ -75,7 +76,7 @@ class Scheduler:
             store=self.store,
             upstreams=self.upstreams,
             settings=self.settings,
-            global_slots=self.global_slots,
+            gates=self.gates,
         )
         self.runs[job_id] = run
         task = asyncio.create_task(

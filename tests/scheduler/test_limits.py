@@ -316,7 +316,7 @@ def test_adaptive_rejects_bad_parameters() -> None:
 
 async def test_adaptive_grows_additively_to_maximum() -> None:
     clock = FakeClock(5.0)
-    lim = AdaptiveLimiter(initial=8, maximum=10, clock=clock)
+    lim = AdaptiveLimiter(slow_start=False, initial=8, maximum=10, clock=clock)
     held = [await lim.acquire() for _ in range(8)]
     assert held[0].granted_at == 5.0 and lim.waiting == 0
     expected = 8.0
@@ -328,7 +328,7 @@ async def test_adaptive_grows_additively_to_maximum() -> None:
             held.append(await lim.acquire())
     assert lim.limit == 10.0 and lim.slots == 10 and lim.in_flight == 10
     # A full window of successes, the window kept full, adds about `increase`.
-    lim2 = AdaptiveLimiter(initial=20, clock=clock)
+    lim2 = AdaptiveLimiter(slow_start=False, initial=20, clock=clock)
     permits = [await lim2.acquire() for _ in range(20)]
     for _ in range(20):
         lim2.release(permits.pop(0), Outcome.ok)
@@ -337,7 +337,7 @@ async def test_adaptive_grows_additively_to_maximum() -> None:
 
 
 async def test_adaptive_does_not_grow_while_window_mostly_idle() -> None:
-    lim = AdaptiveLimiter(initial=8)
+    lim = AdaptiveLimiter(slow_start=False, initial=8)
     for _ in range(100):
         lim.release(await lim.acquire(), Outcome.ok)  # 1 of 8 slots in use
     assert lim.limit == 8
@@ -449,7 +449,7 @@ async def test_adaptive_cancellation_leaks_nothing() -> None:
     permit = await third
     assert (lim.in_flight, lim.waiting, lim.limit) == (1, 0, 1)
     lim.release(permit, Outcome.error)
-    assert lim.in_flight == 0 and not lim._waiters
+    assert lim.in_flight == 0 and lim.waiting == 0
     with pytest.raises(RuntimeError):
         lim.release(permit, Outcome.ok)
     held = await lim.acquire()
@@ -457,11 +457,11 @@ async def test_adaptive_cancellation_leaks_nothing() -> None:
         await asyncio.wait_for(lim.acquire(), 0.001)
     assert (lim.in_flight, lim.waiting) == (1, 0)
     lim.release(held, Outcome.ok)
-    assert lim.in_flight == 0 and not lim._waiters
+    assert lim.in_flight == 0 and lim.waiting == 0
 
 
 async def test_adaptive_slot_outcome_defaults() -> None:
-    lim = AdaptiveLimiter(initial=2)
+    lim = AdaptiveLimiter(slow_start=False, initial=2)
     async with lim.slot() as permit:
         assert isinstance(permit, Permit) and lim.in_flight == 1
     assert lim.limit == 2.5  # clean exit, outcome unset: ok
@@ -736,3 +736,46 @@ async def test_rate_limits_cancelled_admit_refunds_the_request() -> None:
         await waiting
     assert limits.requests.level == 59 and limits.tokens.level == 0
     assert math.isclose(limits.tokens.try_take(100), 10.0)
+
+
+async def test_adaptive_waiters_of_different_jobs_take_turns() -> None:
+    lim = AdaptiveLimiter(initial=1, maximum=1)
+    held = await lim.acquire("big")
+    order: list[str] = []
+
+    async def call(key: str) -> None:
+        permit = await lim.acquire(key)
+        order.append(key)
+        await asyncio.sleep(0)
+        lim.release(permit, Outcome.ok)
+
+    tasks = [asyncio.create_task(call("big")) for _ in range(20)]
+    await asyncio.sleep(0)
+    tasks += [asyncio.create_task(call("small")) for _ in range(3)]
+    await asyncio.sleep(0)
+    lim.release(held, Outcome.ok)
+    await asyncio.gather(*tasks)
+    # The small job, queued behind 20 calls of the big one, is served every other turn.
+    assert order[:6] == ["big", "small", "big", "small", "big", "small"]
+    assert lim.in_flight == 0 and lim.waiting == 0
+
+
+async def test_adaptive_slow_start_doubles_per_window_until_the_first_overload() -> None:
+    lim = AdaptiveLimiter(initial=4, maximum=1000)
+    held = [await lim.acquire() for _ in range(lim.slots)]
+
+    async def one_window() -> None:
+        # Every call of the window returns ok and is replaced at once (a busy swarm).
+        for _ in range(lim.slots):
+            lim.release(held.pop(0), Outcome.ok)
+            while lim.in_flight < lim.slots:
+                held.append(await lim.acquire())
+
+    for expected in (8, 16, 32):
+        await one_window()
+        assert lim.limit == expected
+    lim.release(held.pop(0), Outcome.overload)
+    assert lim.limit == 16
+    await one_window()
+    # After the first overload, growth is additive: about +1 per window.
+    assert 16 < lim.limit <= 17.5

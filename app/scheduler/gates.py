@@ -1,0 +1,49 @@
+"""The limits every upstream call passes, in order: the model's adaptive concurrency limit
+(fair between jobs), its declared rpm/tpm buckets, the global limit (fair between jobs),
+and the upstream's connection pool. Built lazily per model, shared by all jobs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from app.config import Settings
+from app.scheduler.limits import AdaptiveLimiter, FairLimiter, RateLimits
+from app.upstream.registry import ModelInfo
+
+# Output tokens assumed for the tpm estimate of a call that sets no max_tokens.
+DEFAULT_OUTPUT_ESTIMATE = 1024
+
+
+@dataclass
+class ModelGate:
+    concurrency: AdaptiveLimiter
+    rate: RateLimits | None
+
+
+class Gates:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.global_slots = FairLimiter(settings.global_concurrency)
+        self.models: dict[str, ModelGate] = {}
+
+    def for_model(self, info: ModelInfo) -> ModelGate:
+        gate = self.models.get(info.name)
+        if gate is None:
+            ceiling = info.max_concurrency or self.settings.model_concurrency_max
+            gate = ModelGate(
+                concurrency=AdaptiveLimiter(
+                    initial=min(self.settings.model_concurrency_initial, ceiling),
+                    maximum=ceiling,
+                    decrease=self.settings.adaptive_decrease,
+                ),
+                rate=RateLimits(info.rpm, info.tpm) if info.rpm or info.tpm else None,
+            )
+            self.models[info.name] = gate
+        return gate
+
+
+def estimate_tokens(prompt_chars: int, max_tokens: int | None) -> int:
+    """A conservative token estimate for a call before it is made (about 4 characters a
+    token for the prompt, plus the answer's allowance)."""
+    return math.ceil(prompt_chars / 4) + (max_tokens or DEFAULT_OUTPUT_ESTIMATE)
