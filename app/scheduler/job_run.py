@@ -277,7 +277,7 @@ class JobRun:
         )
         return AgentRequest(
             model=route.model.name,
-            upstream_model=route.model.wire_name,
+            upstream_model=route.wire_model,
             system_prompt=system,
             prompt=prompt,
             temperature=agent.temperature,

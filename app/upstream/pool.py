@@ -27,6 +27,9 @@ class NoRouteError(LookupError):
 class Route:
     upstream: Upstream
     model: ModelInfo
+    # The model's name as this upstream knows it: a provider-specific name applies only
+    # when the call goes to that provider (a gateway in front takes our name).
+    wire_model: str
 
 
 class UpstreamPool:
@@ -77,11 +80,12 @@ class UpstreamPool:
                     f"model {model!r} is served by provider {info.provider!r}, whose API key "
                     f"is not set: set {var}"
                 )
-            return Route(upstream, info)
+            return Route(upstream, info, info.wire_name)
         if DEFAULT in self.upstreams:
-            return Route(self.upstreams[DEFAULT], info)
+            wire = info.wire_name if info.provider is None else info.name
+            return Route(self.upstreams[DEFAULT], info, wire)
         if info.provider is not None and info.provider in self.upstreams:
-            return Route(self.upstreams[info.provider], info)
+            return Route(self.upstreams[info.provider], info, info.wire_name)
         hint = ""
         if info.provider is not None:
             key_var = self.registry.providers[info.provider].api_key_env

@@ -141,6 +141,27 @@ class RegistryFileError(ValueError):
     """The models file cannot be read or does not describe valid providers and models."""
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice (plain YAML keeps the last one silently)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode) -> Any:
+    keys = [loader.construct_object(k, deep=True) for k, _ in node.value]
+    seen = set()
+    for key in keys:
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice", node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
+)
+
+
 class ModelRegistry:
     def __init__(
         self,
@@ -168,7 +189,11 @@ class ModelRegistry:
             return cls()
         try:
             raw = Path(path).read_text()
-            data = json.loads(raw) if str(path).endswith(".json") else yaml.safe_load(raw)
+            data = (
+                json.loads(raw)
+                if str(path).endswith(".json")
+                else yaml.load(raw, Loader=_StrictLoader)  # a SafeLoader subclass
+            )
         except (OSError, ValueError, yaml.YAMLError) as exc:
             raise RegistryFileError(f"cannot read models file {path}: {exc}") from None
         if data is None:

@@ -53,6 +53,7 @@ def test_example_models_file_loads_and_overlays_builtins() -> None:
         ("models: {m: {prise: 1}}", "prise"),
         ("providers: {p: {}}", "base_url"),
         ("{ not yaml", "cannot read"),
+        ("models: {}\nmodels: {}", "appears twice"),
     ],
 )
 def test_bad_models_files_are_refused_with_the_reason(
@@ -83,7 +84,9 @@ def test_routing_prefers_pinned_then_default_then_builtin_provider(tmp_path: Pat
 
     no_default = UpstreamPool(settings, reg, default_base_url=None, default_api_key=None, env=env)
     assert no_default.route("deepseek-v3.2").upstream.name == "deepseek"
-    assert no_default.route("deepseek-v3.2").model.wire_name == "deepseek-chat"
+    assert no_default.route("deepseek-v3.2").wire_model == "deepseek-chat"
+    # Through a gateway (the default upstream) a built-in model keeps our name.
+    assert with_default.route("deepseek-v3.2").wire_model == "deepseek-v3.2"
     with pytest.raises(NoRouteError, match="MOONSHOT_API_KEY"):
         no_default.route("kimi-k2.5")
     with pytest.raises(NoRouteError, match="SWARM_UPSTREAM_BASE_URL"):
