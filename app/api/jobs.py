@@ -17,6 +17,7 @@ from app.api.schemas import (
     JobPage,
     JobPublic,
     JobResults,
+    RetryRecord,
     Usage,
 )
 from app.engine.graph import GraphValidationError, validate_graph
@@ -233,8 +234,13 @@ async def get_job(
 
 @router.get("/{job_id}/agents/{agent_id}", response_model=AgentDetail, responses=_ERRORS)
 async def get_agent(job_id: str, agent_id: str, services: ServicesDep) -> AgentDetail:
-    """One agent in full: the prompt as sent, output, usage, cost, attempts, last error."""
-    row = await services.store.read(lambda c: repo.get_agent(c, job_id, agent_id))
+    """One agent in full: the prompt as sent, output, usage, cost, attempts, retries."""
+
+    def read(conn: Any) -> tuple[Any, list[dict[str, Any]]]:
+        row = repo.get_agent(conn, job_id, agent_id)
+        return row, repo.agent_retries(conn, job_id, agent_id) if row is not None else []
+
+    row, retries = await services.store.read(read)
     if row is None:
         job = await services.store.read(lambda c: repo.get_job(c, job_id))
         raise NotFoundError(JOB_NOT_FOUND if job is None else "agent not found in this job")
@@ -263,6 +269,7 @@ async def get_agent(job_id: str, agent_id: str, services: ServicesDep) -> AgentD
         rate_limited=row.rate_limited,
         latency_ms=row.latency_ms,
         last_error=row.last_error,
+        retries=[RetryRecord.model_validate(r) for r in retries],
         started_at=row.started_at,
         finished_at=row.finished_at,
     )

@@ -93,6 +93,14 @@ class JobPage(_Model):
     )
 
 
+class RetryRecord(_Model):
+    attempt: int = Field(description="The attempt that failed.")
+    reason: str = Field(description="rate_limited, timeout, connection, server_error, …")
+    error: str
+    delay_s: float = Field(description="How long the agent waited before the next attempt.")
+    ts: datetime
+
+
 class AgentDetail(_Model):
     job_id: str
     id: str
@@ -109,6 +117,9 @@ class AgentDetail(_Model):
     rate_limited: int = Field(description="Attempts answered with 429.")
     latency_ms: float | None = Field(None, description="Duration of the successful call.")
     last_error: str | None
+    retries: list[RetryRecord] = Field(
+        default_factory=list, description="Each failed attempt that was retried, in order."
+    )
     started_at: datetime | None
     finished_at: datetime | None
 

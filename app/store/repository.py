@@ -447,6 +447,20 @@ def unfinished_job_ids(conn: Connection) -> list[str]:
     return [r.id for r in rows]
 
 
+def agent_retries(conn: Connection, job_id: str, agent_id: str) -> list[dict[str, Any]]:
+    """The agent's failed attempts that were retried: attempt, reason, error, delay, time."""
+    rows = conn.execute(
+        select(events_t.c.ts, events_t.c.data_json)
+        .where(
+            events_t.c.job_id == job_id,
+            events_t.c.agent_id == agent_id,
+            events_t.c.type == EventType.agent_retrying,
+        )
+        .order_by(events_t.c.seq)
+    ).all()
+    return [{**json.loads(r.data_json), "ts": r.ts} for r in rows]
+
+
 def events_after(conn: Connection, job_id: str, after: int, limit: int = 1000) -> list[Any]:
     return list(
         conn.execute(

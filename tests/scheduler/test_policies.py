@@ -59,6 +59,11 @@ async def test_retryable_statuses_are_retried_then_succeed(
     a = (await service.client.get(f"/jobs/{job['id']}/agents/a")).json()
     assert a["attempts"] == 3
     assert a["rate_limited"] == (2 if status == 429 else 0)
+    # Each retried attempt is recorded on the agent with its reason and delay.
+    assert [r["attempt"] for r in a["retries"]] == [1, 2]
+    expected = {429: "rate_limited", 408: "conflict", 409: "conflict"}.get(status, "server_error")
+    assert {r["reason"] for r in a["retries"]} == {expected}
+    assert all(r["delay_s"] >= 0 and str(status) in r["error"] for r in a["retries"])
     events = await events_of(service, job["id"])
     retrying = [e for e in events if e["type"] == "agent.retrying"]
     assert [e["agent_id"] for e in retrying] == ["a", "a"]
