@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SWARM_", env_file=None, extra="ignore")
 
     environment: Environment = Environment.development
+    # Log format: "text" for people, "json" (one object per line) for log pipelines.
+    log_format: str = Field("text", pattern="^(text|json)$")
+    log_level: str = Field("INFO", pattern="(?i)^(debug|info|warning|error)$")
     database_url: str = "sqlite:///./data/swarm.db"
     # Apply pending migrations at start-up (idempotent; `alembic upgrade head` does the same).
     migrate_on_start: bool = True
@@ -38,6 +41,9 @@ class Settings(BaseSettings):
     # YAML or JSON file of providers and models (prices, context windows, limits).
     models_file: str | None = None
     http_transport: HttpTransport = HttpTransport.aiohttp
+    # GET /upstream: how long the check of one upstream may take (waiting for a pooled
+    # connection, listing its models and, if needed, a one-token chat completion).
+    upstream_check_timeout_s: float = Field(10.0, gt=0)
 
     # Connection pool, sized for about 200 concurrent calls.
     pool_max_connections: int = Field(200, ge=1)
@@ -72,6 +78,13 @@ class Settings(BaseSettings):
     # Built-in simulator used when no upstream is configured (development only).
     simulator_port: int = Field(0, ge=0, le=65535)
     simulator_latency_ms: str = "200,800"
+
+    # Server-Sent Events: a heartbeat comment on idle streams (keeps proxies from closing
+    # them), and a cap on one connection's life (the client resumes with Last-Event-ID).
+    sse_heartbeat_s: float = Field(15.0, gt=0)
+    sse_max_stream_s: float = Field(3600.0, gt=0)
+    # Events a subscriber may fall behind by before it is cut off.
+    sse_subscriber_queue: int = Field(10_000, ge=10)
 
     # Request body size limit (bytes): larger bodies are refused with 413.
     max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024)

@@ -9,12 +9,14 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI
 
-from app.api import health, jobs
+from app.api import events, health, jobs, metrics_routes, upstream
 from app.api.deps import Services
 from app.api.limits import BodySizeLimit
 from app.config import Environment, Settings, get_settings
 from app.errors import install_handlers
 from app.events.bus import EventBus
+from app.logging_setup import configure_logging, log_events
+from app.metrics import Metrics
 from app.scheduler.scheduler import Scheduler
 from app.store import migrate
 from app.store.store import Store
@@ -32,22 +34,12 @@ class NoUpstreamError(RuntimeError):
     pass
 
 
-def _configure_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
-    # One line per upstream request would drown the log (and cost CPU) at swarm scale.
-    for noisy in ("httpx2", "openai", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        _configure_logging()
+        configure_logging(settings.log_format, settings.log_level)
         if settings.migrate_on_start:
             await anyio.to_thread.run_sync(migrate.upgrade, settings.database_url)
         registry = ModelRegistry.load(settings.models_file)
@@ -72,10 +64,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         label = upstreams.describe()
         if simulator is not None:
             label = f"simulator at {base_url}"
-        bus = EventBus()
+        bus = EventBus(subscriber_queue_size=settings.sse_subscriber_queue)
+        metrics = Metrics()
+        bus.add_listener(metrics.observe_events)
+        bus.add_listener(log_events)
         store = Store(settings.database_url, bus, batch_max=settings.write_batch_max)
         await store.start()
-        scheduler = Scheduler(settings=settings, store=store, upstreams=upstreams)
+        scheduler = Scheduler(settings=settings, store=store, upstreams=upstreams, metrics=metrics)
         app.state.services = Services(
             settings=settings,
             store=store,
@@ -83,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             scheduler=scheduler,
             upstreams=upstreams,
             upstream_label=label,
+            metrics=metrics,
         )
         await scheduler.start()
         log.info("ready: database %s, upstream %s", _safe_db(settings.database_url), label)
@@ -103,7 +99,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_handlers(app)
     app.include_router(jobs.router)
+    app.include_router(events.router)
+    app.include_router(metrics_routes.router)
     app.include_router(health.router)
+    app.include_router(upstream.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     return app
 

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from app.config import Settings
 from app.events.bus import EventBus
+from app.metrics import Metrics
 from app.scheduler.scheduler import Scheduler
 from app.store.store import Store
 from app.upstream.pool import UpstreamPool
@@ -22,6 +23,7 @@ class Services:
     scheduler: Scheduler
     upstreams: UpstreamPool
     upstream_label: str
+    metrics: Metrics
 
 
 def get_services(request: Request) -> Services:

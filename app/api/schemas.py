@@ -146,3 +146,29 @@ class Readiness(_Model):
     database: bool
     scheduler: bool
     upstream: str
+
+
+class LatencyStats(_Model):
+    count: int = Field(description="Successful calls measured.")
+    avg_ms: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+    max_ms: float | None
+
+
+class JobMetrics(_Model):
+    job_id: str
+    status: str
+    counts: AgentCounts
+    usage: Usage
+    cost_usd: float | None
+    latency: LatencyStats = Field(description="Durations of the agents' successful calls.")
+    calls: int = Field(description="Upstream calls made (all attempts of all agents).")
+    retries: int = Field(description="Calls beyond each agent's first.")
+    rate_limited: int = Field(description="Calls answered with 429.")
+    wall_time_s: float | None = Field(
+        None, description="From start to finish (to now while running)."
+    )
+    agents_per_second: float | None = Field(
+        None, description="Completed agents per second of wall time."
+    )

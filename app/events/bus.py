@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -50,9 +51,13 @@ class Subscription:
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
-            # A slow reader must never slow the scheduler: drop it; it can resume by seq.
+            # A slow reader must never slow the scheduler: cut it off. What it had not
+            # read yet is in the database; it resumes from its last seq (Last-Event-ID).
             self.overflowed = True
             self._bus.unsubscribe(self)
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(None)
 
     def close(self) -> None:
         self._bus.unsubscribe(self)
@@ -62,6 +67,11 @@ class EventBus:
     def __init__(self, subscriber_queue_size: int = 1000) -> None:
         self._subs: defaultdict[str, set[Subscription]] = defaultdict(set)
         self._queue_size = subscriber_queue_size
+        # Called with every committed batch of events (metrics, the state-change log).
+        self._listeners: list[Callable[[list[StoredEvent]], None]] = []
+
+    def add_listener(self, listener: Callable[[list[StoredEvent]], None]) -> None:
+        self._listeners.append(listener)
 
     def subscribe(self, job_id: str) -> Subscription:
         sub = Subscription(self, job_id, self._queue_size)
@@ -76,6 +86,9 @@ class EventBus:
                 del self._subs[sub.job_id]
 
     def publish(self, events: list[StoredEvent]) -> None:
+        """Hand committed events to the subscribers of their jobs (never blocks)."""
+        for listener in self._listeners:
+            listener(events)
         for event in events:
             for sub in tuple(self._subs.get(event.job_id, ())):
                 sub.offer(event)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from app.config import Settings
 from app.engine.graph import DagState, Graph, NodeStatus
 from app.engine.spec import FailurePolicy, JobSpec, ResolvedAgent, ResponseFormat
 from app.engine.templates import DepOutput, build_task_prompt, render_system_prompt
+from app.metrics import Metrics
 from app.scheduler.gates import Gates, estimate_tokens
 from app.scheduler.limits import Outcome
 from app.store import repository as repo
@@ -31,6 +33,12 @@ log = logging.getLogger(__name__)
 
 # Failures that mean "the upstream is saturated": they shrink the model's adaptive limit.
 OVERLOAD_REASONS = frozenset({FailureReason.rate_limited, FailureReason.timeout})
+# The outcome label of swarm_upstream_requests for each failure.
+_OUTCOME_LABEL = {
+    FailureReason.rate_limited: "429",
+    FailureReason.server_error: "5xx",
+    FailureReason.timeout: "timeout",
+}
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,7 @@ class JobRun:
         upstreams: UpstreamPool,
         settings: Settings,
         gates: Gates,
+        metrics: Metrics,
     ) -> None:
         self.job_id = job_id
         self.spec = spec
@@ -62,6 +71,7 @@ class JobRun:
         self.upstreams = upstreams
         self.settings = settings
         self.gates = gates
+        self.metrics = metrics
         self.default_model = default_model
         self.policy = FailurePolicy(spec.failure_policy)
         self.agents: dict[str, ResolvedAgent] = {a.id: spec.resolve(a) for a in spec.agents}
@@ -360,6 +370,18 @@ class JobRun:
         )
         return AgentOutcome(agent_id, True, output=result.output, cost_usd=cost)
 
+    def _observe_success(self, model: str, result: CallResult, route: Route) -> None:
+        m = self.metrics
+        m.upstream_requests.labels(model, "ok").inc()
+        m.upstream_latency.labels(model).observe(result.latency_ms / 1000)
+        if result.prompt_tokens is not None:
+            m.tokens.labels(model, "prompt").inc(result.prompt_tokens)
+        if result.completion_tokens is not None:
+            m.tokens.labels(model, "completion").inc(result.completion_tokens)
+        cost = route.model.cost(result.prompt_tokens, result.completion_tokens)
+        if cost is not None:
+            m.cost.labels(model).inc(cost)
+
     async def _attempt(
         self, agent_id: str, attempt: int, route: Route, req: AgentRequest
     ) -> CallResult | UpstreamFailure:
@@ -382,11 +404,15 @@ class JobRun:
                         prompt=req.prompt,
                     )
                 )
+                started = time.perf_counter()
                 try:
                     result = await call_chat(route.upstream.client, req)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    self.metrics.upstream_latency.labels(req.model).observe(
+                        time.perf_counter() - started
+                    )
                     failure = classify(
                         exc,
                         agent_id=agent_id,
@@ -400,8 +426,12 @@ class JobRun:
                     )
                     if gate.rate is not None:
                         gate.rate.settle(estimate, 0)
+                    self.metrics.upstream_requests.labels(
+                        req.model, _OUTCOME_LABEL.get(failure.reason, "error")
+                    ).inc()
                     return failure
             permit.outcome = Outcome.ok
+            self._observe_success(req.model, result, route)
             if gate.rate is not None:
                 gate.rate.settle(estimate, result.total_tokens or estimate)
             return result

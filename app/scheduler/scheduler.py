@@ -10,6 +10,7 @@ import logging
 from app.config import Settings
 from app.engine.graph import Graph, validate_graph
 from app.engine.spec import JobSpec
+from app.metrics import Metrics
 from app.scheduler.gates import Gates
 from app.scheduler.job_run import JobRun
 from app.store import repository as repo
@@ -21,8 +22,11 @@ log = logging.getLogger(__name__)
 
 
 class Scheduler:
-    def __init__(self, *, settings: Settings, store: Store, upstreams: UpstreamPool) -> None:
+    def __init__(
+        self, *, settings: Settings, store: Store, upstreams: UpstreamPool, metrics: Metrics
+    ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.store = store
         self.upstreams = upstreams
         # Every limit an upstream call passes (global, per model, rpm/tpm).
@@ -77,6 +81,7 @@ class Scheduler:
             upstreams=self.upstreams,
             settings=self.settings,
             gates=self.gates,
+            metrics=self.metrics,
         )
         self.runs[job_id] = run
         task = asyncio.create_task(

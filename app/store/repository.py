@@ -447,6 +447,35 @@ def unfinished_job_ids(conn: Connection) -> list[str]:
     return [r.id for r in rows]
 
 
+@dataclass(frozen=True)
+class CallStats:
+    attempts: int  # calls made, all agents
+    agents_called: int  # agents with at least one call
+    rate_limited: int  # attempts answered with 429
+    latencies_ms: list[float]  # the successful call of each completed agent
+
+
+def call_stats(conn: Connection, job_id: str) -> CallStats:
+    row = conn.execute(
+        select(
+            func.coalesce(func.sum(agents_t.c.attempts), 0),
+            func.count().filter(agents_t.c.attempts > 0),
+            func.coalesce(func.sum(agents_t.c.rate_limited), 0),
+        ).where(agents_t.c.job_id == job_id)
+    ).one()
+    latencies = conn.execute(
+        select(agents_t.c.latency_ms).where(
+            agents_t.c.job_id == job_id, agents_t.c.latency_ms.is_not(None)
+        )
+    ).scalars()
+    return CallStats(int(row[0]), int(row[1]), int(row[2]), [float(x) for x in latencies])
+
+
+def job_counts_by_status(conn: Connection) -> dict[str, int]:
+    rows = conn.execute(select(jobs_t.c.status, func.count()).group_by(jobs_t.c.status)).all()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
 def agent_retries(conn: Connection, job_id: str, agent_id: str) -> list[dict[str, Any]]:
     """The agent's failed attempts that were retried: attempt, reason, error, delay, time."""
     rows = conn.execute(

@@ -1,0 +1,83 @@
+"""The job's event stream over Server-Sent Events."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from app.api.deps import ServicesDep
+from app.api.jobs import JOB_NOT_FOUND
+from app.errors import NotFoundError, UnprocessableError
+from app.events.stream import StreamClosed, job_events
+from app.store import repository as repo
+
+router = APIRouter(tags=["events"])
+
+_STREAM_DOC = """Every state change of the job, in order, as Server-Sent Events:
+
+```
+id: 17
+event: agent.completed
+data: {"seq": 17, "type": "agent.completed", "job_id": "…", "agent_id": "summary", …}
+```
+
+`id` is the job's gap-free `seq`. Reconnect with `Last-Event-ID: N` (or `?after=N`) to get
+exactly the events after N, then live ones. Comment lines (`: ping`) keep idle streams
+open. The stream closes after the terminal `job.completed`, `job.failed` or
+`job.cancelled`; on a finished job it replays and closes. A client that falls too far
+behind is disconnected and resumes from its last id without losing anything."""
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    description=_STREAM_DOC,
+    response_class=EventSourceResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "The event stream."},
+        404: {"description": "No such job."},
+        422: {"description": "Last-Event-ID or after is not a non-negative integer."},
+    },
+)
+async def stream_events(
+    job_id: str,
+    services: ServicesDep,
+    after: Annotated[int | None, Query(ge=0, description="Resume after this seq.")] = None,
+    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+) -> EventSourceResponse:
+    start = after or 0
+    if last_event_id is not None and last_event_id.strip():
+        try:
+            start = int(last_event_id)
+        except ValueError:
+            raise UnprocessableError("Last-Event-ID must be an event id (an integer)") from None
+        if start < 0:
+            raise UnprocessableError("Last-Event-ID must not be negative")
+    if await services.store.read(lambda c: repo.get_job(c, job_id)) is None:
+        raise NotFoundError(JOB_NOT_FOUND)
+    settings = services.settings
+
+    async def body() -> AsyncIterator[ServerSentEvent]:
+        services.metrics.sse_streams.inc()
+        try:
+            async for event in job_events(
+                services.store,
+                services.bus,
+                job_id,
+                start,
+                max_seconds=settings.sse_max_stream_s,
+            ):
+                yield ServerSentEvent(
+                    data=json.dumps(event.payload(), ensure_ascii=False, separators=(",", ":")),
+                    event=event.type,
+                    id=str(event.seq),
+                )
+        except StreamClosed:
+            return
+        finally:
+            services.metrics.sse_streams.dec()
+
+    return EventSourceResponse(body(), ping=settings.sse_heartbeat_s)

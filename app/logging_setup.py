@@ -1,0 +1,79 @@
+"""Logging: plain text or one JSON object per line, and one line per job state change.
+
+Log lines carry `job_id` / `agent_id` as fields. Nothing here ever sees a secret: events
+carry redacted error messages, and settings are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from app.events.bus import StoredEvent
+
+# Attributes every LogRecord has; anything else was passed with `extra=` and is a field.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+events_log = logging.getLogger("app.events")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        body: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                body[key] = value
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        return json.dumps(body, ensure_ascii=False, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = [
+            f"{k}={v}"
+            for k, v in vars(record).items()
+            if k not in _STANDARD and not k.startswith("_") and v is not None
+        ]
+        return f"{line} [{' '.join(extras)}]" if extras else line
+
+
+def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_swarm", False):
+            root.removeHandler(old)
+    handler._swarm = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # One line per upstream request would drown the log (and cost CPU) at swarm scale.
+    for noisy in ("httpx2", "openai", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def log_events(events: list[StoredEvent]) -> None:
+    """One log line per committed state change."""
+    if not events_log.isEnabledFor(logging.INFO):
+        return
+    for e in events:
+        fields: dict[str, Any] = {"job_id": e.job_id, "event": e.type, "seq": e.seq}
+        if e.agent_id is not None:
+            fields["agent_id"] = e.agent_id
+        for key in ("attempt", "reason", "error", "delay_s", "latency_ms"):
+            if key in e.data:
+                fields[key] = e.data[key]
+        events_log.info(e.type, extra=fields)

@@ -1,0 +1,92 @@
+"""Every Prometheus metric of the service, defined in one place (one registry per app)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from app.events.bus import StoredEvent
+from app.events.types import EventType
+
+# Upstream call latency buckets (seconds): LLM calls take from a fraction of a second to
+# minutes.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+
+_AGENT_END: dict[str, str] = {
+    EventType.agent_completed: "completed",
+    EventType.agent_failed: "failed",
+    EventType.agent_skipped: "skipped",
+    EventType.agent_cancelled: "cancelled",
+}
+_JOB_END: dict[str, str] = {
+    EventType.job_completed: "completed",
+    EventType.job_failed: "failed",
+    EventType.job_cancelled: "cancelled",
+}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.jobs = Gauge("swarm_jobs", "Jobs in the database by status.", ["status"], registry=r)
+        self.jobs_finished = Counter(
+            "swarm_jobs_finished", "Jobs that reached a terminal status.", ["status"], registry=r
+        )
+        self.agents_finished = Counter(
+            "swarm_agents_finished",
+            "Agents that reached a terminal status.",
+            ["status"],
+            registry=r,
+        )
+        self.agent_attempts = Counter(
+            "swarm_agent_attempts", "Upstream calls started for agents.", registry=r
+        )
+        self.upstream_requests = Counter(
+            "swarm_upstream_requests",
+            "Upstream chat-completion calls by model and outcome (ok, 429, 5xx, timeout, error).",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "swarm_upstream_request_duration_seconds",
+            "Duration of upstream chat-completion calls.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "swarm_tokens", "Tokens used, from responses' usage.", ["model", "kind"], registry=r
+        )
+        self.cost = Counter(
+            "swarm_cost_usd", "Cost of calls with a known price, in USD.", ["model"], registry=r
+        )
+        self.in_flight = Gauge(
+            "swarm_upstream_in_flight", "Upstream calls in flight by model.", ["model"], registry=r
+        )
+        self.concurrency_limit = Gauge(
+            "swarm_model_concurrency_limit",
+            "Current adaptive concurrency limit by model.",
+            ["model"],
+            registry=r,
+        )
+        self.waiting = Gauge(
+            "swarm_model_waiting", "Calls waiting for the model's limit.", ["model"], registry=r
+        )
+        self.sse_streams = Gauge("swarm_sse_streams_open", "Open SSE streams.", registry=r)
+        self.store_pending = Gauge(
+            "swarm_store_pending_writes", "Writes queued for the single writer.", registry=r
+        )
+
+    def observe_events(self, events: list[StoredEvent]) -> None:
+        """Count terminal transitions from committed events (the bus calls this)."""
+        for event in events:
+            status = _AGENT_END.get(event.type)
+            if status is not None:
+                self.agents_finished.labels(status).inc()
+                continue
+            if event.type == EventType.agent_started:
+                self.agent_attempts.inc()
+                continue
+            job_status = _JOB_END.get(event.type)
+            if job_status is not None:
+                self.jobs_finished.labels(job_status).inc()
