@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,27 @@ class UnavailableError(ServiceError):
     status_code = 503
 
 
+def _safe_errors(errors: Any) -> list[dict[str, Any]]:
+    """Validation errors without the echoed input: it may be huge, or hold text (a lone
+    surrogate) that cannot even be encoded in the response."""
+    safe = []
+    for err in errors:
+        item = {
+            "loc": list(err.get("loc", ())),
+            "msg": str(err.get("msg", "")),
+            "type": str(err.get("type", "")),
+        }
+        safe.append(item)
+    return safe
+
+
 def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_request: Request, exc: RequestValidationError) -> Response:
+        # ASCII-escaped: a lone surrogate in a message must not break the encoding.
+        body = json.dumps({"detail": _safe_errors(exc.errors())}, ensure_ascii=True)
+        return Response(body, status_code=422, media_type="application/json")
+
     @app.exception_handler(ServiceError)
     async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
@@ -99,6 +100,84 @@ def _check_routes(services: ServicesDep, agents: list[ResolvedAgent], default: s
         raise UnprocessableError(problems)
 
 
+# How deep `context` and `metadata` may nest. Deeper JSON cannot be read back by the
+# parser that restores jobs after a restart (its limit is 200), and no prompt needs it.
+MAX_JSON_DEPTH = 64
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value, without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
+def _storable_json(spec: JobSpec) -> str:
+    """The spec as stored; a job the service could not read back after a restart is a 422
+    now rather than a failure then."""
+    for field in ("context", "metadata"):
+        if _depth(getattr(spec, field)) > MAX_JSON_DEPTH:
+            raise UnprocessableError(
+                [
+                    {
+                        "loc": ["body", field],
+                        "type": "too_deep",
+                        "msg": f"{field} nests more than {MAX_JSON_DEPTH} levels deep",
+                    }
+                ]
+            )
+    try:
+        return spec.model_dump_json()
+    except ValueError as exc:  # e.g. a lone surrogate, which JSON cannot carry as UTF-8
+        raise UnprocessableError(
+            [
+                {
+                    "loc": ["body"],
+                    "type": "unencodable",
+                    "msg": "the job contains text that cannot be stored as UTF-8 "
+                    f"({type(exc).__name__})",
+                }
+            ]
+        ) from None
+
+
+def _body_hash(spec: JobSpec) -> str:
+    """A digest of the request's meaning: key order and whitespace do not change it."""
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _check_prices(services: ServicesDep, agents: list[ResolvedAgent], default: str) -> None:
+    """A budget can only be enforced in money: every model must have a price."""
+    unpriced = sorted(
+        {
+            m
+            for m in (a.model or default for a in agents)
+            if services.upstreams.registry.get(m).input_usd_per_mtok is None
+            or services.upstreams.registry.get(m).output_usd_per_mtok is None
+        }
+    )
+    if unpriced:
+        raise UnprocessableError(
+            [
+                {
+                    "loc": ["body", "budget_usd"],
+                    "type": "budget_without_prices",
+                    "msg": "budget_usd needs a price for every model, and these have none: "
+                    + ", ".join(unpriced)
+                    + " (set their prices in the models file)",
+                }
+            ]
+        )
+
+
 async def _load_job(services: ServicesDep, job_id: str, *, with_agents: bool) -> JobPublic:
     def read(conn: Any) -> tuple[Any, repo.JobTotals, list[Any] | None] | None:
         row = repo.get_job(conn, job_id)
@@ -140,7 +219,9 @@ async def submit_job(
     model = spec.model or settings.default_model
     resolved = spec.resolved_agents()
     _check_routes(services, resolved, model)
-    spec_json = spec.model_dump_json()
+    if spec.budget_usd is not None:
+        _check_prices(services, resolved, model)
+    spec_json = _storable_json(spec)
     row = {
         "id": job_id,
         "name": spec.name,
@@ -311,7 +392,7 @@ async def cancel_job(job_id: str, services: ServicesDep) -> CancelAccepted:
         raise NotFoundError(JOB_NOT_FOUND) from None
     if JobStatus(current).finished:
         raise ConflictError(f"job already finished ({current}); nothing to cancel")
-    services.scheduler.cancel(job_id)
+    await services.scheduler.cancel(job_id)
     return CancelAccepted(id=job_id, status=current, detail="cancellation requested")
 
 

@@ -8,11 +8,13 @@ commit) before the run acts on it, so a crash at any point resumes from the data
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from app.config import Settings
 from app.engine.graph import DagState, Graph, NodeStatus
@@ -39,6 +41,10 @@ _OUTCOME_LABEL = {
     FailureReason.server_error: "5xx",
     FailureReason.timeout: "timeout",
 }
+
+
+class StoreWriteError(RuntimeError):
+    """A state change of an agent could not be written."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,10 @@ class JobRun:
         self._fail_fast_reason: str | None = None
         self._draining = False
         self._wakeup = asyncio.Event()
+        # Agent tasks that ended, in the order they ended, for the loop to settle.
+        self._ended: deque[str] = deque()
+        # Agents whose upstream call is in flight right now (not waiting for a slot).
+        self._in_call: set[str] = set()
         self._rng = random.Random()
 
     # -- control from outside -------------------------------------------------------------
@@ -99,8 +109,13 @@ class JobRun:
         self._wakeup.set()
 
     def drain(self) -> None:
-        """Shutting down: start nothing new; what is in flight may finish."""
+        """Shutting down: start no new call. Calls in flight may finish; agents waiting for
+        a slot or a retry stop now and stay as they are in the database, to resume on the
+        next start."""
         self._draining = True
+        for agent_id, task in self.running.items():
+            if agent_id not in self._in_call:
+                task.cancel()
         self._wakeup.set()
 
     def abort_for_shutdown(self) -> None:
@@ -166,22 +181,29 @@ class JobRun:
                 while self.ready and len(self.running) < limit:
                     if self._over_budget():
                         break
-                    agent_id = self.ready.popleft()
-                    self.running[agent_id] = asyncio.create_task(
-                        self._run_agent(agent_id), name=f"agent:{self.job_id}:{agent_id}"
-                    )
+                    self._start(self.ready.popleft())
             if not self.running:
                 return
-            self._wakeup.clear()
-            waiter = asyncio.ensure_future(self._wakeup.wait())
-            done, _ = await asyncio.wait(
-                [*self.running.values(), waiter], return_when=asyncio.FIRST_COMPLETED
-            )
-            waiter.cancel()
-            for agent_id, task in list(self.running.items()):
-                if task in done or task.done():
-                    del self.running[agent_id]
+            if not self._ended:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            # Settling costs O(agents that ended), not O(agents running).
+            while self._ended:
+                agent_id = self._ended.popleft()
+                task = self.running.pop(agent_id, None)
+                if task is not None:
                     await self._settle(agent_id, task)
+
+    def _start(self, agent_id: str) -> None:
+        task = asyncio.create_task(
+            self._run_agent(agent_id), name=f"agent:{self.job_id}:{agent_id}"
+        )
+        self.running[agent_id] = task
+        task.add_done_callback(functools.partial(self._on_ended, agent_id))
+
+    def _on_ended(self, agent_id: str, _task: asyncio.Task[AgentOutcome]) -> None:
+        self._ended.append(agent_id)
+        self._wakeup.set()
 
     def _over_budget(self) -> bool:
         budget = self.spec.budget_usd
@@ -198,8 +220,12 @@ class JobRun:
             # Aborted by cancel, fail_fast or shutdown: the end of the run records it.
             return
         exc = task.exception()
+        if isinstance(exc, StoreWriteError):
+            # The database refused a write: crash the run; the scheduler resumes it from
+            # what the database holds, so the agent is retried rather than lost.
+            raise exc
         if exc is not None:
-            # A bug or a store failure, not an upstream answer: fail the agent loudly.
+            # A bug, not an upstream answer: fail the agent loudly.
             log.error(
                 "agent crashed",
                 exc_info=exc,
@@ -297,6 +323,14 @@ class JobRun:
             extra_body=dict(route.model.extra_body),
         )
 
+    async def _persist(self, op: Any) -> None:
+        try:
+            await self.store.write(op)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise StoreWriteError(f"{type(exc).__name__}: {exc}") from exc
+
     async def _run_agent(self, agent_id: str) -> AgentOutcome:
         agent = self.agents[agent_id]
         model = agent.model or self.default_model
@@ -304,7 +338,7 @@ class JobRun:
             route = self.upstreams.route(model)
         except NoRouteError as exc:
             # Configuration changed since the job was accepted (submit checks routes).
-            await self.store.write(
+            await self._persist(
                 repo.mark_agent_failed(self.job_id, agent_id, error=str(exc), reason="no_route")
             )
             return AgentOutcome(agent_id, False, error=str(exc))
@@ -332,7 +366,7 @@ class JobRun:
                     cap_s=self.settings.retry_backoff_cap_s,
                     rng=self._rng,
                 )
-                await self.store.write(
+                await self._persist(
                     repo.mark_agent_retrying(
                         self.job_id,
                         agent_id,
@@ -343,17 +377,19 @@ class JobRun:
                         rate_limited=last.reason is FailureReason.rate_limited,
                     )
                 )
+                if self._draining:
+                    raise asyncio.CancelledError  # resumes on the next start
                 await asyncio.sleep(delay)
                 continue
             error = last.message
             if last.retryable:
                 error = f"gave up after {attempt} attempt(s): {last.message}"
-            await self.store.write(
+            await self._persist(
                 repo.mark_agent_failed(self.job_id, agent_id, error=error, reason=str(last.reason))
             )
             return AgentOutcome(agent_id, False, error=error)
         cost = info.cost(result.prompt_tokens, result.completion_tokens)
-        await self.store.write(
+        await self._persist(
             repo.mark_agent_completed(
                 self.job_id,
                 agent_id,
@@ -390,11 +426,16 @@ class JobRun:
         are passed, just before the call, so `running` means really in flight."""
         gate = self.gates.for_model(route.model)
         estimate = estimate_tokens(req.prompt_chars, req.max_tokens)
-        async with gate.concurrency.slot(self.job_id) as permit:
+        async with gate.concurrency.slot(self.job_id, active=False) as permit:
             if gate.rate is not None:
                 await gate.rate.admit(estimate)
             async with self.gates.global_slots.slot(self.job_id), route.upstream.connections:
-                await self.store.write(
+                if self._draining:
+                    # Shutting down: the slots came too late; this agent resumes next start.
+                    raise asyncio.CancelledError
+                self._in_call.add(agent_id)
+                gate.concurrency.activate(permit)
+                await self._persist(
                     repo.mark_agent_started(
                         self.job_id,
                         agent_id,
@@ -430,6 +471,8 @@ class JobRun:
                         req.model, _OUTCOME_LABEL.get(failure.reason, "error")
                     ).inc()
                     return failure
+                finally:
+                    self._in_call.discard(agent_id)
             permit.outcome = Outcome.ok
             self._observe_success(req.model, result, route)
             if gate.rate is not None:

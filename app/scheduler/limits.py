@@ -215,6 +215,8 @@ class Permit:
     epoch: int
     key: str = ""
     outcome: Outcome | None = None
+    # Set by `activate`: the call is really made (not still waiting for other limits).
+    active: bool = False
     _released: bool = field(default=False, init=False, repr=False)
 
 
@@ -275,6 +277,9 @@ class AdaptiveLimiter:
         self._decreases = 0
         self._slow_start = slow_start
         self._slots = FairLimiter(self.slots)
+        # Permits whose call is really in flight; permits held while waiting for other
+        # limits (global slots, rate buckets) do not count as using the window.
+        self._active = 0
 
     @property
     def limit(self) -> float:
@@ -314,19 +319,39 @@ class AdaptiveLimiter:
     def snapshot(self) -> AdaptiveSnapshot:
         return AdaptiveSnapshot(self._limit, self.in_flight, self.waiting, self._decreases)
 
-    async def acquire(self, key: str = "") -> Permit:
-        """Wait for a slot; `key` (the job) decides whose turn it is when several wait."""
+    async def acquire(self, key: str = "", *, active: bool = True) -> Permit:
+        """Wait for a slot; `key` (the job) decides whose turn it is when several wait.
+
+        With `active=False` the caller still has other limits to pass, and calls
+        `activate(permit)` when its call really starts.
+        """
         await self._slots.acquire(key)
-        return Permit(granted_at=self._clock(), epoch=self._decreases, key=key)
+        permit = Permit(granted_at=self._clock(), epoch=self._decreases, key=key)
+        if active:
+            self.activate(permit)
+        return permit
+
+    def activate(self, permit: Permit) -> None:
+        """The permit's call is being made now. Only active calls show that the window is
+        in use; without this, calls parked in a later limit would grow the limit forever."""
+        if not permit.active and not permit._released:
+            permit.active = True
+            self._active += 1
+
+    @property
+    def active(self) -> int:
+        return self._active
 
     def release(self, permit: Permit, outcome: Outcome) -> None:
         if permit._released:
             raise RuntimeError("permit released twice")
         permit._released = True
+        busy = self._active  # counting this call, if it ran: the window while it ran
+        if permit.active:
+            self._active -= 1
         limit = self._limit
         if outcome is Outcome.ok:
-            # Counting this call: the window as it was while the call ran.
-            if self._slots.in_flight * 2 >= self.slots:
+            if busy * 2 >= self.slots:
                 step = self._increase if self._slow_start else self._increase / limit
                 limit = min(self._maximum, limit + step)
         elif outcome is Outcome.overload and permit.epoch == self._decreases:
@@ -337,7 +362,7 @@ class AdaptiveLimiter:
         self._set_limit(limit)
         self._slots.release(permit.key)
 
-    def slot(self, key: str = "") -> AbstractAsyncContextManager[Permit]:
+    def slot(self, key: str = "", *, active: bool = True) -> AbstractAsyncContextManager[Permit]:
         """`async with limiter.slot(job_id) as permit:` — set `permit.outcome` before leaving.
 
         If it is left unset the outcome is `ok` when the block exits normally and `error`
@@ -345,7 +370,7 @@ class AdaptiveLimiter:
         an unclassified way must neither grow nor shrink the limit. An explicit outcome
         always wins, so `permit.outcome = Outcome.overload; raise RateLimited()` works.
         """
-        return _AdaptiveSlot(self, key)
+        return _AdaptiveSlot(self, key, active)
 
     def _set_limit(self, limit: float) -> None:
         self._limit = limit
@@ -354,15 +379,16 @@ class AdaptiveLimiter:
 
 
 class _AdaptiveSlot:
-    __slots__ = ("_key", "_limiter", "_permit")
+    __slots__ = ("_active", "_key", "_limiter", "_permit")
 
-    def __init__(self, limiter: AdaptiveLimiter, key: str) -> None:
+    def __init__(self, limiter: AdaptiveLimiter, key: str, active: bool) -> None:
         self._limiter = limiter
         self._key = key
+        self._active = active
         self._permit: Permit | None = None
 
     async def __aenter__(self) -> Permit:
-        self._permit = await self._limiter.acquire(self._key)
+        self._permit = await self._limiter.acquire(self._key, active=self._active)
         return self._permit
 
     async def __aexit__(

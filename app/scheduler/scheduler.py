@@ -20,6 +20,11 @@ from app.upstream.pool import UpstreamPool
 
 log = logging.getLogger(__name__)
 
+# A run that crashed (its store writes kept failing, say) is resumed from the database
+# after this delay, doubling per crash of the same job up to the cap.
+RECOVERY_DELAY_S = 1.0
+RECOVERY_DELAY_CAP_S = 60.0
+
 
 class Scheduler:
     def __init__(
@@ -34,6 +39,8 @@ class Scheduler:
         self.runs: dict[str, JobRun] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.running = False
+        self._crashes: dict[str, int] = {}
+        self._recoveries: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.running = True
@@ -42,10 +49,23 @@ class Scheduler:
 
     async def _resume(self, job_id: str) -> None:
         row = await self.store.read(lambda c: repo.get_job(c, job_id))
-        if row is None:
+        if row is None or JobStatus(row.status).finished or job_id in self.runs:
             return
-        spec = JobSpec.model_validate_json(row.spec_json)
-        graph = validate_graph(spec, max_agents=max(len(spec.agents), 1))
+        try:
+            spec = JobSpec.model_validate_json(row.spec_json)
+            graph = validate_graph(spec, max_agents=max(len(spec.agents), 1))
+        except Exception as exc:
+            # One unreadable row must never keep the service (and every other job) down.
+            log.error("cannot resume job", exc_info=exc, extra={"job_id": job_id})
+            await self.store.write(
+                repo.end_unfinished_job(
+                    job_id,
+                    JobStatus.failed,
+                    f"the stored job can no longer be read ({type(exc).__name__}); "
+                    "it was not resumed",
+                )
+            )
+            return
         log.info("resuming job", extra={"job_id": job_id, "status": row.status})
         self._launch(
             job_id,
@@ -93,16 +113,39 @@ class Scheduler:
     def _done(self, job_id: str, task: asyncio.Task[None]) -> None:
         self.runs.pop(job_id, None)
         self.tasks.pop(job_id, None)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("job run crashed", exc_info=task.exception(), extra={"job_id": job_id})
+        if task.cancelled() or task.exception() is None:
+            self._crashes.pop(job_id, None)
+            return
+        log.error("job run crashed", exc_info=task.exception(), extra={"job_id": job_id})
+        if self.running:
+            crashes = self._crashes[job_id] = self._crashes.get(job_id, 0) + 1
+            delay = min(RECOVERY_DELAY_CAP_S, RECOVERY_DELAY_S * 2 ** (crashes - 1))
+            recovery = asyncio.create_task(self._recover(job_id, delay))
+            self._recoveries.add(recovery)
+            recovery.add_done_callback(self._recoveries.discard)
 
-    def cancel(self, job_id: str) -> bool:
-        """Cancel a job running here. False if no run of it is in this process."""
+    async def _recover(self, job_id: str, delay: float) -> None:
+        """Resume a crashed run from what the database says, after a pause."""
+        await asyncio.sleep(delay)
+        if not self.running:
+            return
+        try:
+            await self._resume(job_id)
+        except Exception:
+            log.exception(
+                "recovering job failed; it resumes on the next start", extra={"job_id": job_id}
+            )
+
+    async def cancel(self, job_id: str) -> None:
+        """Cancel the job: through its run if it runs here, else directly in the database
+        (a run that crashed, or a job no run has picked up)."""
         run = self.runs.get(job_id)
-        if run is None:
-            return False
-        run.cancel("cancelled by request")
-        return True
+        if run is not None:
+            run.cancel("cancelled by request")
+            return
+        await self.store.write(
+            repo.end_unfinished_job(job_id, JobStatus.cancelled, "cancelled by request")
+        )
 
     async def wait_idle(self, job_id: str) -> None:
         task = self.tasks.get(job_id)
@@ -114,6 +157,8 @@ class Scheduler:
         then abandon the rest — they are still `running` in the database and resume on the
         next start."""
         self.running = False
+        for recovery in list(self._recoveries):
+            recovery.cancel()
         for run in list(self.runs.values()):
             run.drain()
         tasks = list(self.tasks.values())

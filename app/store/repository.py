@@ -20,7 +20,7 @@ from app.store.models import (
     JobStatus,
     utcnow,
 )
-from app.store.writer import Tx
+from app.store.writer import Refused, Tx
 
 jobs_t = Job.__table__  # type: ignore[attr-defined]
 agents_t = Agent.__table__  # type: ignore[attr-defined]
@@ -60,7 +60,7 @@ def create_job(new: NewJob) -> Any:
     Returns `(job_id, created)`.
     """
 
-    def op(tx: Tx) -> tuple[str, bool]:
+    def op(tx: Tx) -> tuple[str, bool] | Refused:
         key = new.row.get("idempotency_key")
         if key is not None:
             prior = tx.conn.execute(
@@ -68,7 +68,7 @@ def create_job(new: NewJob) -> Any:
             ).first()
             if prior is not None:
                 if prior.request_hash != new.row.get("request_hash"):
-                    raise IdempotencyConflictError(prior.id)
+                    return Refused(IdempotencyConflictError(prior.id))
                 return prior.id, False
         tx.conn.execute(insert(jobs_t), [new.row])
         if new.agents:
@@ -290,13 +290,39 @@ def mark_job_finished(job_id: str, status: JobStatus, error: str | None) -> Any:
     return op
 
 
+def end_unfinished_job(job_id: str, status: JobStatus, reason: str) -> Any:
+    """End a job no run is driving: its unfinished agents `cancelled`, the job `status`.
+    Does nothing to a job that has already finished (or is gone)."""
+
+    def op(tx: Tx) -> bool:
+        row = tx.conn.execute(select(jobs_t.c.status).where(jobs_t.c.id == job_id)).first()
+        if row is None or row.status in FINISHED_JOB_STATUSES:
+            return False
+        pending = [
+            r.agent_id
+            for r in tx.conn.execute(
+                select(agents_t.c.agent_id)
+                .where(
+                    agents_t.c.job_id == job_id,
+                    agents_t.c.status.in_((AgentStatus.pending, AgentStatus.running)),
+                )
+                .order_by(agents_t.c.position)
+            )
+        ]
+        mark_agents_ended(job_id, pending, AgentStatus.cancelled, reason)(tx)
+        mark_job_finished(job_id, status, reason)(tx)
+        return True
+
+    return op
+
+
 def request_cancel(job_id: str) -> Any:
     """Flag the job for cancellation. Returns its status, or raises JobNotFoundError."""
 
-    def op(tx: Tx) -> str:
+    def op(tx: Tx) -> str | Refused:
         row = tx.conn.execute(select(jobs_t.c.status).where(jobs_t.c.id == job_id)).first()
         if row is None:
-            raise JobNotFoundError(job_id)
+            return Refused(JobNotFoundError(job_id))
         if row.status not in FINISHED_JOB_STATUSES:
             tx.conn.execute(
                 update(jobs_t).where(jobs_t.c.id == job_id).values(cancel_requested=True)
@@ -307,16 +333,17 @@ def request_cancel(job_id: str) -> Any:
 
 
 def delete_job(job_id: str) -> Any:
-    def op(tx: Tx) -> None:
+    def op(tx: Tx) -> Refused | None:
         row = tx.conn.execute(select(jobs_t.c.status).where(jobs_t.c.id == job_id)).first()
         if row is None:
-            raise JobNotFoundError(job_id)
+            return Refused(JobNotFoundError(job_id))
         if row.status not in FINISHED_JOB_STATUSES:
-            raise JobStillRunningError(row.status)
+            return Refused(JobStillRunningError(row.status))
         tx.conn.execute(delete(events_t).where(events_t.c.job_id == job_id))
         tx.conn.execute(delete(agents_t).where(agents_t.c.job_id == job_id))
         tx.conn.execute(delete(jobs_t).where(jobs_t.c.id == job_id))
         tx.forget_job(job_id)
+        return None
 
     return op
 

@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
@@ -31,6 +32,15 @@ _agents_table = Agent.__table__  # type: ignore[attr-defined]
 
 class StoreClosedError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class Refused:
+    """An operation's answer "no" (not found, conflict) that wrote nothing. It is raised to
+    the caller after the batch commits, instead of inside the transaction, so an expected
+    refusal never rolls back the batch's other operations."""
+
+    error: Exception
 
 
 class Tx:
@@ -212,7 +222,9 @@ class StoreWriter:
             for (_, fut), (ok, value) in zip(batch, outcomes, strict=True):
                 if fut.done():
                     continue
-                if ok:
+                if ok and isinstance(value, Refused):
+                    fut.set_exception(value.error)
+                elif ok:
                     fut.set_result(value)
                 else:
                     fut.set_exception(value)

@@ -20,6 +20,7 @@ from app.upstream.retry import parse_retry_after
 
 class FailureReason(StrEnum):
     rate_limited = "rate_limited"  # 429: back off, honour Retry-After
+    quota = "quota"  # 429 insufficient_quota: out of credit; retrying cannot help
     timeout = "timeout"  # connect/read time-out
     connection = "connection"  # refused, reset, dropped mid-response
     server_error = "server_error"  # 5xx
@@ -31,6 +32,7 @@ class FailureReason(StrEnum):
     context_length = "context_length"  # the prompt does not fit the model
     bad_request = "bad_request"  # 400/422 otherwise
     empty_output = "empty_output"  # a completion without content
+    internal = "internal"  # an error of ours, not the upstream's: retrying would repeat it
 
 
 RETRYABLE = frozenset(
@@ -47,9 +49,20 @@ RETRYABLE = frozenset(
 
 # Anything shaped like an API key (sk-…, Bearer …) is masked in upstream messages we relay.
 _KEYISH = re.compile(r"(sk-[A-Za-z0-9_\-*]{4,}|Bearer\s+\S+|[A-Za-z0-9_\-]{32,})")
+# The configured keys themselves, masked wherever they appear, whatever their shape.
+_SECRETS: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a configured key so that `redact` masks it literally."""
+    if value and len(value) >= 4:
+        _SECRETS.add(value)
 
 
 def redact(text: str) -> str:
+    for secret in _SECRETS:
+        if secret in text:
+            text = text.replace(secret, "[redacted]")
     return _KEYISH.sub("[redacted]", text)
 
 
@@ -113,6 +126,13 @@ def classify(
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         upstream = _upstream_message(exc)
+        if status == 429 and _upstream_code(exc) == "insufficient_quota":
+            return UpstreamFailure(
+                FailureReason.quota,
+                "the upstream account is out of quota or credit (429 insufficient_quota): "
+                "add credit or raise the plan's limits; retrying cannot help",
+                status,
+            )
         if status == 429:
             retry_after = parse_retry_after(exc.response.headers, cap_s=retry_after_cap_s)
             return UpstreamFailure(
@@ -175,7 +195,8 @@ def classify(
             FailureReason.connection,
             f"the connection to the upstream failed ({type(exc).__name__})",
         )
+    # Anything else is a bug on our side (the SDK maps every transport and parsing
+    # failure to the types above): fail the agent instead of repeating it.
     return UpstreamFailure(
-        FailureReason.malformed_response,
-        f"unexpected upstream response ({type(exc).__name__})",
+        FailureReason.internal, f"internal error while calling the upstream ({type(exc).__name__})"
     )

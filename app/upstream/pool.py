@@ -11,12 +11,23 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from app.config import Settings
 from app.upstream.client import Upstream, build_upstream
+from app.upstream.errors import register_secret
 from app.upstream.registry import ModelInfo, ModelRegistry
 
 DEFAULT = "default"
+
+
+def safe_url(url: str) -> str:
+    """The URL without credentials (user info, query string) for logs and responses."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 class NoRouteError(LookupError):
@@ -46,6 +57,7 @@ class UpstreamPool:
         self.registry = registry
         self.upstreams: dict[str, Upstream] = {}
         env = os.environ if env is None else env
+        register_secret(default_api_key)
         if default_base_url:
             self.upstreams[DEFAULT] = build_upstream(
                 DEFAULT, default_base_url, default_api_key, settings
@@ -53,6 +65,7 @@ class UpstreamPool:
         self.missing_keys: dict[str, str] = {}
         for name, provider in registry.providers.items():
             key = env.get(provider.api_key_env) if provider.api_key_env else None
+            register_secret(key)
             used_by_pin = any(registry.get(m).provider == name for m in registry.pinned)
             if key or (used_by_pin and provider.api_key_env is None):
                 self.upstreams[name] = build_upstream(name, provider.base_url, key, settings)
@@ -96,7 +109,9 @@ class UpstreamPool:
         )
 
     def describe(self) -> str:
-        return ", ".join(f"{n} at {u.base_url}" for n, u in self.upstreams.items()) or "none"
+        return (
+            ", ".join(f"{n} at {safe_url(u.base_url)}" for n, u in self.upstreams.items()) or "none"
+        )
 
     async def aclose(self) -> None:
         for upstream in self.upstreams.values():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 
@@ -28,18 +29,17 @@ def parse_retry_after(headers: Mapping[str, str], *, cap_s: float) -> float | No
     need a trustworthy clock); values are bounded to [0, cap_s].
     """
     lowered = {k.lower(): v for k, v in headers.items()}
-    raw_ms = lowered.get("retry-after-ms")
-    if raw_ms is not None:
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        raw = lowered.get(name)
+        if raw is None:
+            continue
         try:
-            return min(max(float(raw_ms) / 1000.0, 0.0), cap_s)
+            value = float(raw) / scale
         except ValueError:
-            pass
-    raw = lowered.get("retry-after")
-    if raw is not None:
-        try:
-            return min(max(float(raw), 0.0), cap_s)
-        except ValueError:
-            return None
+            continue
+        # "nan" and "inf" parse as floats; a sleep of either would break the event loop.
+        if math.isfinite(value):
+            return min(max(value, 0.0), cap_s)
     return None
 
 
@@ -51,8 +51,9 @@ def retry_delay(
     cap_s: float,
     rng: random.Random | None = None,
 ) -> float:
-    """The wait before the next attempt: the server's word when it gave one, else back-off."""
-    if retry_after_s is not None:
+    """The wait before the next attempt: the server's word when it gave a positive one,
+    else back-off (a "retry after 0" would send the whole swarm back at once)."""
+    if retry_after_s is not None and retry_after_s > 0:
         # A little jitter on top, so the callers the server named the same time don't collide.
         return retry_after_s + (rng or random).uniform(0.0, min(retry_after_s, 1.0) * 0.1)
     return backoff_delay(attempt, base_s=base_s, cap_s=cap_s, rng=rng)

@@ -272,3 +272,40 @@ async def test_response_never_contains_the_upstream_key(
     await service.wait(job["id"])
     for path in (f"/jobs/{job['id']}", f"/jobs/{job['id']}/agents/a", "/jobs", "/readyz"):
         assert "sk-test-upstream-key" not in (await service.client.get(path)).text
+
+
+async def test_hostile_bodies_get_a_clear_4xx_and_store_nothing(service: Service) -> None:
+    deep: Any = "leaf"
+    for _ in range(150):
+        deep = {"k": deep}
+    cases = [
+        ({"context": {"d": deep}, "agents": [{"id": "a", "task": "x"}]}, "too_deep"),
+        ({"metadata": {"m": "\ud800"}, "agents": [{"id": "a", "task": "x"}]}, "unencodable"),
+        ({"name": "\ud800", "agents": [{"id": "a", "task": "x"}]}, None),
+        ({"agents": [{"id": "a", "task": "\udfff"}]}, None),
+        (
+            {"budget_usd": 1.0, "model": "homemade-llm", "agents": [{"id": "a", "task": "x"}]},
+            "budget_without_prices",
+        ),
+    ]
+    for body, error_type in cases:
+        raw = json.dumps(body, ensure_ascii=True).encode()
+        resp = await service.client.post(
+            "/jobs", content=raw, headers={"content-type": "application/json"}
+        )
+        assert resp.status_code in (400, 422), (body, resp.status_code, resp.text)
+        if error_type is not None:
+            assert resp.json()["detail"][0]["type"] == error_type
+    assert (await service.client.get("/jobs")).json()["data"] == []
+
+
+async def test_idempotency_ignores_key_order_and_whitespace(service: Service) -> None:
+    headers = {"Idempotency-Key": "k-1", "content-type": "application/json"}
+    a = await service.client.post(
+        "/jobs", headers=headers, content=b'{"name": "n", "agents": [{"id": "a", "task": "x"}]}'
+    )
+    b = await service.client.post(
+        "/jobs", headers=headers, content=b'{"agents":[{"task":"x","id":"a"}],"name":"n"}'
+    )
+    assert (a.status_code, b.status_code) == (201, 200)
+    assert a.json()["id"] == b.json()["id"]

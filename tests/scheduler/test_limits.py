@@ -779,3 +779,17 @@ async def test_adaptive_slow_start_doubles_per_window_until_the_first_overload()
     await one_window()
     # After the first overload, growth is additive: about +1 per window.
     assert 16 < lim.limit <= 17.5
+
+
+async def test_permits_waiting_for_other_limits_do_not_grow_the_limit() -> None:
+    lim = AdaptiveLimiter(initial=8, maximum=256)
+    # Eight permits held, but only one call really made at a time (the rest wait for a
+    # global slot elsewhere): the window is not in use, so the limit must not grow.
+    for _ in range(50):
+        parked = [await lim.acquire(active=False) for _ in range(7)]
+        running = await lim.acquire(active=False)
+        lim.activate(running)
+        lim.release(running, Outcome.ok)
+        for p in parked:
+            lim.release(p, Outcome.ok)
+    assert lim.limit == 8 and lim.active == 0

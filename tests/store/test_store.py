@@ -232,3 +232,23 @@ def test_job_ids_sort_by_creation_time() -> None:
 
         time.sleep(0.002)
     assert ids == sorted(ids) and len(set(ids)) == 3 and all(len(i) == 26 for i in ids)
+
+
+async def test_an_expected_refusal_does_not_roll_back_its_batch(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    migrate.upgrade(url)
+    store = Store(url, EventBus())
+    await store.start()
+    try:
+        jobs = [_new_job(1) for _ in range(50)]
+        outcomes = await asyncio.gather(
+            *(store.write(repo.create_job(j)) for j in jobs),
+            store.write(repo.delete_job("no-such-job")),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[-1], repo.JobNotFoundError)
+        assert all(isinstance(o, tuple) for o in outcomes[:-1])
+        # All of it in one or two transactions, not replayed one by one.
+        assert store.writer.batches <= 3
+    finally:
+        await store.close()

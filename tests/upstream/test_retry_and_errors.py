@@ -42,9 +42,14 @@ def test_retry_after_headers_are_read_and_bounded() -> None:
     assert parse_retry_after({"Retry-After": "-3"}, cap_s=60) == 0
     assert parse_retry_after({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, cap_s=60) is None
     assert parse_retry_after({}, cap_s=60) is None
+    assert parse_retry_after({"Retry-After": "nan"}, cap_s=60) is None
+    assert parse_retry_after({"retry-after-ms": "inf", "Retry-After": "2"}, cap_s=60) == 2
     # The server's word wins over back-off, with a little jitter on top.
     rng = random.Random(0)
     assert 2.0 <= retry_delay(5, 2.0, base_s=0.5, cap_s=30, rng=rng) <= 2.1
+    # "Retry after 0" would send a whole swarm back at once: back off instead.
+    delays = {retry_delay(6, 0.0, base_s=0.5, cap_s=30, rng=rng) for _ in range(50)}
+    assert max(delays) > 1 and all(0 <= d <= 16 for d in delays)
 
 
 def _classify(exc: BaseException):  # type: ignore[no-untyped-def]
@@ -106,3 +111,31 @@ def test_key_like_strings_are_redacted_from_upstream_messages() -> None:
     # A 401 never echoes what the upstream said (it may quote part of the key).
     auth = _classify(status_error(401, {"error": {"message": "Incorrect key sk-12345678"}}))
     assert "sk-" not in auth.message
+
+
+def test_out_of_quota_is_not_retried_and_says_so() -> None:
+    body = {"error": {"message": "You exceeded your current quota", "code": "insufficient_quota"}}
+    failure = _classify(status_error(429, body))
+    assert failure.reason is FailureReason.quota and not failure.retryable
+    assert "credit" in failure.message
+
+
+def test_our_own_bugs_are_not_retried() -> None:
+    failure = _classify(TypeError("unexpected keyword"))
+    assert failure.reason is FailureReason.internal and not failure.retryable
+
+
+def test_configured_keys_are_masked_whatever_their_shape() -> None:
+    from app.upstream.errors import register_secret
+
+    register_secret("short-key-42")
+    failure = _classify(status_error(403, {"error": {"message": "key short-key-42 denied"}}))
+    assert "short-key-42" not in failure.message
+
+
+def test_urls_lose_their_credentials_for_display() -> None:
+    from app.upstream.pool import safe_url
+
+    assert safe_url("https://user:pw@gw.example:8443/v1?api-key=s3cret") == (
+        "https://gw.example:8443/v1"
+    )

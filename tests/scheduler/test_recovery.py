@@ -1,0 +1,88 @@
+"""A run that crashes (its writes fail) is recovered; an unreadable stored job never keeps
+the service down; a job with no live run can still be cancelled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.config import Settings
+from app.scheduler import scheduler as scheduler_module
+from app.store import repository as repo
+from tests.conftest import FakeUpstream, Service, make_settings, start_service
+
+
+async def test_a_run_whose_write_failed_is_resumed_from_the_database(
+    service: Service, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scheduler_module, "RECOVERY_DELAY_S", 0.05)
+    real = repo.mark_agent_completed
+    failures = {"left": 1}
+
+    def flaky(job_id: str, agent_id: str, c: repo.Completion) -> Any:
+        inner = real(job_id, agent_id, c)
+
+        def op(tx: Any) -> None:
+            if agent_id == "b" and failures["left"]:
+                failures["left"] -= 1
+                raise RuntimeError("disk I/O error")
+            inner(tx)
+
+        return op
+
+    monkeypatch.setattr(repo, "mark_agent_completed", flaky)
+    job = await service.submit(
+        {"agents": [{"id": "a", "task": "one"}, {"id": "b", "task": "two", "depends_on": ["a"]}]}
+    )
+    done = await service.wait(job["id"], timeout=10)
+    assert done["status"] == "completed"
+    # a was not called again; b was retried after the recovery (its attempt counted).
+    assert len(fake_upstream.calls_with("one")) == 1
+    b = (await service.client.get(f"/jobs/{job['id']}/agents/b")).json()
+    assert b["attempts"] == 2
+
+
+async def test_cancel_ends_a_job_that_no_run_is_driving(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    job = await service.submit({"agents": [{"id": "a", "task": "x"}]})
+    await service.wait(job["id"])
+    # Make it look unfinished with no run (as after a crash of its run).
+    store = service.app.state.services.store
+    await store.write(
+        lambda tx: tx.conn.execute(repo.jobs_t.update().values(status="running", finished_at=None))
+    )
+    await store.write(lambda tx: tx.conn.execute(repo.agents_t.update().values(status="pending")))
+    resp = await service.client.post(f"/jobs/{job['id']}/cancel")
+    assert resp.status_code == 202
+    done = (await service.client.get(f"/jobs/{job['id']}")).json()
+    assert done["status"] == "cancelled" and done["counts"]["cancelled"] == 1
+    assert (await service.client.delete(f"/jobs/{job['id']}")).status_code == 204
+
+
+async def test_an_unreadable_stored_job_fails_alone_and_the_service_starts(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    settings: Settings = make_settings(tmp_path)
+    async for svc in start_service(settings):
+        good = await svc.submit({"agents": [{"id": "a", "task": "x"}]})
+        await svc.wait(good["id"])
+        bad = await svc.submit({"agents": [{"id": "b", "task": "y"}]})
+        await svc.wait(bad["id"])
+        store = svc.app.state.services.store
+        bad_id = bad["id"]
+        await store.write(
+            lambda tx, j=bad_id: tx.conn.execute(
+                repo.jobs_t.update()
+                .where(repo.jobs_t.c.id == j)
+                .values(status="running", spec_json="{not json")
+            )
+        )
+    async for svc in start_service(settings):
+        job = (await svc.client.get(f"/jobs/{bad['id']}")).json()
+        assert job["status"] == "failed"
+        assert "can no longer be read" in job["error"]
+        assert (await svc.client.get("/readyz")).status_code == 200
+        assert (await svc.client.get(f"/jobs/{good['id']}")).json()["status"] == "completed"
