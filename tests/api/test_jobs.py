@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx2
 
-from tests.conftest import FakeUpstream, Service, answer_for
+from tests.conftest import UPSTREAM_KEY, FakeUpstream, Service, answer_for
 
 DOC_ANALYSIS: dict[str, Any] = {
     "name": "doc-analysis",
@@ -253,59 +254,44 @@ async def test_health_and_readiness(service: Service) -> None:
     assert ready["status"] == "ok" and ready["database"] and ready["scheduler"]
 
 
-async def test_response_never_contains_the_upstream_key(
-    service: Service, fake_upstream: FakeUpstream
+async def test_the_upstream_key_appears_nowhere(
+    service: Service, fake_upstream: FakeUpstream, caplog: Any
 ) -> None:
-    def reject(_body: dict[str, Any], _n: int) -> httpx2.Response:
+    """Even when the upstream echoes the key in an error (some do), it reaches no
+    response, event, log line or database row."""
+    caplog.set_level("INFO")
+    key = UPSTREAM_KEY
+
+    def echo(body: dict[str, Any], _n: int) -> httpx2.Response:
+        status = 403 if "forbidden" in body["messages"][-1]["content"] else 503
         return httpx2.Response(
-            401,
-            json={
-                "error": {
-                    "message": "Incorrect API key provided: sk-test-upstream-key-0123456789",
-                    "code": "invalid_api_key",
-                }
-            },
+            status, json={"error": {"message": f"key {key} is not allowed here"}}
         )
 
-    fake_upstream.script = reject
-    job = await service.submit({"agents": [{"id": "a", "task": "x"}]})
+    fake_upstream.script = echo
+    job = await service.submit(
+        {
+            "max_retries": 1,
+            "agents": [{"id": "a", "task": "forbidden"}, {"id": "b", "task": "flaky"}],
+        }
+    )
     await service.wait(job["id"])
-    for path in (f"/jobs/{job['id']}", f"/jobs/{job['id']}/agents/a", "/jobs", "/readyz"):
-        assert "sk-test-upstream-key" not in (await service.client.get(path)).text
-
-
-async def test_hostile_bodies_get_a_clear_4xx_and_store_nothing(service: Service) -> None:
-    deep: Any = "leaf"
-    for _ in range(150):
-        deep = {"k": deep}
-    cases = [
-        ({"context": {"d": deep}, "agents": [{"id": "a", "task": "x"}]}, "too_deep"),
-        ({"metadata": {"m": "\ud800"}, "agents": [{"id": "a", "task": "x"}]}, "unencodable"),
-        ({"name": "\ud800", "agents": [{"id": "a", "task": "x"}]}, None),
-        ({"agents": [{"id": "a", "task": "\udfff"}]}, None),
-        (
-            {"budget_usd": 1.0, "model": "homemade-llm", "agents": [{"id": "a", "task": "x"}]},
-            "budget_without_prices",
-        ),
-    ]
-    for body, error_type in cases:
-        raw = json.dumps(body, ensure_ascii=True).encode()
-        resp = await service.client.post(
-            "/jobs", content=raw, headers={"content-type": "application/json"}
+    bodies = [
+        (await service.client.get(path)).text
+        for path in (
+            f"/jobs/{job['id']}",
+            f"/jobs/{job['id']}/agents/a",
+            f"/jobs/{job['id']}/agents/b",
+            f"/jobs/{job['id']}/events",
+            f"/jobs/{job['id']}/metrics",
+            "/jobs",
+            "/readyz",
+            "/metrics",
         )
-        assert resp.status_code in (400, 422), (body, resp.status_code, resp.text)
-        if error_type is not None:
-            assert resp.json()["detail"][0]["type"] == error_type
-    assert (await service.client.get("/jobs")).json()["data"] == []
-
-
-async def test_idempotency_ignores_key_order_and_whitespace(service: Service) -> None:
-    headers = {"Idempotency-Key": "k-1", "content-type": "application/json"}
-    a = await service.client.post(
-        "/jobs", headers=headers, content=b'{"name": "n", "agents": [{"id": "a", "task": "x"}]}'
-    )
-    b = await service.client.post(
-        "/jobs", headers=headers, content=b'{"agents":[{"task":"x","id":"a"}],"name":"n"}'
-    )
-    assert (a.status_code, b.status_code) == (201, 200)
-    assert a.json()["id"] == b.json()["id"]
+    ]
+    assert "not allowed here" in bodies[1]  # the upstream's message is relayed…
+    for text in [*bodies, caplog.text]:
+        assert key not in text  # …without the key
+    db = Path(service.app.state.services.settings.database_url.removeprefix("sqlite:///"))
+    for path in db.parent.glob(db.name + "*"):
+        assert key.encode() not in path.read_bytes()

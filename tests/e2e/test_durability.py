@@ -64,6 +64,8 @@ def test_kill_9_mid_job_resumes_without_repeating_completed_agents(tmp_path: Pat
         completed_before = {a for a, (s, _, _) in before.items() if s == "completed"}
         running_before = {a: n for a, (s, n, _) in before.items() if s == "running"}
         assert len(completed_before) >= 150 and len(completed_before) < 501
+        # With 40 calls in flight at the kill, some agents were caught mid-call.
+        assert running_before
         calls_at_kill = calls_by_prompt(sim)
 
         svc = start_service(tmp_path, env, db=db)
@@ -104,9 +106,11 @@ def test_sigterm_lets_calls_in_flight_finish_then_resumes_the_rest(tmp_path: Pat
             }
             job_id = client.post("/jobs", json=body).json()["id"]
             deadline = time.monotonic() + 10
-            while client.get(f"/jobs/{job_id}").json()["counts"]["running"] < 10:
+            while client.get(f"/jobs/{job_id}").json()["counts"]["running"] < 5:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
+        in_flight = httpx2.get(f"{sim.url}/_sim/stats").json()["in_flight"]
+        requests_before = httpx2.get(f"{sim.url}/_sim/stats").json()["requests"]
         started = time.monotonic()
         svc.proc.send_signal(signal.SIGTERM)
         svc.proc.wait(timeout=30)
@@ -120,7 +124,12 @@ def test_sigterm_lets_calls_in_flight_finish_then_resumes_the_rest(tmp_path: Pat
         mid = agent_rows(db, job_id)
         assert "running" not in {s for s, _, _ in mid.values()}
         done_at_stop = {a for a, (s, _, _) in mid.items() if s == "completed"}
-        assert len(done_at_stop) >= 10
+        assert len(done_at_stop) >= 5
+        # Calls stop starting once the drain begins (a tick after the signal): had the
+        # waiting agents gone on, the grace period would have seen most of the 60 done.
+        requests_after = httpx2.get(f"{sim.url}/_sim/stats").json()["requests"]
+        assert requests_after - requests_before <= in_flight + 5
+        assert len(done_at_stop) <= 15
         calls_at_stop = calls_by_prompt(sim)
 
         svc = start_service(tmp_path, env, db=db)

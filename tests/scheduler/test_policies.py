@@ -191,3 +191,26 @@ async def test_unknown_model_price_gives_null_cost(
     assert done["cost_usd"] is None and done["cost_complete"] is False
     assert done["agents"][0]["cost_usd"] is None
     assert fake_upstream.calls[0]["model"] == "my-local-llama"
+
+
+async def test_retry_after_is_waited_out(tmp_path: Any, fake_upstream: FakeUpstream) -> None:
+    from tests.conftest import make_settings, start_service
+
+    times: list[float] = []
+
+    def limited(req: dict[str, Any], _n: int) -> httpx2.Response | None:
+        times.append(asyncio.get_running_loop().time())
+        if len(times) == 1:
+            return httpx2.Response(
+                429, json={"error": {"message": "slow down"}}, headers={"retry-after-ms": "300"}
+            )
+        return None
+
+    fake_upstream.script = limited
+    settings = make_settings(tmp_path, retry_after_cap_s=60.0)
+    async for svc in start_service(settings):
+        job = await svc.submit({"agents": [{"id": "a", "task": "x"}]})
+        assert (await svc.wait(job["id"]))["status"] == "completed"
+        a = (await svc.client.get(f"/jobs/{job['id']}/agents/a")).json()
+    assert a["retries"][0]["delay_s"] >= 0.3
+    assert times[1] - times[0] >= 0.3
