@@ -18,7 +18,7 @@ install: $(VENV)/.installed
 ## Serve the API on $(HOST):$(PORT) (SQLite in ./data; the simulator when no upstream is set).
 run: install
 	$(VENV)/bin/alembic upgrade head
-	$(VENV)/bin/uvicorn app.main:app --host $(HOST) --port $(PORT)
+	SWARM_HOST=$(HOST) $(VENV)/bin/uvicorn app.main:app --host $(HOST) --port $(PORT)
 
 ## Lint, type-check and run the whole test suite.
 test: install lint typecheck
