@@ -23,6 +23,15 @@ class Environment(StrEnum):
     production = "production"
 
 
+class AuthMode(StrEnum):
+    # Keys are required once any exists; with none, only loopback is served (said at start).
+    auto = "auto"
+    # Every request needs a key, even with none created yet.
+    on = "on"
+    # No authentication at all: only ever set explicitly, for a trusted network.
+    off = "off"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SWARM_", env_file=None, extra="ignore")
 
@@ -31,6 +40,15 @@ class Settings(BaseSettings):
     log_format: str = Field("text", pattern="^(text|json)$")
     log_level: str = Field("INFO", pattern="(?i)^(debug|info|warning|error)$")
     database_url: str = "sqlite:///./data/swarm.db"
+    # The address the server binds (make run and the container entry point pass it to
+    # uvicorn); with no API keys the service refuses to start on a non-loopback address.
+    host: str = "127.0.0.1"
+    auth: AuthMode = AuthMode.auto
+    # How long a key lookup (or a revocation) may be cached.
+    auth_cache_s: float = Field(5.0, ge=0)
+    # Per tenant: jobs queued or running at once, and submits per second (burst of 2 s).
+    tenant_max_active_jobs: int = Field(100, ge=1)
+    tenant_submits_per_s: float = Field(10.0, gt=0)
     # Apply pending migrations at start-up (idempotent; `alembic upgrade head` does the same).
     migrate_on_start: bool = True
 

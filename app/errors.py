@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -36,6 +37,13 @@ class UnprocessableError(ServiceError):
 
 class PayloadTooLargeError(ServiceError):
     status_code = 413
+
+
+class TooManyRequestsError(ServiceError):
+    status_code = 429
+
+    def __init__(self, detail: str, *, retry_after_s: float) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))})
 
 
 class UnavailableError(ServiceError):

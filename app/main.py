@@ -10,6 +10,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from app.api import events, health, jobs, metrics_routes, upstream
+from app.api.auth import Authenticator
 from app.api.deps import Services
 from app.api.limits import BodySizeLimit
 from app.config import Environment, Settings, get_settings
@@ -32,6 +33,10 @@ SHUTDOWN_GRACE_S = 10.0
 
 class NoUpstreamError(RuntimeError):
     pass
+
+
+class InsecureStartError(RuntimeError):
+    """Starting as configured would expose the API without authentication."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -70,6 +75,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         bus.add_listener(log_events)
         store = Store(settings.database_url, bus, batch_max=settings.write_batch_max)
         await store.start()
+        auth = Authenticator(settings, store)
+        await auth.refresh(force=True)
+        problem = auth.startup_problem()
+        if problem is not None:
+            await store.close()
+            await upstreams.aclose()
+            if simulator is not None:
+                await simulator.stop()
+            raise InsecureStartError(problem)
+        if auth.has_keys:
+            log.info("%s", auth.describe())
+        else:
+            log.warning("%s", auth.describe())
         scheduler = Scheduler(settings=settings, store=store, upstreams=upstreams, metrics=metrics)
         app.state.services = Services(
             settings=settings,
@@ -79,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             upstreams=upstreams,
             upstream_label=label,
             metrics=metrics,
+            auth=auth,
         )
         await scheduler.start()
         log.info("ready: database %s, upstream %s", _safe_db(settings.database_url), label)

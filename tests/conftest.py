@@ -143,9 +143,14 @@ class Service:
 
     async def wait(self, job_id: str, timeout: float = 20.0) -> dict[str, Any]:
         """Poll GET /jobs/{id} until the job is finished."""
+        return await self.wait_as(job_id, {}, timeout)
+
+    async def wait_as(
+        self, job_id: str, headers: dict[str, str], timeout: float = 20.0
+    ) -> dict[str, Any]:
         async with asyncio.timeout(timeout):
             while True:
-                resp = await self.client.get(f"/jobs/{job_id}")
+                resp = await self.client.get(f"/jobs/{job_id}", headers=headers)
                 assert resp.status_code == 200, resp.text
                 job: dict[str, Any] = resp.json()
                 if job["status"] in ("completed", "failed", "cancelled"):
@@ -157,7 +162,7 @@ async def start_service(settings: Settings) -> AsyncIterator[Service]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx2.ASGITransport(app=app)
-        async with httpx2.AsyncClient(transport=transport, base_url="http://service.test") as c:
+        async with httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
             yield Service(app=app, client=c)
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.api.auth import Authenticator
 from app.config import Settings
 from app.events.bus import EventBus
 from app.metrics import Metrics
+from app.scheduler.limits import TokenBucket
 from app.scheduler.scheduler import Scheduler
 from app.store.store import Store
 from app.upstream.pool import UpstreamPool
@@ -24,6 +26,9 @@ class Services:
     upstreams: UpstreamPool
     upstream_label: str
     metrics: Metrics
+    auth: Authenticator
+    # Per tenant: a bucket of submits (rate limit on POST /jobs).
+    submit_buckets: dict[str, TokenBucket] = field(default_factory=dict)
 
 
 def get_services(request: Request) -> Services:

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from app.api.auth import TenantDep
 from app.api.deps import ServicesDep
 from app.api.jobs import JOB_NOT_FOUND
 from app.errors import NotFoundError, UnprocessableError
@@ -45,6 +46,7 @@ behind is disconnected and resumes from its last id without losing anything."""
 async def stream_events(
     job_id: str,
     services: ServicesDep,
+    tenant: TenantDep,
     after: Annotated[int | None, Query(ge=0, description="Resume after this seq.")] = None,
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
 ) -> EventSourceResponse:
@@ -56,7 +58,7 @@ async def stream_events(
             raise UnprocessableError("Last-Event-ID must be an event id (an integer)") from None
         if start < 0:
             raise UnprocessableError("Last-Event-ID must not be negative")
-    if await services.store.read(lambda c: repo.get_job(c, job_id)) is None:
+    if await services.store.read(lambda c: repo.get_job(c, job_id, tenant)) is None:
         raise NotFoundError(JOB_NOT_FOUND)
     settings = services.settings
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
 
+from app.api.auth import TenantDep
 from app.api.deps import ServicesDep
 from app.api.schemas import (
     AgentCounts,
@@ -23,7 +24,8 @@ from app.api.schemas import (
 )
 from app.engine.graph import GraphValidationError, validate_graph
 from app.engine.spec import JobSpec, ResolvedAgent
-from app.errors import ConflictError, NotFoundError, UnprocessableError
+from app.errors import ConflictError, NotFoundError, TooManyRequestsError, UnprocessableError
+from app.scheduler.limits import TokenBucket
 from app.store import repository as repo
 from app.store.ids import new_job_id
 from app.store.models import AgentStatus, JobStatus, utcnow
@@ -77,6 +79,22 @@ def _job_public(row: Any, totals: repo.JobTotals, agents: list[Any] | None) -> J
             for a in agents
         ],
     )
+
+
+def _admit_submit(services: ServicesDep, tenant: str) -> None:
+    """Per-tenant submit rate: a bucket of two seconds' worth, refilled continuously."""
+    rate = services.settings.tenant_submits_per_s
+    bucket = services.submit_buckets.get(tenant)
+    if bucket is None:
+        bucket = services.submit_buckets[tenant] = TokenBucket(
+            rate_per_s=rate, capacity=max(1.0, 2 * rate)
+        )
+    wait = bucket.try_take(1)
+    if wait > 0:
+        raise TooManyRequestsError(
+            f"too many submits: this tenant may submit {rate:g} jobs per second",
+            retry_after_s=wait,
+        )
 
 
 def _check_routes(services: ServicesDep, agents: list[ResolvedAgent], default: str) -> None:
@@ -178,9 +196,11 @@ def _check_prices(services: ServicesDep, agents: list[ResolvedAgent], default: s
         )
 
 
-async def _load_job(services: ServicesDep, job_id: str, *, with_agents: bool) -> JobPublic:
+async def _load_job(
+    services: ServicesDep, tenant: str, job_id: str, *, with_agents: bool
+) -> JobPublic:
     def read(conn: Any) -> tuple[Any, repo.JobTotals, list[Any] | None] | None:
-        row = repo.get_job(conn, job_id)
+        row = repo.get_job(conn, job_id, tenant)
         if row is None:
             return None
         agents = repo.agent_summaries(conn, job_id) if with_agents else None
@@ -206,15 +226,24 @@ async def _load_job(services: ServicesDep, job_id: str, *, with_agents: bool) ->
 async def submit_job(
     spec: JobSpec,
     services: ServicesDep,
+    tenant: TenantDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobPublic:
     """Validate and store a job graph, then run it in the background."""
     settings = services.settings
+    _admit_submit(services, tenant)
     try:
         graph = validate_graph(spec, max_agents=settings.max_agents_per_job)
     except GraphValidationError as exc:
         raise UnprocessableError(exc.detail()) from None
+    active = await services.store.read(lambda c: repo.count_active_jobs(c, tenant))
+    if active >= settings.tenant_max_active_jobs:
+        raise TooManyRequestsError(
+            f"this tenant already has {active} jobs queued or running (the limit is "
+            f"{settings.tenant_max_active_jobs}); submit again when one has finished",
+            retry_after_s=5,
+        )
     job_id = new_job_id()
     model = spec.model or settings.default_model
     resolved = spec.resolved_agents()
@@ -224,6 +253,7 @@ async def submit_job(
     spec_json = _storable_json(spec)
     row = {
         "id": job_id,
+        "tenant": tenant,
         "name": spec.name,
         "status": JobStatus.queued,
         "model": model,
@@ -261,16 +291,17 @@ async def submit_job(
             f"Idempotency-Key was already used for job {exc.job_id} with a different body"
         ) from None
     if created:
-        services.scheduler.submit(stored_id, spec, graph, model=model)
+        services.scheduler.submit(stored_id, spec, graph, tenant=tenant, model=model)
     else:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/jobs/{stored_id}"
-    return await _load_job(services, stored_id, with_agents=False)
+    return await _load_job(services, tenant, stored_id, with_agents=False)
 
 
 @router.get("", response_model=JobPage)
 async def list_jobs(
     services: ServicesDep,
+    tenant: TenantDep,
     status_: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=26, pattern=r"^[0-9a-z]{1,26}$")] = None,
@@ -278,7 +309,11 @@ async def list_jobs(
     """Jobs, newest first. Follow `next_cursor` for older pages."""
     rows = await services.store.read(
         lambda c: repo.list_jobs(
-            c, status=str(status_) if status_ else None, limit=limit + 1, before=cursor
+            c,
+            tenant=tenant,
+            status=str(status_) if status_ else None,
+            limit=limit + 1,
+            before=cursor,
         )
     )
     more = len(rows) > limit
@@ -307,24 +342,31 @@ async def list_jobs(
 async def get_job(
     job_id: str,
     services: ServicesDep,
+    tenant: TenantDep,
     agents: Annotated[bool, Query(description="Include one summary row per agent.")] = True,
 ) -> JobPublic:
     """Status, counts by agent status, usage, cost, timestamps and the agents."""
-    return await _load_job(services, job_id, with_agents=agents)
+    return await _load_job(services, tenant, job_id, with_agents=agents)
 
 
 @router.get("/{job_id}/agents/{agent_id}", response_model=AgentDetail, responses=_ERRORS)
-async def get_agent(job_id: str, agent_id: str, services: ServicesDep) -> AgentDetail:
+async def get_agent(
+    job_id: str, agent_id: str, services: ServicesDep, tenant: TenantDep
+) -> AgentDetail:
     """One agent in full: the prompt as sent, output, usage, cost, attempts, retries."""
 
-    def read(conn: Any) -> tuple[Any, list[dict[str, Any]]]:
+    def read(conn: Any) -> tuple[Any, Any, list[dict[str, Any]]]:
+        job = repo.get_job(conn, job_id, tenant)
+        if job is None:
+            return None, None, []
         row = repo.get_agent(conn, job_id, agent_id)
-        return row, repo.agent_retries(conn, job_id, agent_id) if row is not None else []
+        return job, row, repo.agent_retries(conn, job_id, agent_id) if row is not None else []
 
-    row, retries = await services.store.read(read)
+    job, row, retries = await services.store.read(read)
+    if job is None:
+        raise NotFoundError(JOB_NOT_FOUND)
     if row is None:
-        job = await services.store.read(lambda c: repo.get_job(c, job_id))
-        raise NotFoundError(JOB_NOT_FOUND if job is None else "agent not found in this job")
+        raise NotFoundError("agent not found in this job")
     usage = (
         Usage(
             prompt_tokens=row.prompt_tokens or 0,
@@ -357,11 +399,11 @@ async def get_agent(job_id: str, agent_id: str, services: ServicesDep) -> AgentD
 
 
 @router.get("/{job_id}/results", response_model=JobResults, responses=_ERRORS)
-async def get_results(job_id: str, services: ServicesDep) -> JobResults:
+async def get_results(job_id: str, services: ServicesDep, tenant: TenantDep) -> JobResults:
     """Outputs of the completed agents, by agent id (partial while the job runs)."""
 
     def read(conn: Any) -> tuple[Any, list[tuple[str, str]]] | None:
-        row = repo.get_job(conn, job_id)
+        row = repo.get_job(conn, job_id, tenant)
         if row is None:
             return None
         return row, repo.completed_outputs(conn, job_id)
@@ -384,10 +426,10 @@ async def get_results(job_id: str, services: ServicesDep) -> JobResults:
     response_model=CancelAccepted,
     responses={**_ERRORS, 409: {"description": "The job has already finished."}},
 )
-async def cancel_job(job_id: str, services: ServicesDep) -> CancelAccepted:
+async def cancel_job(job_id: str, services: ServicesDep, tenant: TenantDep) -> CancelAccepted:
     """Stop pending agents and abort in-flight calls; the job ends `cancelled`."""
     try:
-        current = await services.store.write(repo.request_cancel(job_id))
+        current = await services.store.write(repo.request_cancel(job_id, tenant))
     except repo.JobNotFoundError:
         raise NotFoundError(JOB_NOT_FOUND) from None
     if JobStatus(current).finished:
@@ -401,10 +443,10 @@ async def cancel_job(job_id: str, services: ServicesDep) -> CancelAccepted:
     status_code=status.HTTP_204_NO_CONTENT,
     responses={**_ERRORS, 409: {"description": "The job is still queued or running."}},
 )
-async def delete_job(job_id: str, services: ServicesDep) -> Response:
+async def delete_job(job_id: str, services: ServicesDep, tenant: TenantDep) -> Response:
     """Remove a finished job, its agents and its events."""
     try:
-        await services.store.write(repo.delete_job(job_id))
+        await services.store.write(repo.delete_job(job_id, tenant))
     except repo.JobNotFoundError:
         raise NotFoundError(JOB_NOT_FOUND) from None
     except repo.JobStillRunningError as exc:

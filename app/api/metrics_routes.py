@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.api.auth import TenantDep
 from app.api.deps import ServicesDep
 from app.api.jobs import JOB_NOT_FOUND
 from app.api.schemas import AgentCounts, JobMetrics, LatencyStats, Usage
@@ -38,12 +39,12 @@ def latency_stats(values: list[float]) -> LatencyStats:
 
 
 @router.get("/jobs/{job_id}/metrics", response_model=JobMetrics, responses={404: {}})
-async def job_metrics(job_id: str, services: ServicesDep) -> JobMetrics:
+async def job_metrics(job_id: str, services: ServicesDep, tenant: TenantDep) -> JobMetrics:
     """Totals by status, tokens, cost, call latency, retries, rate-limited calls, wall time
     and throughput of one job."""
 
     def read(conn: Any) -> tuple[Any, repo.JobTotals, repo.CallStats] | None:
-        row = repo.get_job(conn, job_id)
+        row = repo.get_job(conn, job_id, tenant)
         if row is None:
             return None
         return row, repo.job_totals(conn, job_id), repo.call_stats(conn, job_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.auth import TenantDep
 from app.api.deps import ServicesDep
 from app.upstream.check import CheckStatus, OverallStatus, check_upstreams
 from app.upstream.pool import DEFAULT
@@ -72,7 +73,7 @@ class UpstreamReportOut(_Model):
 
 
 @router.get("/upstream", response_model=UpstreamReportOut)
-async def check_upstream(services: ServicesDep) -> UpstreamReportOut:
+async def check_upstream(services: ServicesDep, _tenant: TenantDep) -> UpstreamReportOut:
     """Checks every configured upstream now, all at once: lists its models (or, if it does not
     implement /models, makes a one-token chat completion), measures the latency, and turns
     failures into advice. Each upstream's check is bounded by SWARM_UPSTREAM_CHECK_TIMEOUT_S.

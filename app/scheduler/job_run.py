@@ -61,6 +61,7 @@ class JobRun:
         self,
         *,
         job_id: str,
+        tenant: str,
         spec: JobSpec,
         graph: Graph,
         default_model: str,
@@ -71,6 +72,7 @@ class JobRun:
         metrics: Metrics,
     ) -> None:
         self.job_id = job_id
+        self.tenant = tenant
         self.spec = spec
         self.graph = graph
         self.store = store
@@ -426,10 +428,13 @@ class JobRun:
         are passed, just before the call, so `running` means really in flight."""
         gate = self.gates.for_model(route.model)
         estimate = estimate_tokens(req.prompt_chars, req.max_tokens)
-        async with gate.concurrency.slot(self.job_id, active=False) as permit:
+        async with gate.concurrency.slot(self.job_id, group=self.tenant, active=False) as permit:
             if gate.rate is not None:
                 await gate.rate.admit(estimate)
-            async with self.gates.global_slots.slot(self.job_id), route.upstream.connections:
+            async with (
+                self.gates.global_slots.slot(self.job_id, self.tenant),
+                route.upstream.connections,
+            ):
                 if self._draining:
                     # Shutting down: the slots came too late; this agent resumes next start.
                     raise asyncio.CancelledError

@@ -33,9 +33,10 @@ __all__ = [
 
 
 class _Job:
-    __slots__ = ("in_flight", "queue", "waiting")
+    __slots__ = ("group", "in_flight", "queue", "waiting")
 
-    def __init__(self) -> None:
+    def __init__(self, group: str) -> None:
+        self.group = group
         self.in_flight = 0
         # Waiters still owed a slot. `queue` may also hold futures already cancelled: they
         # are skipped when they reach the front, so that cancelling stays O(1).
@@ -64,8 +65,9 @@ class FairLimiter:
         self._in_flight = 0
         self._waiting = 0
         self._jobs: dict[str, _Job] = {}
-        # Keys whose queue is non-empty, front = next to be served.
-        self._rotation: OrderedDict[str, None] = OrderedDict()
+        # Groups (tenants) with waiters, front = next to be served; in each, its keys (jobs)
+        # with waiters, front = next to be served.
+        self._rotation: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
 
     @property
     def capacity(self) -> int:
@@ -92,10 +94,12 @@ class FairLimiter:
         job = self._jobs.get(key)
         return 0 if job is None else job.waiting
 
-    async def acquire(self, key: str) -> None:
+    async def acquire(self, key: str, group: str | None = None) -> None:
+        """Wait for a slot for `key` (a job); `group` (its tenant) takes turns with other
+        groups first, so a tenant with many jobs gets no more than one with a single job."""
         job = self._jobs.get(key)
         if job is None:
-            job = self._jobs[key] = _Job()
+            job = self._jobs[key] = _Job(key if group is None else group)
         if self._in_flight < self._capacity and not self._rotation:
             job.in_flight += 1
             self._in_flight += 1
@@ -104,8 +108,7 @@ class FairLimiter:
         job.queue.append(fut)
         job.waiting += 1
         self._waiting += 1
-        if key not in self._rotation:
-            self._rotation[key] = None
+        self._rotation.setdefault(job.group, OrderedDict())[key] = None
         # The rotation may hold only cancelled waiters while a slot is free.
         self._wake()
         try:
@@ -130,8 +133,8 @@ class FairLimiter:
             del self._jobs[key]
         self._wake()
 
-    def slot(self, key: str) -> AbstractAsyncContextManager[None]:
-        return _FairSlot(self, key)
+    def slot(self, key: str, group: str | None = None) -> AbstractAsyncContextManager[None]:
+        return _FairSlot(self, key, group)
 
     def _drop_waiter(self, key: str, job: _Job) -> None:
         job.waiting -= 1
@@ -139,19 +142,27 @@ class FairLimiter:
         if job.waiting == 0:
             # Everything left in the queue is cancelled: free it now, not when its turn comes.
             job.queue.clear()
-            self._rotation.pop(key, None)
+            self._unrotate(job.group, key)
             if job.in_flight == 0:
                 del self._jobs[key]
 
+    def _unrotate(self, group: str, key: str) -> None:
+        keys = self._rotation.get(group)
+        if keys is not None:
+            keys.pop(key, None)
+            if not keys:
+                del self._rotation[group]
+
     def _wake(self) -> None:
         while self._in_flight < self._capacity and self._rotation:
-            key = next(iter(self._rotation))
+            group, keys = next(iter(self._rotation.items()))
+            key = next(iter(keys))
             job = self._jobs[key]
             queue = job.queue
             while queue and queue[0].done():
                 queue.popleft()
             if not queue:
-                del self._rotation[key]
+                self._unrotate(group, key)
                 continue
             fut = queue.popleft()
             job.waiting -= 1
@@ -162,20 +173,25 @@ class FairLimiter:
             if job.waiting == 0:
                 queue.clear()
             if queue:
-                self._rotation.move_to_end(key)
+                keys.move_to_end(key)
             else:
-                del self._rotation[key]
+                del keys[key]
+            if keys:
+                self._rotation.move_to_end(group)
+            else:
+                del self._rotation[group]
 
 
 class _FairSlot:
-    __slots__ = ("_key", "_limiter")
+    __slots__ = ("_group", "_key", "_limiter")
 
-    def __init__(self, limiter: FairLimiter, key: str) -> None:
+    def __init__(self, limiter: FairLimiter, key: str, group: str | None) -> None:
         self._limiter = limiter
         self._key = key
+        self._group = group
 
     async def __aenter__(self) -> None:
-        await self._limiter.acquire(self._key)
+        await self._limiter.acquire(self._key, self._group)
 
     async def __aexit__(
         self,
@@ -319,13 +335,15 @@ class AdaptiveLimiter:
     def snapshot(self) -> AdaptiveSnapshot:
         return AdaptiveSnapshot(self._limit, self.in_flight, self.waiting, self._decreases)
 
-    async def acquire(self, key: str = "", *, active: bool = True) -> Permit:
+    async def acquire(
+        self, key: str = "", *, group: str | None = None, active: bool = True
+    ) -> Permit:
         """Wait for a slot; `key` (the job) decides whose turn it is when several wait.
 
         With `active=False` the caller still has other limits to pass, and calls
         `activate(permit)` when its call really starts.
         """
-        await self._slots.acquire(key)
+        await self._slots.acquire(key, group)
         permit = Permit(granted_at=self._clock(), epoch=self._decreases, key=key)
         if active:
             self.activate(permit)
@@ -362,7 +380,9 @@ class AdaptiveLimiter:
         self._set_limit(limit)
         self._slots.release(permit.key)
 
-    def slot(self, key: str = "", *, active: bool = True) -> AbstractAsyncContextManager[Permit]:
+    def slot(
+        self, key: str = "", *, group: str | None = None, active: bool = True
+    ) -> AbstractAsyncContextManager[Permit]:
         """`async with limiter.slot(job_id) as permit:` — set `permit.outcome` before leaving.
 
         If it is left unset the outcome is `ok` when the block exits normally and `error`
@@ -370,7 +390,7 @@ class AdaptiveLimiter:
         an unclassified way must neither grow nor shrink the limit. An explicit outcome
         always wins, so `permit.outcome = Outcome.overload; raise RateLimited()` works.
         """
-        return _AdaptiveSlot(self, key, active)
+        return _AdaptiveSlot(self, key, group, active)
 
     def _set_limit(self, limit: float) -> None:
         self._limit = limit
@@ -379,16 +399,19 @@ class AdaptiveLimiter:
 
 
 class _AdaptiveSlot:
-    __slots__ = ("_active", "_key", "_limiter", "_permit")
+    __slots__ = ("_active", "_group", "_key", "_limiter", "_permit")
 
-    def __init__(self, limiter: AdaptiveLimiter, key: str, active: bool) -> None:
+    def __init__(self, limiter: AdaptiveLimiter, key: str, group: str | None, active: bool) -> None:
         self._limiter = limiter
         self._key = key
+        self._group = group
         self._active = active
         self._permit: Permit | None = None
 
     async def __aenter__(self) -> Permit:
-        self._permit = await self._limiter.acquire(self._key, active=self._active)
+        self._permit = await self._limiter.acquire(
+            self._key, group=self._group, active=self._active
+        )
         return self._permit
 
     async def __aexit__(

@@ -71,14 +71,17 @@ class Scheduler:
             job_id,
             spec,
             graph,
+            tenant=row.tenant,
             model=row.model,
             resumed=row.status == JobStatus.running,
             cancel_requested=bool(row.cancel_requested),
         )
 
-    def submit(self, job_id: str, spec: JobSpec, graph: Graph, *, model: str) -> None:
+    def submit(self, job_id: str, spec: JobSpec, graph: Graph, *, tenant: str, model: str) -> None:
         """Start a freshly stored job (called after its insert committed)."""
-        self._launch(job_id, spec, graph, model=model, resumed=False, cancel_requested=False)
+        self._launch(
+            job_id, spec, graph, tenant=tenant, model=model, resumed=False, cancel_requested=False
+        )
 
     def _launch(
         self,
@@ -86,6 +89,7 @@ class Scheduler:
         spec: JobSpec,
         graph: Graph,
         *,
+        tenant: str,
         model: str,
         resumed: bool,
         cancel_requested: bool,
@@ -94,6 +98,7 @@ class Scheduler:
             return
         run = JobRun(
             job_id=job_id,
+            tenant=tenant,
             spec=spec,
             graph=graph,
             default_model=model,

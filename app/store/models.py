@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import Column, Index, MetaData, Text
+from sqlalchemy import Column, Index, MetaData, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 # Named constraints: SQLite batch migrations can only alter constraints that have names.
@@ -52,14 +52,26 @@ FINISHED_AGENT_STATUSES = frozenset(
 )
 
 
+DEFAULT_TENANT = "default"
+
+
 class Job(SQLModel, table=True):
     __tablename__ = "jobs"
     __table_args__ = (
-        # GET /jobs?status=… newest first: (status, id) serves filter and order together.
+        # Counting jobs by status (metrics) reads this index alone.
         Index("ix_jobs_status_id", "status", "id"),
+        # GET /jobs newest first, per tenant, with and without ?status=.
+        Index("ix_jobs_tenant_id", "tenant", "id"),
+        Index("ix_jobs_tenant_status_id", "tenant", "status", "id"),
+        # An Idempotency-Key is the tenant's own: two tenants may use the same one.
+        UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
     )
 
     id: str = Field(primary_key=True, max_length=26)
+    # Whose job it is: every route answers 404 for another tenant's job.
+    tenant: str = Field(
+        default=DEFAULT_TENANT, max_length=64, sa_column_kwargs={"server_default": DEFAULT_TENANT}
+    )
     name: str = Field(max_length=200)
     status: str = Field(default=JobStatus.queued, max_length=16)
     model: str = Field(max_length=200)
@@ -70,7 +82,7 @@ class Job(SQLModel, table=True):
     spec_json: str = Field(sa_column=Column(Text, nullable=False))
     metadata_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
     agents_total: int
-    idempotency_key: str | None = Field(default=None, max_length=255, unique=True)
+    idempotency_key: str | None = Field(default=None, max_length=255)
     request_hash: str | None = Field(default=None, max_length=64)
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     cancel_requested: bool = False
@@ -121,3 +133,20 @@ class Event(SQLModel, table=True):
     agent_id: str | None = Field(default=None, max_length=64)
     ts: datetime = Field(default_factory=utcnow)
     data_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key of a tenant. Only a digest of the key is stored; the key itself is shown
+    once, when it is created."""
+
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=26)
+    tenant: str = Field(max_length=64, index=True)
+    name: str = Field(default="", max_length=200)
+    # SHA-256 of the key: keys are 256-bit random, so a slow password hash adds nothing.
+    key_hash: str = Field(max_length=64, unique=True)
+    # The key's first characters, so people can tell their keys apart in listings.
+    prefix: str = Field(max_length=16)
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None

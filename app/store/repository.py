@@ -64,7 +64,9 @@ def create_job(new: NewJob) -> Any:
         key = new.row.get("idempotency_key")
         if key is not None:
             prior = tx.conn.execute(
-                select(jobs_t.c.id, jobs_t.c.request_hash).where(jobs_t.c.idempotency_key == key)
+                select(jobs_t.c.id, jobs_t.c.request_hash).where(
+                    jobs_t.c.tenant == new.row["tenant"], jobs_t.c.idempotency_key == key
+                )
             ).first()
             if prior is not None:
                 if prior.request_hash != new.row.get("request_hash"):
@@ -316,11 +318,17 @@ def end_unfinished_job(job_id: str, status: JobStatus, reason: str) -> Any:
     return op
 
 
-def request_cancel(job_id: str) -> Any:
+def _owned(job_id: str, tenant: str | None) -> Any:
+    """WHERE clause for a job id, limited to the tenant's jobs when a tenant is given."""
+    clause = jobs_t.c.id == job_id
+    return clause if tenant is None else clause & (jobs_t.c.tenant == tenant)
+
+
+def request_cancel(job_id: str, tenant: str | None = None) -> Any:
     """Flag the job for cancellation. Returns its status, or raises JobNotFoundError."""
 
     def op(tx: Tx) -> str | Refused:
-        row = tx.conn.execute(select(jobs_t.c.status).where(jobs_t.c.id == job_id)).first()
+        row = tx.conn.execute(select(jobs_t.c.status).where(_owned(job_id, tenant))).first()
         if row is None:
             return Refused(JobNotFoundError(job_id))
         if row.status not in FINISHED_JOB_STATUSES:
@@ -332,9 +340,9 @@ def request_cancel(job_id: str) -> Any:
     return op
 
 
-def delete_job(job_id: str) -> Any:
+def delete_job(job_id: str, tenant: str | None = None) -> Any:
     def op(tx: Tx) -> Refused | None:
-        row = tx.conn.execute(select(jobs_t.c.status).where(jobs_t.c.id == job_id)).first()
+        row = tx.conn.execute(select(jobs_t.c.status).where(_owned(job_id, tenant))).first()
         if row is None:
             return Refused(JobNotFoundError(job_id))
         if row.status not in FINISHED_JOB_STATUSES:
@@ -351,13 +359,27 @@ def delete_job(job_id: str) -> Any:
 # -- reads ---------------------------------------------------------------------------------
 
 
-def get_job(conn: Connection, job_id: str) -> Any:
-    return conn.execute(select(jobs_t).where(jobs_t.c.id == job_id)).first()
+def get_job(conn: Connection, job_id: str, tenant: str | None = None) -> Any:
+    """The job, or None when it does not exist or belongs to another tenant."""
+    return conn.execute(select(jobs_t).where(_owned(job_id, tenant))).first()
 
 
-def list_jobs(conn: Connection, *, status: str | None, limit: int, before: str | None) -> list[Any]:
+def count_active_jobs(conn: Connection, tenant: str) -> int:
+    return int(
+        conn.execute(
+            select(func.count()).where(
+                jobs_t.c.tenant == tenant,
+                jobs_t.c.status.in_((JobStatus.queued, JobStatus.running)),
+            )
+        ).scalar_one()
+    )
+
+
+def list_jobs(
+    conn: Connection, *, tenant: str, status: str | None, limit: int, before: str | None
+) -> list[Any]:
     cols = [c for c in jobs_t.c if c.name != "spec_json"]
-    q = select(*cols)
+    q = select(*cols).where(jobs_t.c.tenant == tenant)
     if status is not None:
         q = q.where(jobs_t.c.status == status)
     if before is not None:

@@ -120,14 +120,18 @@ async def test_200_concurrent_subscribers_all_receive_the_full_ordered_stream(
     ) as client:
         job_id = (await client.post("/jobs", json=swarm())).json()["id"]
         results = await asyncio.gather(*(read_stream(client, job_id) for _ in range(200)))
-        metrics = (await client.get("/metrics")).text
+        # Every stream's server side is released (the gauge falls to 0 as each finishes).
+        async with asyncio.timeout(10):
+            while "swarm_sse_streams_open 0.0" not in (
+                metrics := (await client.get("/metrics")).text
+            ):
+                await asyncio.sleep(0.05)
     first = results[0][0]
     assert first and first[-1].event in ("job.failed", "job.completed")
     for events, _, closed in results:
         assert closed
         assert events == first
     assert [int(e.id or 0) for e in first] == list(range(1, len(first) + 1))
-    # Every stream closed, and the gauge says so.
     assert "swarm_sse_streams_open 0.0" in metrics
 
 

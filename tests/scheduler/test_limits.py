@@ -793,3 +793,26 @@ async def test_permits_waiting_for_other_limits_do_not_grow_the_limit() -> None:
         for p in parked:
             lim.release(p, Outcome.ok)
     assert lim.limit == 8 and lim.active == 0
+
+
+async def test_groups_take_turns_before_their_keys() -> None:
+    lim = FairLimiter(1)
+    await lim.acquire("hold", "x")
+    order: list[str] = []
+
+    async def call(key: str, group: str) -> None:
+        await lim.acquire(key, group)
+        order.append(key)
+        await asyncio.sleep(0)
+        lim.release(key)
+
+    # Tenant "many" queues three jobs of 4 calls each; tenant "one" a single job of 4.
+    tasks = [asyncio.create_task(call(job, "many")) for job in ("m1", "m2", "m3") for _ in range(4)]
+    await asyncio.sleep(0)
+    tasks += [asyncio.create_task(call("o1", "one")) for _ in range(4)]
+    await asyncio.sleep(0)
+    lim.release("hold")
+    await asyncio.gather(*tasks)
+    # Tenants alternate; within "many" its jobs alternate.
+    assert order[:8] == ["m1", "o1", "m2", "o1", "m3", "o1", "m1", "o1"]
+    assert lim.in_flight == 0 and lim.waiting == 0
