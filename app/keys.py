@@ -35,11 +35,16 @@ class KeyInfo:
     revoked_at: datetime | None
 
 
-def create_key(database_url: str, tenant: str, name: str = "") -> tuple[str, KeyInfo]:
-    """A new key for `tenant`: returns the key (to show once) and what is stored of it."""
+def create_key(
+    database_url: str, tenant: str, name: str = "", *, key: str | None = None
+) -> tuple[str, KeyInfo]:
+    """A new key for `tenant`: returns the key (to show once) and what is stored of it.
+    `key` registers a key made elsewhere (e.g. by a secret manager) instead of a new one."""
     if not TENANT_PATTERN.match(tenant):
         raise ValueError("tenant must match ^[A-Za-z0-9_.-]{1,64}$")
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    if key is not None and len(key) < 24:
+        raise ValueError("a key must be at least 24 characters long")
+    key = key or KEY_PREFIX + secrets.token_urlsafe(32)
     info = KeyInfo(
         id=new_job_id(),
         tenant=tenant,

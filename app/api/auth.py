@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from app.config import AuthMode, Settings
@@ -125,3 +126,13 @@ async def get_tenant(
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]
+
+
+class ErrorBody(BaseModel):
+    detail: Any = Field(description="What went wrong: a message, or a list of problems.")
+
+
+# Declared on every route that needs a tenant, so clients (and the OpenAPI document) know.
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing, unknown or revoked API key."},
+}

@@ -9,14 +9,14 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from app.api.auth import TenantDep
+from app.api.auth import AUTH_RESPONSES, TenantDep
 from app.api.deps import ServicesDep
 from app.api.jobs import JOB_NOT_FOUND
 from app.errors import NotFoundError, UnprocessableError
 from app.events.stream import StreamClosed, job_events
 from app.store import repository as repo
 
-router = APIRouter(tags=["events"])
+router = APIRouter(tags=["events"], responses=AUTH_RESPONSES)
 
 _STREAM_DOC = """Every state change of the job, in order, as Server-Sent Events:
 

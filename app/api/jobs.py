@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
 
-from app.api.auth import TenantDep
+from app.api.auth import AUTH_RESPONSES, TenantDep
 from app.api.deps import ServicesDep
 from app.api.schemas import (
     AgentCounts,
@@ -31,7 +31,7 @@ from app.store.ids import new_job_id
 from app.store.models import AgentStatus, JobStatus, utcnow
 from app.upstream.pool import NoRouteError
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=AUTH_RESPONSES)
 
 JOB_NOT_FOUND = "job not found"
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -218,8 +218,13 @@ async def _load_job(
     response_model=JobPublic,
     responses={
         200: {"description": "Repeated submit with the same Idempotency-Key and body."},
+        400: {"description": "The body cannot be read at all (e.g. not UTF-8)."},
         409: {"description": "Idempotency-Key reused with a different body."},
         413: {"description": "Request body too large."},
+        429: {
+            "description": "Too many submits, or too many active jobs, for this tenant; "
+            "see Retry-After."
+        },
         422: {"description": "The job graph is invalid; `detail` names each problem."},
     },
 )

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.api.auth import TenantDep
+from app.api.auth import AUTH_RESPONSES, TenantDep
 from app.api.deps import ServicesDep
 from app.api.jobs import JOB_NOT_FOUND
 from app.api.schemas import AgentCounts, JobMetrics, LatencyStats, Usage
@@ -38,7 +38,11 @@ def latency_stats(values: list[float]) -> LatencyStats:
     )
 
 
-@router.get("/jobs/{job_id}/metrics", response_model=JobMetrics, responses={404: {}})
+@router.get(
+    "/jobs/{job_id}/metrics",
+    response_model=JobMetrics,
+    responses={**AUTH_RESPONSES, 404: {"description": "No such job."}},
+)
 async def job_metrics(job_id: str, services: ServicesDep, tenant: TenantDep) -> JobMetrics:
     """Totals by status, tokens, cost, call latency, retries, rate-limited calls, wall time
     and throughput of one job."""

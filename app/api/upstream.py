@@ -6,12 +6,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.auth import TenantDep
+from app.api.auth import AUTH_RESPONSES, TenantDep
 from app.api.deps import ServicesDep
 from app.upstream.check import CheckStatus, OverallStatus, check_upstreams
 from app.upstream.pool import DEFAULT
 
-router = APIRouter(tags=["upstream"])
+router = APIRouter(tags=["upstream"], responses=AUTH_RESPONSES)
 
 
 class _Model(BaseModel):

@@ -15,6 +15,15 @@ AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 _T = TypeVar("_T")
 
 
+def _json_number(value: Any) -> Any:
+    # Lax validation would take `true` as 1 and "3" as 3; the schema says number.
+    if isinstance(value, bool | str):
+        raise PydanticCustomError(
+            "number_type", "Input should be a number, not {kind}", {"kind": type(value).__name__}
+        )
+    return value
+
+
 class FailurePolicy(StrEnum):
     """What happens to the rest of the job when an agent fails (after its retries)."""
 
@@ -91,6 +100,10 @@ class AgentDefaults(BaseModel):
         default=None,
         description="'text' or 'json' (JSON mode). Unset means 'text'.",
     )
+
+    _numbers_only = field_validator(
+        "temperature", "max_tokens", "max_retries", "timeout_s", mode="before"
+    )(_json_number)
 
 
 class AgentSpec(AgentDefaults):
@@ -214,6 +227,10 @@ class JobSpec(AgentDefaults):
     )
     agents: list[AgentSpec] = Field(
         description="The agents (graph nodes). Edges come from each agent's depends_on.",
+    )
+
+    _job_numbers_only = field_validator("max_concurrency", "budget_usd", mode="before")(
+        _json_number
     )
 
     def resolve(self, agent: AgentSpec) -> ResolvedAgent:
