@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     # Events a subscriber may fall behind by before it is cut off.
     sse_subscriber_queue: int = Field(10_000, ge=10)
 
+    # Largest prompt (system + task, in characters, after templates) an agent may send:
+    # about 250k tokens, more than any model's window; guards against a template that
+    # multiplies a large context value.
+    max_prompt_chars: int = Field(1_000_000, ge=1000)
+
     # Request body size limit (bytes): larger bodies are refused with 413.
     max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024)
 

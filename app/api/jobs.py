@@ -24,6 +24,7 @@ from app.api.schemas import (
 )
 from app.engine.graph import GraphValidationError, validate_graph
 from app.engine.spec import JobSpec, ResolvedAgent
+from app.engine.templates import RefKind, format_value, lookup_context, scan_refs
 from app.errors import ConflictError, NotFoundError, TooManyRequestsError, UnprocessableError
 from app.scheduler.limits import TokenBucket
 from app.store import repository as repo
@@ -172,6 +173,40 @@ def _body_hash(spec: JobSpec) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _check_prompt_sizes(spec: JobSpec, agents: list[ResolvedAgent], limit: int) -> None:
+    """What the templates make of the context is known now: refuse prompts that would
+    exceed the limit before any of them runs (outputs of dependencies come on top)."""
+    sizes: dict[str, int] = {}
+
+    def rendered_size(text: str | None) -> int:
+        if not text:
+            return 0
+        size = len(text)
+        for ref in scan_refs(text)[0]:
+            if ref.kind is RefKind.context and ref.key is not None:
+                if ref.key not in sizes:
+                    sizes[ref.key] = len(format_value(lookup_context(spec.context, ref.path)))
+                size += sizes[ref.key] - len(ref.raw)
+        return size
+
+    problems = []
+    for i, agent in enumerate(agents):
+        size = rendered_size(agent.task) + rendered_size(agent.system_prompt)
+        if size > limit:
+            problems.append(
+                {
+                    "loc": ["body", "agents", i, "task"],
+                    "type": "prompt_too_large",
+                    "msg": f"agent {agent.id!r}: its prompt would be {size:,} characters once "
+                    f"the context is filled in, over the limit of {limit:,}",
+                }
+            )
+            if len(problems) >= 20:
+                break
+    if problems:
+        raise UnprocessableError(problems)
+
+
 def _check_prices(services: ServicesDep, agents: list[ResolvedAgent], default: str) -> None:
     """A budget can only be enforced in money: every model must have a price."""
     unpriced = sorted(
@@ -255,6 +290,7 @@ async def submit_job(
     _check_routes(services, resolved, model)
     if spec.budget_usd is not None:
         _check_prices(services, resolved, model)
+    _check_prompt_sizes(spec, resolved, settings.max_prompt_chars)
     spec_json = _storable_json(spec)
     row = {
         "id": job_id,

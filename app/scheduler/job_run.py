@@ -346,6 +346,19 @@ class JobRun:
             return AgentOutcome(agent_id, False, error=str(exc))
         req = self._request(agent, route)
         info = route.model
+        if req.prompt_chars > self.settings.max_prompt_chars:
+            error = (
+                f"agent {agent_id!r}: its prompt is {req.prompt_chars:,} characters with its "
+                f"dependencies' outputs filled in, over the limit of "
+                f"{self.settings.max_prompt_chars:,}; have the dependencies answer shorter "
+                "(max_tokens) or reference fewer of them"
+            )
+            await self._persist(
+                repo.mark_agent_failed(
+                    self.job_id, agent_id, error=error, reason="prompt_too_large"
+                )
+            )
+            return AgentOutcome(agent_id, False, error=error)
         max_retries = (
             agent.max_retries
             if agent.max_retries is not None

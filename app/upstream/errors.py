@@ -101,6 +101,26 @@ def _upstream_code(exc: openai.APIStatusError) -> str | None:
     return None
 
 
+def _dropped_connection(exc: BaseException) -> bool:
+    """Whether a "time-out" is really a dropped connection: the SDK's aiohttp transport maps
+    every aiohttp connection error (the server closing the socket included) to a connect
+    time-out, so the original error is looked for in the exception's causes."""
+    try:
+        import aiohttp
+    except ImportError:  # pragma: no cover - aiohttp is a dependency
+        return False
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(
+            cause, aiohttp.ServerTimeoutError | aiohttp.ConnectionTimeoutError
+        ):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def classify(
     exc: BaseException,
     *,
@@ -110,11 +130,13 @@ def classify(
     prompt_chars: int,
     retry_after_cap_s: float = 60.0,
 ) -> UpstreamFailure:
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError) and not _dropped_connection(exc):
         return UpstreamFailure(FailureReason.timeout, "the upstream did not answer in time")
     if isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__
-        detail = f" ({type(cause).__name__})" if cause is not None else ""
+        root: BaseException = exc
+        while root.__cause__ is not None and root.__cause__ is not root:
+            root = root.__cause__
+        detail = f" ({type(root).__name__})" if root is not exc else ""
         return UpstreamFailure(
             FailureReason.connection, f"the connection to the upstream failed{detail}"
         )

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx2
 
-from tests.conftest import UPSTREAM_KEY, FakeUpstream, Service, answer_for
+from tests.conftest import UPSTREAM_KEY, FakeUpstream, Service, answer_for, completion_body
 
 DOC_ANALYSIS: dict[str, Any] = {
     "name": "doc-analysis",
@@ -295,3 +295,37 @@ async def test_the_upstream_key_appears_nowhere(
     db = Path(service.app.state.services.settings.database_url.removeprefix("sqlite:///"))
     for path in db.parent.glob(db.name + "*"):
         assert key.encode() not in path.read_bytes()
+
+
+async def test_prompts_over_the_size_limit_are_refused_before_running(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    from tests.conftest import make_settings, start_service
+
+    settings = make_settings(tmp_path, max_prompt_chars=5000)
+    async for svc in start_service(settings):
+        body = {
+            "context": {"doc": "x" * 1000},
+            "agents": [
+                {"id": "ok", "task": "{{context.doc}}"},
+                {"id": "multiplied", "task": "{{context.doc}} " * 6},
+            ],
+        }
+        resp = await svc.client.post("/jobs", json=body)
+        assert resp.status_code == 422
+        problem = resp.json()["detail"][0]
+        assert problem["type"] == "prompt_too_large" and "'multiplied'" in problem["msg"]
+        # At run time: a dependency's output pushes the prompt over the limit.
+        fake_upstream.script = lambda _b, _n: httpx2.Response(200, json=completion_body("y" * 6000))
+        job = await svc.submit(
+            {
+                "agents": [
+                    {"id": "big", "task": "x"},
+                    {"id": "next", "task": "{{agents.big.output}}", "depends_on": ["big"]},
+                ]
+            }
+        )
+        done = await svc.wait(job["id"])
+        nxt = (await svc.client.get(f"/jobs/{job['id']}/agents/next")).json()
+        assert done["status"] == "failed" and nxt["status"] == "failed"
+        assert "over the limit of 5,000" in nxt["last_error"] and nxt["attempts"] == 0
