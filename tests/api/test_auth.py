@@ -189,3 +189,53 @@ def test_admin_command_creates_lists_and_revokes_keys(tmp_path: Path) -> None:
     assert admin("keys", "revoke", key[:12]).returncode == 1
     bad = admin("keys", "create", "--tenant", "no spaces allowed")
     assert bad.returncode == 2 and "tenant must match" in bad.stderr
+
+
+async def test_idempotency_survives_a_restart(
+    keyed: tuple[Settings, str, str], fake_upstream: FakeUpstream
+) -> None:
+    settings, key_a, _ = keyed
+    headers = {"Idempotency-Key": "nightly-2026-11-25", **bearer(key_a)}
+    async for svc in start_service(settings):
+        first = await svc.client.post("/jobs", json=GRAPH, headers=headers)
+        assert first.status_code == 201
+    async for svc in start_service(settings):
+        again = await svc.client.post("/jobs", json=GRAPH, headers=headers)
+        assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+        other = await svc.client.post(
+            "/jobs", json={"agents": [{"id": "b", "task": "y"}]}, headers=headers
+        )
+        assert other.status_code == 409
+
+
+async def test_a_tenants_huge_job_does_not_starve_another_tenants_small_job(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    settings = make_settings(tmp_path, global_concurrency=8, model_concurrency_initial=8)
+    migrate.upgrade(settings.database_url)
+    big_key, _ = create_key(settings.database_url, "big")
+    small_key, _ = create_key(settings.database_url, "small")
+    fake_upstream.latency_s = 0.01
+    async for svc in start_service(settings):
+        big = await svc.client.post(
+            "/jobs",
+            json={
+                "max_concurrency": 1000,
+                "agents": [{"id": f"b{i}", "task": f"big {i}"} for i in range(1000)],
+            },
+            headers=bearer(big_key),
+        )
+        small = await svc.client.post(
+            "/jobs",
+            json={"agents": [{"id": f"s{i}", "task": f"small {i}"} for i in range(6)]},
+            headers=bearer(small_key),
+        )
+        done = await svc.wait_as(small.json()["id"], bearer(small_key), timeout=30)
+        assert done["status"] == "completed"
+        progress = (
+            await svc.client.get(f"/jobs/{big.json()['id']}", headers=bearer(big_key))
+        ).json()
+        assert progress["status"] == "running"
+        assert progress["counts"]["completed"] < 200, progress["counts"]
+        await svc.client.post(f"/jobs/{big.json()['id']}/cancel", headers=bearer(big_key))
+        await svc.wait_as(big.json()["id"], bearer(big_key))
