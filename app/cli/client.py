@@ -23,21 +23,27 @@ READ_TIMEOUT_S = 30.0
 # The event stream sends a `: ping` every SWARM_SSE_HEARTBEAT_S (15 s by default); a stream
 # silent for this long is dead even if no socket error says so, and is reopened.
 STREAM_READ_TIMEOUT_S = 60.0
-# Reconnecting after a drop: first wait, growth, cap, and how long the service may stay
-# away (a restart takes seconds; a rollout of a container, a minute or two).
+# Reconnecting after a drop: the first wait doubles up to a second while the service is
+# away for less than RECONNECT_PATIENT_S (a restart takes seconds: be back within one),
+# then up to RECONNECT_CAP_S; after RECONNECT_GIVE_UP_S (a container rollout takes a minute
+# or two) the client gives up.
 RECONNECT_FIRST_S = 0.25
+RECONNECT_SOON_CAP_S = 1.0
+RECONNECT_PATIENT_S = 30.0
 RECONNECT_CAP_S = 5.0
 RECONNECT_GIVE_UP_S = 300.0
+# A stream that closes sooner than this without a new event does not reset the back-off
+# (a service that accepts and hangs up at once must not be hammered forever).
+HEALTHY_STREAM_S = 10.0
 
 
 class CliError(Exception):
     """A failure to show the user as one plain message (no traceback); exit code 2."""
 
-    exit_code = 2
-
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, exit_code: int = 2) -> None:
         super().__init__(message)
         self.message = message
+        self.exit_code = exit_code
 
 
 class ApiError(CliError):
@@ -146,7 +152,13 @@ def normalise_url(url: str) -> str:
 class SwarmClient:
     """A synchronous client of one service. Every method raises `CliError` on failure."""
 
-    def __init__(self, url: str, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        *,
+        transport: httpx2.BaseTransport | None = None,
+    ) -> None:
         self.url = normalise_url(url or DEFAULT_URL)
         headers = {"User-Agent": USER_AGENT}
         if api_key:
@@ -156,6 +168,7 @@ class SwarmClient:
                 base_url=self.url,
                 headers=headers,
                 timeout=httpx2.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+                transport=transport,
             )
         except (httpx2.InvalidURL, ValueError) as exc:
             raise CliError(f"SWARM_URL is not a valid URL ({self.url}): {exc}") from None
@@ -298,6 +311,7 @@ class SwarmClient:
         """
         last = after
         connected_once = False
+        dropped = False
         failing_since: float | None = None
         attempt = 0
         timeout = httpx2.Timeout(
@@ -313,15 +327,14 @@ class SwarmClient:
                     response = source.response
                     if response.status_code != 200:
                         response.read()
-                        error = api_error(response, what=f"events of job {job_id}")
+                        error = api_error(response, what=f"job {job_id}")
                         if not connected_once or response.status_code < 500:
                             raise error
                         raise _Unavailable(error.message)
-                    if connected_once and attempt and on_resume is not None:
+                    if dropped and on_resume is not None:
                         on_resume(last)
-                    connected_once = True
-                    failing_since = None
-                    attempt = 0
+                    connected_once, dropped = True, False
+                    opened, before = time.monotonic(), last
                     for sse in source:
                         event = _event(sse)
                         if event is None:
@@ -330,7 +343,12 @@ class SwarmClient:
                         yield event
                         if event.terminal:
                             return
+                        if failing_since is not None:
+                            failing_since, attempt = None, 0  # the stream works again
                 reason = "the service closed the stream"
+                # Closed at once with nothing new is not a working stream: keep backing off.
+                if last != before or time.monotonic() - opened >= HEALTHY_STREAM_S:
+                    failing_since, attempt = None, 0
             except _Unavailable as exc:
                 reason = str(exc)  # e.g. a proxy's 502 while the service restarts
             except httpx2.TransportError as exc:
@@ -340,16 +358,19 @@ class SwarmClient:
             now = time.monotonic()
             if failing_since is None:
                 failing_since = now
-            elif now - failing_since > RECONNECT_GIVE_UP_S:
+            away = now - failing_since
+            if away > RECONNECT_GIVE_UP_S:
                 raise CliError(
                     f"lost the event stream of job {job_id} and could not reconnect to "
                     f"{self.url} for {RECONNECT_GIVE_UP_S:.0f} s (last event {last}); the job "
                     f"goes on: swarmctl watch {job_id}"
                 )
             attempt += 1
+            dropped = True
             if on_drop is not None:
                 on_drop(reason, last)
-            sleep(min(RECONNECT_FIRST_S * 2 ** (attempt - 1), RECONNECT_CAP_S))
+            cap = RECONNECT_SOON_CAP_S if away < RECONNECT_PATIENT_S else RECONNECT_CAP_S
+            sleep(min(RECONNECT_FIRST_S * 2 ** min(attempt - 1, 8), cap))
 
 
 class _Unavailable(Exception):

@@ -195,7 +195,10 @@ def follow_job(client: SwarmClient, job_id: str, *, plain: bool) -> int:
 @plain_errors
 def submit(
     ctx: typer.Context,
-    file: Annotated[str, typer.Argument(help="The job graph, a JSON file; `-` reads stdin.")],
+    file: Annotated[
+        str,
+        typer.Argument(metavar="FILE", help="The job graph, a JSON file; `-` reads stdin."),
+    ],
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Watch the job live until it ends.")
     ] = False,
@@ -306,7 +309,8 @@ def results(
                 error = detail.get("last_error")
                 raise CliError(
                     f"agent {agent} has no output: it is {detail.get('status')}"
-                    + (f" ({error})" if error else "")
+                    + (f" ({error})" if error else ""),
+                    exit_code=EXIT_FAILED,
                 )
             sys.stdout.write(str(detail.get("output") or "") + "\n")
             return
@@ -426,15 +430,16 @@ def upstream(
 
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    help="API keys (create, list, revoke): not available until the service has keys.",
+    help="API keys: managed by the operator on the service's host, not over HTTP (yet).",
 )
 def keys() -> None:
-    # The seam for key management: once the service issues API keys, this becomes a
-    # group with create, list and revoke. Until then, say so plainly.
+    # The seam for key management over the API: the service has keys, but creating,
+    # listing and revoking them is an operator command on the database (app.admin). When
+    # the API offers it, this becomes a group with create, list and revoke.
     err.print(
-        "error: API keys are not enabled on this service yet. When they are, `swarmctl keys` "
-        "will create, list and revoke them; swarmctl already sends SWARM_API_KEY as a "
-        "bearer token when it is set.",
+        "error: swarmctl cannot manage API keys yet: the service's operator creates, lists "
+        "and revokes them on its host with `python -m app.admin keys create --tenant NAME` "
+        "(and `keys list`, `keys revoke ID`). Give swarmctl a key with SWARM_API_KEY.",
         markup=False,
         soft_wrap=True,
     )
