@@ -22,43 +22,17 @@ from app.events.bus import EventBus
 from app.store import migrate
 from app.store import repository as repo
 from app.store.ids import new_job_id
-from app.store.models import AgentStatus, JobStatus, utcnow
 from app.store.store import Store
 
 
 def _job(n: int) -> repo.NewJob:
-    job_id = new_job_id()
-    row = {
-        "id": job_id,
-        "name": "bench",
-        "status": JobStatus.running,
-        "model": "m",
-        "failure_policy": "skip_dependents",
-        "max_concurrency": n,
-        "budget_usd": None,
-        "spec_json": "{}",
-        "metadata_json": "{}",
-        "agents_total": n,
-        "idempotency_key": None,
-        "request_hash": None,
-        "created_at": utcnow(),
-        "event_seq": 0,
-        "cancel_requested": False,
-    }
-    agents = [
-        {
-            "job_id": job_id,
-            "agent_id": f"a{i}",
-            "position": i,
-            "status": AgentStatus.pending,
-            "model": "m",
-            "depends_on_json": "[]",
-            "attempts": 0,
-            "rate_limited": 0,
-        }
-        for i in range(n)
-    ]
-    return repo.NewJob(row=row, agents=agents)
+    return repo.new_job(
+        job_id=new_job_id(),
+        tenant="bench",
+        name="bench",
+        model="m",
+        agents=[(f"a{i}", "m", ()) for i in range(n)],
+    )
 
 
 async def _ticker(lags: list[float], stop: asyncio.Event) -> None:

@@ -29,7 +29,7 @@ from app.errors import ConflictError, NotFoundError, TooManyRequestsError, Unpro
 from app.scheduler.limits import TokenBucket
 from app.store import repository as repo
 from app.store.ids import new_job_id
-from app.store.models import AgentStatus, JobStatus, utcnow
+from app.store.models import JobStatus
 from app.upstream.pool import NoRouteError
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=AUTH_RESPONSES)
@@ -292,41 +292,22 @@ async def submit_job(
         _check_prices(services, resolved, model)
     _check_prompt_sizes(spec, resolved, settings.max_prompt_chars)
     spec_json = _storable_json(spec)
-    row = {
-        "id": job_id,
-        "tenant": tenant,
-        "name": spec.name,
-        "status": JobStatus.queued,
-        "model": model,
-        "failure_policy": str(spec.failure_policy),
-        "max_concurrency": spec.max_concurrency,
-        "budget_usd": spec.budget_usd,
-        "spec_json": spec_json,
-        "metadata_json": repo.dumps(spec.metadata),
-        "agents_total": len(resolved),
-        "idempotency_key": idempotency_key,
-        "request_hash": hashlib.sha256(spec_json.encode()).hexdigest() if idempotency_key else None,
-        "created_at": utcnow(),
-        "event_seq": 0,
-        "cancel_requested": False,
-    }
-    agents = [
-        {
-            "job_id": job_id,
-            "agent_id": a.id,
-            "position": i,
-            "status": AgentStatus.pending,
-            "model": a.model or model,
-            "depends_on_json": repo.dumps(list(a.depends_on)),
-            "attempts": 0,
-            "rate_limited": 0,
-        }
-        for i, a in enumerate(resolved)
-    ]
+    new = repo.new_job(
+        job_id=job_id,
+        tenant=tenant,
+        name=spec.name,
+        model=model,
+        agents=[(a.id, a.model or model, a.depends_on) for a in resolved],
+        failure_policy=str(spec.failure_policy),
+        max_concurrency=spec.max_concurrency,
+        budget_usd=spec.budget_usd,
+        spec_json=spec_json,
+        metadata=spec.metadata,
+        idempotency_key=idempotency_key,
+        request_hash=_body_hash(spec) if idempotency_key else None,
+    )
     try:
-        stored_id, created = await services.store.write(
-            repo.create_job(repo.NewJob(row=row, agents=agents))
-        )
+        stored_id, created = await services.store.write(repo.create_job(new))
     except repo.IdempotencyConflictError as exc:
         raise ConflictError(
             f"Idempotency-Key was already used for job {exc.job_id} with a different body"

@@ -54,6 +54,56 @@ class NewJob:
     agents: list[dict[str, Any]]
 
 
+def new_job(
+    *,
+    job_id: str,
+    tenant: str,
+    name: str,
+    model: str,
+    agents: Sequence[tuple[str, str, Sequence[str]]],
+    failure_policy: str = "skip_dependents",
+    max_concurrency: int = 16,
+    budget_usd: float | None = None,
+    spec_json: str = "{}",
+    metadata: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> NewJob:
+    """The rows of a job just accepted: `agents` as (id, model, depends_on), in order."""
+    row = {
+        "id": job_id,
+        "tenant": tenant,
+        "name": name,
+        "status": JobStatus.queued,
+        "model": model,
+        "failure_policy": failure_policy,
+        "max_concurrency": max_concurrency,
+        "budget_usd": budget_usd,
+        "spec_json": spec_json,
+        "metadata_json": dumps(metadata or {}),
+        "agents_total": len(agents),
+        "idempotency_key": idempotency_key,
+        "request_hash": request_hash,
+        "created_at": utcnow(),
+        "event_seq": 0,
+        "cancel_requested": False,
+    }
+    rows = [
+        {
+            "job_id": job_id,
+            "agent_id": agent_id,
+            "position": i,
+            "status": AgentStatus.pending,
+            "model": agent_model,
+            "depends_on_json": dumps(list(depends_on)),
+            "attempts": 0,
+            "rate_limited": 0,
+        }
+        for i, (agent_id, agent_model, depends_on) in enumerate(agents)
+    ]
+    return NewJob(row=row, agents=rows)
+
+
 def create_job(new: NewJob) -> Any:
     """Insert a job and its agents, or return the earlier job for a repeated idempotent submit.
 

@@ -329,3 +329,46 @@ async def test_prompts_over_the_size_limit_are_refused_before_running(
         nxt = (await svc.client.get(f"/jobs/{job['id']}/agents/next")).json()
         assert done["status"] == "failed" and nxt["status"] == "failed"
         assert "over the limit of 5,000" in nxt["last_error"] and nxt["attempts"] == 0
+
+
+async def test_hostile_bodies_get_a_clear_4xx_and_store_nothing(service: Service) -> None:
+    deep: Any = "leaf"
+    for _ in range(150):
+        deep = {"k": deep}
+    cases = [
+        ({"context": {"d": deep}, "agents": [{"id": "a", "task": "x"}]}, "too_deep"),
+        ({"metadata": {"m": "\ud800"}, "agents": [{"id": "a", "task": "x"}]}, "unencodable"),
+        ({"name": "\ud800", "agents": [{"id": "a", "task": "x"}]}, None),
+        ({"agents": [{"id": "a", "task": "\udfff"}]}, None),
+        (
+            {"budget_usd": 1.0, "model": "homemade-llm", "agents": [{"id": "a", "task": "x"}]},
+            "budget_without_prices",
+        ),
+    ]
+    for body, error_type in cases:
+        raw = json.dumps(body, ensure_ascii=True).encode()
+        resp = await service.client.post(
+            "/jobs", content=raw, headers={"content-type": "application/json"}
+        )
+        assert resp.status_code in (400, 422), (body, resp.status_code, resp.text)
+        if error_type is not None:
+            assert resp.json()["detail"][0]["type"] == error_type
+    assert (await service.client.get("/jobs")).json()["data"] == []
+
+
+async def test_idempotency_ignores_key_order_and_whitespace(service: Service) -> None:
+    headers = {"Idempotency-Key": "k-1", "content-type": "application/json"}
+    a = await service.client.post(
+        "/jobs",
+        headers=headers,
+        content=b'{"name": "n", "context": {"x": 1, "y": {"p": 1, "q": 2}},'
+        b' "agents": [{"id": "a", "task": "t"}]}',
+    )
+    b = await service.client.post(
+        "/jobs",
+        headers=headers,
+        content=b'{"agents":[{"task":"t","id":"a"}],"context":{"y":{"q":2,"p":1},"x":1},'
+        b'"name":"n"}',
+    )
+    assert (a.status_code, b.status_code) == (201, 200)
+    assert a.json()["id"] == b.json()["id"]

@@ -14,7 +14,7 @@ from app.events.stream import StreamClosed, job_events
 from app.store import migrate
 from app.store import repository as repo
 from app.store.ids import new_job_id
-from app.store.models import AgentStatus, JobStatus, utcnow
+from app.store.models import JobStatus
 from app.store.store import Store
 from tests.conftest import FakeUpstream, Service
 from tests.sse import parse
@@ -81,38 +81,13 @@ async def test_bad_resume_points_and_unknown_jobs_are_4xx(service: Service) -> N
 
 
 def _new_job() -> repo.NewJob:
-    job_id = new_job_id()
-    row = {
-        "id": job_id,
-        "name": "s",
-        "status": JobStatus.running,
-        "model": "m",
-        "failure_policy": "skip_dependents",
-        "max_concurrency": 1,
-        "budget_usd": None,
-        "spec_json": "{}",
-        "metadata_json": "{}",
-        "agents_total": 50,
-        "idempotency_key": None,
-        "request_hash": None,
-        "created_at": utcnow(),
-        "event_seq": 0,
-        "cancel_requested": False,
-    }
-    agents = [
-        {
-            "job_id": job_id,
-            "agent_id": f"a{i}",
-            "position": i,
-            "status": AgentStatus.pending,
-            "model": "m",
-            "depends_on_json": "[]",
-            "attempts": 0,
-            "rate_limited": 0,
-        }
-        for i in range(50)
-    ]
-    return repo.NewJob(row=row, agents=agents)
+    return repo.new_job(
+        job_id=new_job_id(),
+        tenant="default",
+        name="s",
+        model="m",
+        agents=[(f"a{i}", "m", ()) for i in range(50)],
+    )
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from app.events.bus import EventBus
 from app.store import migrate
 from app.store import repository as repo
 from app.store.ids import new_job_id
-from app.store.models import AgentStatus, JobStatus, metadata, utcnow
+from app.store.models import JobStatus, metadata
 from app.store.store import Store
 
 PG_ADMIN_URL = os.environ.get(
@@ -67,38 +67,13 @@ def test_migrations_agree_with_models(database_url: str) -> None:
 
 
 def _new_job(n_agents: int) -> repo.NewJob:
-    job_id = new_job_id()
-    row = {
-        "id": job_id,
-        "name": "load",
-        "status": JobStatus.queued,
-        "model": "m",
-        "failure_policy": "skip_dependents",
-        "max_concurrency": 10,
-        "budget_usd": None,
-        "spec_json": "{}",
-        "metadata_json": "{}",
-        "agents_total": n_agents,
-        "idempotency_key": None,
-        "request_hash": None,
-        "created_at": utcnow(),
-        "event_seq": 0,
-        "cancel_requested": False,
-    }
-    agents = [
-        {
-            "job_id": job_id,
-            "agent_id": f"a{i}",
-            "position": i,
-            "status": AgentStatus.pending,
-            "model": "m",
-            "depends_on_json": "[]",
-            "attempts": 0,
-            "rate_limited": 0,
-        }
-        for i in range(n_agents)
-    ]
-    return repo.NewJob(row=row, agents=agents)
+    return repo.new_job(
+        job_id=new_job_id(),
+        tenant="default",
+        name="load",
+        model="m",
+        agents=[(f"a{i}", "m", ()) for i in range(n_agents)],
+    )
 
 
 async def test_a_thousand_agents_finishing_at_once_never_lock_the_database(
