@@ -25,8 +25,10 @@ test: install lint typecheck
 	$(VENV)/bin/pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check app tests migrations bench
-	$(VENV)/bin/ruff format --check app tests migrations bench
+	$(VENV)/bin/ruff check app tests migrations bench examples
+	$(VENV)/bin/ruff format --check app tests migrations bench examples
+	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/shellcheck scripts/*.sh
 
 typecheck: install
 	$(VENV)/bin/mypy
