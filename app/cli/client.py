@@ -1,5 +1,9 @@
 """The service's HTTP API as plain method calls, with every failure turned into a message a
-person can act on (`CliError`), and the job's event stream followed across reconnects."""
+person can act on (`CliError`), and the job's event stream followed across reconnects.
+
+The stream is read with httpx2's own Server-Sent Events support (`Client.sse`, derived from
+httpx-sse): httpx2 is the project's HTTP client already, so the CLI needs no second HTTP
+stack (httpx + httpx-sse) and no hand-written parser; the resume logic is ours."""
 
 from __future__ import annotations
 
