@@ -34,6 +34,8 @@ app = typer.Typer(
     "token when it is set.",
     no_args_is_help=True,
     add_completion=False,
+    # Markdown: docstrings wrap to the terminal instead of keeping their source line breaks.
+    rich_markup_mode="markdown",
     # Never print local variables in a traceback: one of them holds the API key.
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
