@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from app.config import get_settings
-from app.keys import create_key, list_keys, revoke_key
+from app.keys import AmbiguousKeyError, create_key, list_keys, revoke_key
 from app.store import migrate
 
 
@@ -50,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
             state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
             print(f"{k.id}  {k.prefix}…  tenant={k.tenant}  {state}  {k.name}".rstrip())
         return 0
-    if revoke_key(url, args.key_id):
+    try:
+        revoked = revoke_key(url, args.key_id)
+    except AmbiguousKeyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if revoked:
         print(f"revoked {args.key_id}")
         return 0
     print(f"error: no active key {args.key_id!r}", file=sys.stderr)

@@ -44,12 +44,16 @@ def create_key(
         raise ValueError("tenant must match ^[A-Za-z0-9_.-]{1,64}$")
     if key is not None and len(key) < 24:
         raise ValueError("a key must be at least 24 characters long")
+    generated = key is None
     key = key or KEY_PREFIX + secrets.token_urlsafe(32)
+    # A generated key's first 12 characters (6 of them random) identify it in listings; a
+    # key made elsewhere shows a digest instead, as its own prefix may be half the secret.
+    prefix = key[:12] if generated else "ext-" + hash_key(key)[:8]
     info = KeyInfo(
         id=new_job_id(),
         tenant=tenant,
         name=name[:200],
-        prefix=key[:12],
+        prefix=prefix,
         created_at=utcnow(),
         revoked_at=None,
     )
@@ -90,19 +94,32 @@ def list_keys(database_url: str, tenant: str | None = None) -> list[KeyInfo]:
         engine.dispose()
 
 
+class AmbiguousKeyError(ValueError):
+    """A prefix that matches several active keys: give the key's id instead."""
+
+
 def revoke_key(database_url: str, key_id: str) -> bool:
-    """Revoke a key by id (or by its prefix). False if no active key matched."""
+    """Revoke a key by id, or by its prefix when that names exactly one active key.
+    False if no active key matched; AmbiguousKeyError if a prefix matched several."""
     engine = make_throwaway_engine(database_url)
     try:
         with engine.begin() as conn:
-            result = conn.execute(
-                update(keys_t)
-                .where(
-                    (keys_t.c.id == key_id) | (keys_t.c.prefix == key_id),
-                    keys_t.c.revoked_at.is_(None),
+            active = keys_t.c.revoked_at.is_(None)
+            ids = [
+                r.id
+                for r in conn.execute(
+                    select(keys_t.c.id).where(
+                        (keys_t.c.id == key_id) | (keys_t.c.prefix == key_id), active
+                    )
                 )
-                .values(revoked_at=utcnow())
-            )
-            return bool(result.rowcount)
+            ]
+            if len(ids) > 1:
+                raise AmbiguousKeyError(
+                    f"{key_id!r} matches {len(ids)} active keys; revoke by id (keys list)"
+                )
+            if not ids:
+                return False
+            conn.execute(update(keys_t).where(keys_t.c.id == ids[0]).values(revoked_at=utcnow()))
+            return True
     finally:
         engine.dispose()

@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if simulator is not None:
             label = f"simulator at {base_url}"
         bus = EventBus(subscriber_queue_size=settings.sse_subscriber_queue)
-        metrics = Metrics()
+        metrics = Metrics(known_models=registry.names())
         bus.add_listener(metrics.observe_events)
         bus.add_listener(log_events)
         store = Store(settings.database_url, bus, batch_max=settings.write_batch_max)

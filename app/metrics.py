@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.events.bus import StoredEvent
@@ -24,8 +26,14 @@ _JOB_END: dict[str, str] = {
 }
 
 
+# The label of models not in the registry: their names are the callers' choice, so they
+# must neither multiply series without bound nor show one tenant's names to the scraper.
+OTHER_MODEL = "other"
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, known_models: Iterable[str] = ()) -> None:
+        self.known_models = frozenset(known_models)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.jobs = Gauge("swarm_jobs", "Jobs in the database by status.", ["status"], registry=r)
@@ -76,6 +84,9 @@ class Metrics:
         self.store_pending = Gauge(
             "swarm_store_pending_writes", "Writes queued for the single writer.", registry=r
         )
+
+    def model_label(self, model: str) -> str:
+        return model if model in self.known_models else OTHER_MODEL
 
     def observe_events(self, events: list[StoredEvent]) -> None:
         """Count terminal transitions from committed events (the bus calls this)."""

@@ -19,6 +19,9 @@ from app.keys import hash_key, keys_t
 from app.store.models import DEFAULT_TENANT
 from app.store.store import Store
 
+# Headers that mean a proxy stands between the caller and us.
+_FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip", "via")
+
 
 class UnauthorizedError(ServiceError):
     status_code = 401
@@ -60,6 +63,20 @@ class Authenticator:
             self._keys = await self.store.read(read)
             self._loaded_at = time.monotonic()
 
+    async def _lookup(self, digest: str) -> str | None:
+        def read(conn: Any) -> str | None:
+            row = conn.execute(
+                select(keys_t.c.tenant).where(
+                    keys_t.c.key_hash == digest, keys_t.c.revoked_at.is_(None)
+                )
+            ).first()
+            return None if row is None else str(row.tenant)
+
+        tenant = await self.store.read(read)
+        if tenant is not None:
+            self._keys[digest] = tenant
+        return tenant
+
     @property
     def has_keys(self) -> bool:
         return bool(self._keys)
@@ -96,19 +113,29 @@ class Authenticator:
             digest = hash_key(token.strip())
             tenant = self._keys.get(digest)
             if tenant is None:
-                await self.refresh(force=True)  # a key created a moment ago
-                tenant = self._keys.get(digest)
+                # Maybe a key created a moment ago: one indexed lookup of this digest (not a
+                # reload of every key, which junk keys could otherwise force on each request).
+                tenant = await self._lookup(digest)
             if tenant is None:
                 raise UnauthorizedError("the API key is not valid (unknown or revoked)")
             return tenant
         if mode is AuthMode.on or self._keys:
             raise UnauthorizedError("an API key is required: send 'Authorization: Bearer <key>'")
-        # No keys exist: open, but only to callers that reached us over loopback.
+        # No keys exist: open, but only to callers on this machine, talking to us directly.
+        # A proxy on the same host would make the whole internet look like loopback, so a
+        # forwarded request is refused too.
         server = request.scope.get("server")
-        if server is not None and not is_loopback(server[0]):
+        client = request.scope.get("client")
+        forwarded = any(h in request.headers for h in _FORWARDING_HEADERS)
+        if (
+            server is None
+            or not is_loopback(server[0])
+            or (client is not None and not is_loopback(client[0]))
+            or forwarded
+        ):
             raise UnauthorizedError(
-                "this service has no API keys and answers only on loopback; "
-                "ask its operator for a key"
+                "this service has no API keys yet and answers only direct requests over "
+                "loopback; ask its operator for a key"
             )
         return DEFAULT_TENANT
 

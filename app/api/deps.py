@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -29,6 +30,9 @@ class Services:
     auth: Authenticator
     # Per tenant: a bucket of submits (rate limit on POST /jobs).
     submit_buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    # GET /upstream: one check at a time, its answer reused briefly (time, answer).
+    upstream_check_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    upstream_check_cache: list[tuple[float, Any]] = field(default_factory=list)
 
 
 def get_services(request: Request) -> Services:

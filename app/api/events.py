@@ -16,6 +16,9 @@ from app.errors import NotFoundError, UnprocessableError
 from app.events.stream import StreamClosed, job_events
 from app.store import repository as repo
 
+# Sequence numbers are stored as SQL integers: a resume point beyond them is nonsense.
+MAX_SEQ = 2**62
+
 router = APIRouter(tags=["events"], responses=AUTH_RESPONSES)
 
 _STREAM_DOC = """Every state change of the job, in order, as Server-Sent Events:
@@ -47,7 +50,9 @@ async def stream_events(
     job_id: str,
     services: ServicesDep,
     tenant: TenantDep,
-    after: Annotated[int | None, Query(ge=0, description="Resume after this seq.")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_SEQ, description="Resume after this seq.")
+    ] = None,
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
 ) -> EventSourceResponse:
     start = after or 0
@@ -56,8 +61,8 @@ async def stream_events(
             start = int(last_event_id)
         except ValueError:
             raise UnprocessableError("Last-Event-ID must be an event id (an integer)") from None
-        if start < 0:
-            raise UnprocessableError("Last-Event-ID must not be negative")
+        if not 0 <= start <= MAX_SEQ:
+            raise UnprocessableError(f"Last-Event-ID must be between 0 and {MAX_SEQ}")
     if await services.store.read(lambda c: repo.get_job(c, job_id, tenant)) is None:
         raise NotFoundError(JOB_NOT_FOUND)
     settings = services.settings
@@ -82,4 +87,6 @@ async def stream_events(
         finally:
             services.metrics.sse_streams.dec()
 
-    return EventSourceResponse(body(), ping=settings.sse_heartbeat_s)
+    # A reader that stops reading is dropped after `send_timeout`, so it cannot hold its
+    # stream (and the server's resources) for ever.
+    return EventSourceResponse(body(), ping=settings.sse_heartbeat_s, send_timeout=30)

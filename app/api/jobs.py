@@ -35,6 +35,7 @@ from app.upstream.pool import NoRouteError
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=AUTH_RESPONSES)
 
 JOB_NOT_FOUND = "job not found"
+_IDEMPOTENCY_CONFLICT = "Idempotency-Key was already used for job {job_id} with a different body"
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such job (or agent)."},
 }
@@ -272,18 +273,23 @@ async def submit_job(
 ) -> JobPublic:
     """Validate and store a job graph, then run it in the background."""
     settings = services.settings
+    body_hash = _body_hash(spec) if idempotency_key else None
+    if idempotency_key:
+        # A retry of an accepted submit gets its job back before any limit applies.
+        prior = await services.store.read(
+            lambda c: repo.find_idempotent(c, tenant, idempotency_key)
+        )
+        if prior is not None:
+            if prior.request_hash != body_hash:
+                raise ConflictError(_IDEMPOTENCY_CONFLICT.format(job_id=prior.id))
+            response.status_code = status.HTTP_200_OK
+            response.headers["Location"] = f"/jobs/{prior.id}"
+            return await _load_job(services, tenant, prior.id, with_agents=False)
     _admit_submit(services, tenant)
     try:
         graph = validate_graph(spec, max_agents=settings.max_agents_per_job)
     except GraphValidationError as exc:
         raise UnprocessableError(exc.detail()) from None
-    active = await services.store.read(lambda c: repo.count_active_jobs(c, tenant))
-    if active >= settings.tenant_max_active_jobs:
-        raise TooManyRequestsError(
-            f"this tenant already has {active} jobs queued or running (the limit is "
-            f"{settings.tenant_max_active_jobs}); submit again when one has finished",
-            retry_after_s=5,
-        )
     job_id = new_job_id()
     model = spec.model or settings.default_model
     resolved = spec.resolved_agents()
@@ -304,13 +310,19 @@ async def submit_job(
         spec_json=spec_json,
         metadata=spec.metadata,
         idempotency_key=idempotency_key,
-        request_hash=_body_hash(spec) if idempotency_key else None,
+        request_hash=body_hash,
     )
     try:
-        stored_id, created = await services.store.write(repo.create_job(new))
+        stored_id, created = await services.store.write(
+            repo.create_job(new, max_active=settings.tenant_max_active_jobs)
+        )
     except repo.IdempotencyConflictError as exc:
-        raise ConflictError(
-            f"Idempotency-Key was already used for job {exc.job_id} with a different body"
+        raise ConflictError(_IDEMPOTENCY_CONFLICT.format(job_id=exc.job_id)) from None
+    except repo.TooManyActiveJobsError as exc:
+        raise TooManyRequestsError(
+            f"this tenant already has {exc.active} jobs queued or running (the limit is "
+            f"{exc.limit}); submit again when one has finished",
+            retry_after_s=5,
         ) from None
     if created:
         services.scheduler.submit(stored_id, spec, graph, tenant=tenant, model=model)

@@ -13,6 +13,7 @@ from app.api.deps import ServicesDep
 from app.api.jobs import JOB_NOT_FOUND
 from app.api.schemas import AgentCounts, JobMetrics, LatencyStats, Usage
 from app.errors import NotFoundError
+from app.metrics import OTHER_MODEL
 from app.store import repository as repo
 from app.store.models import JobStatus, utcnow
 
@@ -92,10 +93,20 @@ async def prometheus_metrics(services: ServicesDep) -> Response:
     counts = await services.store.read(repo.job_counts_by_status)
     for status in JobStatus:
         m.jobs.labels(str(status)).set(counts.get(str(status), 0))
+    others = [0.0, 0.0, 0.0]  # models not in the registry, summed under one label
     for name, gate in services.scheduler.gates.models.items():
         snap = gate.concurrency.snapshot()
+        if m.model_label(name) != name:
+            others[0] += snap.in_flight
+            others[1] = max(others[1], snap.limit)
+            others[2] += snap.waiting
+            continue
         m.in_flight.labels(name).set(snap.in_flight)
         m.concurrency_limit.labels(name).set(snap.limit)
         m.waiting.labels(name).set(snap.waiting)
+    if any(others):
+        m.in_flight.labels(OTHER_MODEL).set(others[0])
+        m.concurrency_limit.labels(OTHER_MODEL).set(others[1])
+        m.waiting.labels(OTHER_MODEL).set(others[2])
     m.store_pending.set(services.store.writer.pending)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

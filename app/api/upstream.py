@@ -3,6 +3,8 @@ the models this service would send it, and what to fix when not."""
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -72,6 +74,10 @@ class UpstreamReportOut(_Model):
     )
 
 
+# How long one check's answer is reused.
+CHECK_CACHE_S = 10.0
+
+
 @router.get("/upstream", response_model=UpstreamReportOut)
 async def check_upstream(services: ServicesDep, _tenant: TenantDep) -> UpstreamReportOut:
     """Checks every configured upstream now, all at once: lists its models (or, if it does not
@@ -83,11 +89,20 @@ async def check_upstream(services: ServicesDep, _tenant: TenantDep) -> UpstreamR
     """
     pool = services.upstreams
     settings = services.settings
-    report = await check_upstreams(
-        pool,
-        pool.registry,
-        settings,
-        # The default upstream without a configured URL is the simulator started at start-up.
-        builtin_simulator=settings.upstream_base_url is None and DEFAULT in pool.upstreams,
-    )
-    return UpstreamReportOut.model_validate(report)
+    # One check at a time, and its answer reused for a few seconds: the check takes pooled
+    # connections (and may spend a token), so callers must not be able to flood it.
+    async with services.upstream_check_lock:
+        cache = services.upstream_check_cache
+        if cache and time.monotonic() - cache[0][0] < CHECK_CACHE_S:
+            answer: UpstreamReportOut = cache[0][1]
+            return answer
+        report = await check_upstreams(
+            pool,
+            pool.registry,
+            settings,
+            # The default upstream without a configured URL is the simulator started at start.
+            builtin_simulator=settings.upstream_base_url is None and DEFAULT in pool.upstreams,
+        )
+        out = UpstreamReportOut.model_validate(report)
+        cache[:] = [(time.monotonic(), out)]
+        return out

@@ -64,8 +64,20 @@ async def job_events(
             if len(rows) < REPLAY_PAGE:
                 break
         job = await store.read(lambda c: repo.get_job(c, job_id))
-        if job is None or JobStatus(job.status).finished:
-            return  # deleted, or finished and the client had everything already
+        if job is None:
+            return  # deleted
+        if JobStatus(job.status).finished or last >= job.event_seq:
+            # Finished (or the client is already past its end): whatever was committed
+            # since the last page is in the database; send it, up to the terminal event.
+            while rows := await _page(store, job_id, last, REPLAY_PAGE):
+                for row in rows:
+                    event = from_row(row)
+                    yield event
+                    last = event.seq
+                    if event.type in TERMINAL_JOB_EVENTS:
+                        return
+            if JobStatus(job.status).finished:
+                return
         while True:
             # The wait is bounded here, not around the yields: a time-out must never
             # fire while the consumer is busy sending.
@@ -79,6 +91,8 @@ async def job_events(
             if live is None:
                 raise StreamClosed
             if live.seq <= last:
+                if live.type in TERMINAL_JOB_EVENTS:
+                    return  # the client resumed past the end: nothing more will come
                 continue
             if live.seq > last + 1:
                 # Never expected (we subscribed first), but a gap must not pass silently.

@@ -130,7 +130,10 @@ class JobRun:
     # -- the run --------------------------------------------------------------------------
 
     async def run(self, *, resumed: bool, cancel_requested: bool = False) -> None:
-        await self.store.write(repo.mark_job_started(self.job_id, resumed))
+        decision = await self.store.write(repo.mark_job_started(self.job_id, resumed))
+        if not decision.start:
+            return  # finished before it could start (cancelled): nothing to run
+        cancel_requested = cancel_requested or decision.cancel_requested
         if resumed:
             await self._restore()
         else:
@@ -423,6 +426,7 @@ class JobRun:
 
     def _observe_success(self, model: str, result: CallResult, route: Route) -> None:
         m = self.metrics
+        model = m.model_label(model)
         m.upstream_requests.labels(model, "ok").inc()
         m.upstream_latency.labels(model).observe(result.latency_ms / 1000)
         if result.prompt_tokens is not None:
@@ -469,9 +473,9 @@ class JobRun:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    self.metrics.upstream_latency.labels(req.model).observe(
-                        time.perf_counter() - started
-                    )
+                    self.metrics.upstream_latency.labels(
+                        self.metrics.model_label(req.model)
+                    ).observe(time.perf_counter() - started)
                     failure = classify(
                         exc,
                         agent_id=agent_id,
@@ -486,7 +490,8 @@ class JobRun:
                     if gate.rate is not None:
                         gate.rate.settle(estimate, 0)
                     self.metrics.upstream_requests.labels(
-                        req.model, _OUTCOME_LABEL.get(failure.reason, "error")
+                        self.metrics.model_label(req.model),
+                        _OUTCOME_LABEL.get(failure.reason, "error"),
                     ).inc()
                     return failure
                 finally:

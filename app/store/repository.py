@@ -104,24 +104,40 @@ def new_job(
     return NewJob(row=row, agents=rows)
 
 
-def create_job(new: NewJob) -> Any:
-    """Insert a job and its agents, or return the earlier job for a repeated idempotent submit.
+class TooManyActiveJobsError(Exception):
+    def __init__(self, active: int, limit: int) -> None:
+        super().__init__(active, limit)
+        self.active = active
+        self.limit = limit
 
-    Returns `(job_id, created)`.
+
+def find_idempotent(conn: Connection, tenant: str, key: str) -> Any:
+    """The tenant's job submitted with this Idempotency-Key, if any (id, request_hash)."""
+    return conn.execute(
+        select(jobs_t.c.id, jobs_t.c.request_hash).where(
+            jobs_t.c.tenant == tenant, jobs_t.c.idempotency_key == key
+        )
+    ).first()
+
+
+def create_job(new: NewJob, *, max_active: int | None = None) -> Any:
+    """Insert a job and its agents, or return the earlier job for a repeated idempotent
+    submit. The tenant's active-job limit is checked here, in the writer, so parallel
+    submits cannot all slip under it. Returns `(job_id, created)`.
     """
 
     def op(tx: Tx) -> tuple[str, bool] | Refused:
         key = new.row.get("idempotency_key")
         if key is not None:
-            prior = tx.conn.execute(
-                select(jobs_t.c.id, jobs_t.c.request_hash).where(
-                    jobs_t.c.tenant == new.row["tenant"], jobs_t.c.idempotency_key == key
-                )
-            ).first()
+            prior = find_idempotent(tx.conn, new.row["tenant"], key)
             if prior is not None:
                 if prior.request_hash != new.row.get("request_hash"):
                     return Refused(IdempotencyConflictError(prior.id))
                 return prior.id, False
+        if max_active is not None:
+            active = count_active_jobs(tx.conn, new.row["tenant"])
+            if active >= max_active:
+                return Refused(TooManyActiveJobsError(active, max_active))
         tx.conn.execute(insert(jobs_t), [new.row])
         if new.agents:
             tx.conn.execute(insert(agents_t), new.agents)
@@ -132,8 +148,22 @@ def create_job(new: NewJob) -> Any:
     return op
 
 
+@dataclass(frozen=True)
+class StartDecision:
+    start: bool  # False: the job has finished (cancelled in the meantime) or is gone
+    cancel_requested: bool
+
+
 def mark_job_started(job_id: str, resumed: bool) -> Any:
-    def op(tx: Tx) -> None:
+    """Mark the job running, unless it has finished meanwhile (a cancel can land between
+    the submit and the run's start): a finished job never comes back to life."""
+
+    def op(tx: Tx) -> StartDecision:
+        row = tx.conn.execute(
+            select(jobs_t.c.status, jobs_t.c.cancel_requested).where(jobs_t.c.id == job_id)
+        ).first()
+        if row is None or row.status in FINISHED_JOB_STATUSES:
+            return StartDecision(False, False)
         now = utcnow()
         tx.conn.execute(
             update(jobs_t)
@@ -148,6 +178,7 @@ def mark_job_started(job_id: str, resumed: bool) -> Any:
                 .values(status=AgentStatus.pending)
             )
         tx.emit(job_id, EventType.job_started, resumed=resumed)
+        return StartDecision(True, bool(row.cancel_requested))
 
     return op
 

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
 from app.events.bus import EventBus, StoredEvent
+from app.events.types import TERMINAL_JOB_EVENTS
 from app.store.models import Agent, Event, Job, utcnow
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,10 @@ class StoreWriter:
         self._seq_cache.update(tx.seqs)
         for job_id in tx.forgotten:
             self._seq_cache.pop(job_id, None)
+        for event in tx.events:
+            # A finished job emits nothing more: keep the cache to jobs still running.
+            if event.type in TERMINAL_JOB_EVENTS:
+                self._seq_cache.pop(event.job_id, None)
         return results, tx
 
     def _write_batch(

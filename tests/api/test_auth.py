@@ -239,3 +239,28 @@ async def test_a_tenants_huge_job_does_not_starve_another_tenants_small_job(
         assert progress["counts"]["completed"] < 200, progress["counts"]
         await svc.client.post(f"/jobs/{big.json()['id']}/cancel", headers=bearer(big_key))
         await svc.wait_as(big.json()["id"], bearer(big_key))
+
+
+def test_keys_made_elsewhere_are_listed_by_digest_and_prefixes_must_be_unique(
+    tmp_path: Path,
+) -> None:
+    from sqlalchemy import create_engine, update
+
+    from app.keys import AmbiguousKeyError, keys_t, list_keys
+
+    url = f"sqlite:///{tmp_path}/k.db"
+    migrate.upgrade(url)
+    external = "vault-issued-key-0123456789abcdef"
+    _, info = create_key(url, "acme", key=external)
+    assert info.prefix.startswith("ext-")
+    assert all(external[:8] not in k.prefix for k in list_keys(url))
+    # A prefix that names several active keys revokes none of them.
+    create_key(url, "a")
+    create_key(url, "b")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(update(keys_t).values(prefix="shared"))
+    engine.dispose()
+    with pytest.raises(AmbiguousKeyError):
+        revoke_key(url, "shared")
+    assert all(k.revoked_at is None for k in list_keys(url))

@@ -145,3 +145,41 @@ async def test_a_slow_subscriber_is_cut_off_and_resumes_without_loss(store: Any)
     got = [(await anext(resumed)).seq for _ in range(30)]
     assert got == list(range(2, 32))
     await resumed.aclose()
+
+
+async def test_the_terminal_event_committed_at_the_seam_is_sent(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job finishes between the last replay page and the status check: the stream
+    must still send everything up to the terminal event, then close."""
+    st, bus = store
+    job_id, _ = await st.write(repo.create_job(_new_job()))
+    finished = {"done": False}
+
+    async def finish_now() -> None:
+        await st.write(_started(job_id, 0))
+        await st.write(repo.mark_job_finished(job_id, JobStatus.cancelled, "test"))
+
+    original_read = st.read
+
+    async def read(fn: Any) -> Any:
+        # The stream's status check is its first read by a lambda (pages use partial).
+        if getattr(fn, "__name__", "") == "<lambda>" and not finished["done"]:
+            finished["done"] = True
+            await finish_now()
+        return await original_read(fn)
+
+    monkeypatch.setattr(st, "read", read)
+    seen = [e.type async for e in job_events(st, bus, job_id, 0)]
+    assert seen[-1] == "job.cancelled"
+    assert seen == ["job.queued", "agent.started", "job.cancelled"]
+
+
+async def test_a_resume_point_past_the_end_closes_with_the_job(store: Any) -> None:
+    st, bus = store
+    job_id, _ = await st.write(repo.create_job(_new_job()))
+    stream = job_events(st, bus, job_id, 1000)
+    task = asyncio.ensure_future(anext(stream, None))
+    await asyncio.sleep(0.05)
+    await st.write(repo.mark_job_finished(job_id, JobStatus.cancelled, "test"))
+    assert await asyncio.wait_for(task, 5) is None  # closed, nothing after 1000 to send

@@ -86,3 +86,36 @@ async def test_an_unreadable_stored_job_fails_alone_and_the_service_starts(
         assert "can no longer be read" in job["error"]
         assert (await svc.client.get("/readyz")).status_code == 200
         assert (await svc.client.get(f"/jobs/{good['id']}")).json()["status"] == "completed"
+
+
+async def test_a_job_cancelled_before_its_run_starts_stays_cancelled(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    from app.engine.graph import validate_graph
+    from app.engine.spec import JobSpec
+    from app.store.ids import new_job_id
+    from app.store.models import JobStatus
+
+    services = service.app.state.services
+    spec = JobSpec.model_validate({"agents": [{"id": "a", "task": "x"}]})
+    job_id = new_job_id()
+    new = repo.new_job(
+        job_id=job_id,
+        tenant="default",
+        name="late",
+        model="kimi-k2.5",
+        agents=[("a", "kimi-k2.5", ())],
+        spec_json=spec.model_dump_json(),
+    )
+    await services.store.write(repo.create_job(new))
+    # The cancel lands first (no run exists yet), then the run is launched.
+    await services.scheduler.cancel(job_id)
+    services.scheduler.submit(
+        job_id, spec, validate_graph(spec, max_agents=10), tenant="default", model="kimi-k2.5"
+    )
+    await services.scheduler.wait_idle(job_id)
+    job = (await service.client.get(f"/jobs/{job_id}")).json()
+    assert job["status"] == JobStatus.cancelled
+    assert fake_upstream.calls == []
+    events = (await service.client.get(f"/jobs/{job_id}/events")).text
+    assert "job.started" not in events
