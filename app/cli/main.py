@@ -430,22 +430,42 @@ def upstream(
         raise typer.Exit(EXIT_FAILED)
 
 
-@app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    help="API keys: managed by the operator on the service's host, not over HTTP (yet).",
+keys_app = typer.Typer(
+    help="API keys of tenants, for the operator on the service's host: acts on the "
+    "service's database (SWARM_DATABASE_URL) directly, not over HTTP.",
+    no_args_is_help=True,
 )
-def keys() -> None:
-    # The seam for key management over the API: the service has keys, but creating,
-    # listing and revoking them is an operator command on the database (app.admin). When
-    # the API offers it, this becomes a group with create, list and revoke.
-    err.print(
-        "error: swarmctl cannot manage API keys yet: the service's operator creates, lists "
-        "and revokes them on its host with `python -m app.admin keys create --tenant NAME` "
-        "(and `keys list`, `keys revoke ID`). Give swarmctl a key with SWARM_API_KEY.",
-        markup=False,
-        soft_wrap=True,
-    )
-    raise typer.Exit(EXIT_ERROR)
+app.add_typer(keys_app, name="keys")
+
+
+def _admin(*args: str) -> None:
+    # The same code as `python -m app.admin keys …`: one implementation of key management.
+    from app.admin import main as admin_main
+
+    raise typer.Exit(admin_main(["keys", *args]))
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="The tenant the key acts for.")],
+    name: Annotated[str, typer.Option(help="A label to tell keys apart.")] = "",
+) -> None:
+    """Create a key and print it: it is shown this once, only its digest is stored."""
+    _admin("create", "--tenant", tenant, "--name", name)
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
+) -> None:
+    """List keys (ids, prefixes, tenants, state; never the keys)."""
+    _admin("list", *(["--tenant", tenant] if tenant else []))
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id or prefix.")]) -> None:
+    """Revoke a key: requests with it are refused within seconds."""
+    _admin("revoke", key_id)
 
 
 def main() -> None:

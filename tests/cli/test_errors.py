@@ -141,8 +141,16 @@ def test_usage_errors_exit_2() -> None:
         assert command in helped.out
 
 
-def test_keys_points_to_the_operator_command() -> None:
-    result = run_cli("http://127.0.0.1:9", "keys", "create", "--tenant", "x")
-    assert result.code == 2
-    assert "python -m app.admin keys create --tenant NAME" in result.err
-    assert "SWARM_API_KEY" in result.err
+def test_keys_are_managed_on_the_services_database(tmp_path: Path) -> None:
+    db = {"SWARM_DATABASE_URL": f"sqlite:///{tmp_path}/keys.db"}
+    created = run_cli("http://127.0.0.1:9", "keys", "create", "--tenant", "acme", **db)
+    assert created.code == 0, created.text
+    key = created.out.strip()
+    assert key.startswith("swarm_") and "not shown again" in created.err
+    listed = run_cli("http://127.0.0.1:9", "keys", "list", **db)
+    assert listed.code == 0 and "tenant=acme" in listed.out and key not in listed.out
+    revoked = run_cli("http://127.0.0.1:9", "keys", "revoke", key[:12], **db)
+    assert revoked.code == 0 and "revoked" in revoked.out
+    again = run_cli("http://127.0.0.1:9", "keys", "revoke", key[:12], **db)
+    assert again.code == 1 and "no active key" in again.err
+    assert_plain(again)
