@@ -63,10 +63,12 @@ async def job_events(
                     return
             if len(rows) < REPLAY_PAGE:
                 break
-        job = await store.read(lambda c: repo.get_job(c, job_id))
+        job, newest = await store.read(
+            lambda c: (repo.get_job(c, job_id), repo.last_seq(c, job_id))
+        )
         if job is None:
             return  # deleted
-        if JobStatus(job.status).finished or last >= job.event_seq:
+        if JobStatus(job.status).finished or last >= newest:
             # Finished (or the client is already past its end): whatever was committed
             # since the last page is in the database; send it, up to the terminal event.
             while rows := await _page(store, job_id, last, REPLAY_PAGE):

@@ -86,8 +86,6 @@ class Job(SQLModel, table=True):
     request_hash: str | None = Field(default=None, max_length=64)
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     cancel_requested: bool = False
-    # Last event sequence number handed out for this job (events are gap-free per job).
-    event_seq: int = 0
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None

@@ -85,7 +85,6 @@ def new_job(
         "idempotency_key": idempotency_key,
         "request_hash": request_hash,
         "created_at": utcnow(),
-        "event_seq": 0,
         "cancel_requested": False,
     }
     rows = [
@@ -604,6 +603,15 @@ def call_stats(conn: Connection, job_id: str) -> CallStats:
 def job_counts_by_status(conn: Connection) -> dict[str, int]:
     rows = conn.execute(select(jobs_t.c.status, func.count()).group_by(jobs_t.c.status)).all()
     return {str(r[0]): int(r[1]) for r in rows}
+
+
+def last_seq(conn: Connection, job_id: str) -> int:
+    """The job's latest event sequence number (0 before any)."""
+    return int(
+        conn.execute(
+            select(func.coalesce(func.max(events_t.c.seq), 0)).where(events_t.c.job_id == job_id)
+        ).scalar_one()
+    )
 
 
 def agent_retries(conn: Connection, job_id: str, agent_id: str) -> list[dict[str, Any]]:

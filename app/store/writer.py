@@ -16,18 +16,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 
 from app.events.bus import EventBus, StoredEvent
 from app.events.types import TERMINAL_JOB_EVENTS
-from app.store.models import Agent, Event, Job, utcnow
+from app.store.models import Agent, Event, utcnow
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 _events_table = Event.__table__  # type: ignore[attr-defined]
-_jobs_table = Job.__table__  # type: ignore[attr-defined]
 _agents_table = Agent.__table__  # type: ignore[attr-defined]
 
 
@@ -98,10 +97,16 @@ class Tx:
         if current is None:
             current = self._seq_cache.get(job_id)
             if current is None:
-                row = self.conn.execute(
-                    select(_jobs_table.c.event_seq).where(_jobs_table.c.id == job_id)
-                ).first()
-                current = int(row[0]) if row is not None else 0
+                # The events table is the record: its primary key (job_id, seq) answers this
+                # from the index. (Keeping a counter on the job's row would rewrite that row,
+                # with its whole graph, on every batch.)
+                current = int(
+                    self.conn.execute(
+                        select(func.coalesce(func.max(_events_table.c.seq), 0)).where(
+                            _events_table.c.job_id == job_id
+                        )
+                    ).scalar_one()
+                )
         current += 1
         self.seqs[job_id] = current
         return current
@@ -140,10 +145,6 @@ class Tx:
                     }
                     for e in self.events
                 ],
-            )
-        for job_id, seq in self.seqs.items():
-            self._conn.execute(
-                update(_jobs_table).where(_jobs_table.c.id == job_id).values(event_seq=seq)
             )
 
 
