@@ -237,7 +237,7 @@ def test_five_megabytes_are_chunked_completely() -> None:
     text = (paragraph * (5_000_000 // len(paragraph) + 1))[:5_000_000]
     chunks = chunk_text(text, chunk_tokens=6000, overlap_tokens=200)
     assert chunks[0].start == 0 and chunks[-1].end == len(text)
-    assert all(a.start < b.start <= a.end for a, b in zip(chunks, chunks[1:], strict=False))
+    assert all(a.start < b.start <= a.end for a, b in itertools.pairwise(chunks))
 
 
 # ---------------------------------------------------------------------------------------
