@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -13,7 +14,8 @@ from app.api.auth import AUTH_RESPONSES, TenantDep
 from app.api.deps import ServicesDep
 from app.api.jobs import JOB_NOT_FOUND
 from app.errors import NotFoundError, UnprocessableError
-from app.events.stream import StreamClosed, job_events
+from app.events.bus import StoredEvent
+from app.events.stream import StreamClosed, job_event_batches
 from app.store import repository as repo
 
 # Sequence numbers are stored as SQL integers: a resume point beyond them is nonsense.
@@ -34,6 +36,28 @@ exactly the events after N, then live ones. Comment lines (`: ping`) keep idle s
 open. The stream closes after the terminal `job.completed`, `job.failed` or
 `job.cancelled`; on a finished job it replays and closes. A client that falls too far
 behind is disconnected and resumes from its last id without losing anything."""
+
+
+# Encoded events, shared by every stream of a job: 500 readers of one job would otherwise
+# serialise each event 500 times. (job id, seq) names one event for good: stored events
+# never change and job ids are never reused. Oldest entries go first.
+ENCODED_CACHE_SIZE = 20_000
+_encoded: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+
+
+def _encode(event: StoredEvent) -> bytes:
+    key = (event.job_id, event.seq)
+    data = _encoded.get(key)
+    if data is None:
+        data = ServerSentEvent(
+            data=json.dumps(event.payload(), ensure_ascii=False, separators=(",", ":")),
+            event=event.type,
+            id=str(event.seq),
+        ).encode()
+        _encoded[key] = data
+        if len(_encoded) > ENCODED_CACHE_SIZE:
+            _encoded.popitem(last=False)
+    return data
 
 
 @router.get(
@@ -67,21 +91,20 @@ async def stream_events(
         raise NotFoundError(JOB_NOT_FOUND)
     settings = services.settings
 
-    async def body() -> AsyncIterator[ServerSentEvent]:
+    async def body() -> AsyncIterator[bytes]:
         services.metrics.sse_streams.inc()
         try:
-            async for event in job_events(
+            # One write per batch: what is already queued for this reader goes out at
+            # once. A write per event per reader (each a trip through the ASGI stack and a
+            # send(2)) is what limited 500 readers of one job (bench/run.py api_load).
+            async for batch in job_event_batches(
                 services.store,
                 services.bus,
                 job_id,
                 start,
                 max_seconds=settings.sse_max_stream_s,
             ):
-                yield ServerSentEvent(
-                    data=json.dumps(event.payload(), ensure_ascii=False, separators=(",", ":")),
-                    event=event.type,
-                    id=str(event.seq),
-                )
+                yield b"".join(_encode(event) for event in batch)
         except StreamClosed:
             return
         finally:
