@@ -1,0 +1,238 @@
+"""The markdown summary of a results directory, and the sanity checks of ``--check``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+TARGET_RATIO = 1.05
+TARGET_OVERHEAD = 0.8
+TARGET_RSS_MB = 1024
+TARGET_GOODPUT = 0.9
+TARGET_429 = 0.05
+
+
+def _load(out: Path, name: str) -> dict[str, Any] | None:
+    path = out / f"{name}.json"
+    if not path.exists():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def _mark(ok: bool) -> str:
+    return "✅" if ok else "❌"
+
+
+def _f(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def summary(out: Path) -> str:
+    lines: list[str] = []
+    loaded = {
+        n: _load(out, n) for n in ("makespan", "overhead", "scale", "rate_limits", "api_load")
+    }
+    first = next((d for d in loaded.values() if d is not None), None)
+    if first is None:
+        return "No results.\n"
+    m = first["machine"]
+    lines += [
+        "# Benchmark results" + (" (quick)" if first.get("quick") else ""),
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}, "
+        f"Python {m['python']}. Client, service and simulator share these cores (loopback).",
+        "",
+        "| scenario | date | commit | elapsed |",
+        "|---|---|---|---|",
+    ]
+    for name, data in loaded.items():
+        if data is not None:
+            sha = data["commit"]["sha"] + (" (app/ dirty)" if data["commit"]["app_dirty"] else "")
+            lines.append(f"| {name} | {data['date']} | {sha} | {data['elapsed_s']} s |")
+    lines.append("")
+
+    data = loaded["makespan"]
+    if data is not None:
+        r = data["result"]
+        low, high = r["latency_ms"]
+        order = ("service-cold", "service-warm", "waves", "seed")
+        by_graph: dict[str, dict[str, Any]] = {}
+        for run in r["runs"]:
+            by_graph.setdefault(run["graph"], {"agents": run["agents"]})[run["strategy"]] = run
+        lines += [
+            f"## Makespan ÷ lower bound (latency uniform {low}-{high} ms, concurrency "
+            f"{r['concurrency']}; target ≤ {TARGET_RATIO} for the service)",
+            "",
+            "Each cell: makespan in s (÷ the lower bound computed from that run's own "
+            "upstream busy times). Cold: the service's first job (adaptive limit starts at "
+            "16); warm: its next job.",
+            "",
+            "| graph | agents | bound s | service cold | service warm | waves | seed |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for graph, runs in by_graph.items():
+            first = next(runs[k] for k in order if k in runs)
+            cells = []
+            for key in order:
+                run = runs.get(key)
+                if run is None:
+                    cells.append("-")
+                    continue
+                ok = run["ratio"] <= TARGET_RATIO
+                mark = f" {_mark(ok)}" if key.startswith("service") else ""
+                failed = f", {run['failed']} failed" if run["failed"] else ""
+                cells.append(f"{run['makespan_s']:.2f} ({run['ratio']:.3f}{mark}{failed})")
+            lines.append(
+                f"| {graph} | {runs['agents']} | {first['lower_bound']['value_s']:.2f} | "
+                + " | ".join(cells)
+                + " |"
+            )
+        lines.append("")
+
+    data = loaded["overhead"]
+    if data is not None:
+        r = data["result"]
+        lines += [
+            f"## Overhead: {r['agents']}-agent fan-out, zero-latency simulator, concurrency "
+            f"{r['concurrency']} (target service ÷ bare ≥ {TARGET_OVERHEAD})",
+            "",
+            "| transport | service agents/s | service CPU ms/agent | bare calls/s | "
+            "bare CPU ms/call | service ÷ bare |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in r["transports"]:
+            sv, bare, ratio = row["service"], row["bare"], row["service_over_bare"]
+            lines.append(
+                f"| {row['transport']} | {sv['agents_per_s']:.0f} | {sv['cpu_ms_per_agent']:.3f} "
+                f"| {bare['calls_per_s']:.0f} | {bare['cpu_ms_per_call']:.3f} | "
+                f"{ratio:.3f} {_mark(ratio >= TARGET_OVERHEAD)} |"
+            )
+        lines.append("")
+
+    data = loaded["scale"]
+    if data is not None:
+        r = data["result"]
+        lines += [
+            f"## Scale: one {r['agents']:,}-agent job, zero-latency simulator "
+            f"(target peak RSS < {TARGET_RSS_MB} MB)",
+            "",
+            "| body MB | accept s | completed | makespan s | agents/s | CPU ms/agent | "
+            "RSS idle MB | peak RSS MB |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| {r['body_mb']} | {r['accept_s']:.2f} | {r['counts']['completed']:,} | "
+            f"{r['makespan_s']:.1f} | {r['agents_per_s']:.0f} | {r['cpu_ms_per_agent']:.3f} | "
+            f"{r['rss_idle_mb']:.0f} | {r['peak_rss_mb']:.0f} "
+            f"{_mark(r['peak_rss_mb'] < TARGET_RSS_MB)} |",
+            "",
+        ]
+
+    data = loaded["rate_limits"]
+    if data is not None:
+        r = data["result"]
+        low, high = r["latency_ms"]
+        lines += [
+            f"## Rate limits: hidden concurrency cap K, latency {low}-{high} ms, "
+            f"{r['work_at_cap_s']:.0f} s of work at the cap (target goodput ÷ cap ≥ "
+            f"{TARGET_GOODPUT}, 429s ≤ {TARGET_429:.0%}, 0 failed)",
+            "",
+            "Cap = K ÷ mean latency of the answered calls. The fixed semaphore of 20 runs for "
+            f"{r['baseline_time_box_s']:.0f} s; its goodput counts that window.",
+            "",
+            "| K | agents | who | goodput ÷ cap (whole run) | steady (10-90 %) | "
+            "mean in flight ÷ K | 429 share | failed |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in r["caps"]:
+            for who, key in (("service", "service"), ("semaphore 20", "semaphore_20")):
+                x = row[key]
+                share = x["simulator"]["share_429"]
+                mark = ""
+                if key == "service":
+                    ok = (
+                        x["goodput_over_cap"] >= TARGET_GOODPUT
+                        and (share or 0) <= TARGET_429
+                        and x["failed"] == 0
+                    )
+                    mark = " " + _mark(ok)
+                lines.append(
+                    f"| {row['cap']} | {row['agents']} | {who} | "
+                    f"{x['goodput_over_cap']:.3f}{mark} | {_f(x['steady_goodput_over_cap'], 3)} "
+                    f"| {_f(x.get('mean_in_flight_over_cap'), 3)} | {_f(share, 3)} "
+                    f"| {x['failed']} |"
+                )
+        lines.append("")
+
+    data = loaded["api_load"]
+    if data is not None:
+        r = data["result"]
+        sse = r["sse"]
+        lines += [
+            f"## API under load: a {r['agents']:,}-agent layered job, "
+            f"{sse['subscribers']} SSE subscribers, GET /jobs/{{id}} polled meanwhile",
+            "",
+            "| GET /jobs/{id} p50 / p99 ms | same, ?agents=false | SSE streams complete | "
+            "reconnects | lag p50 / p99 ms | job makespan ÷ bound |",
+            "|---|---|---|---|---|---|",
+            f"| {_f(r['get_job_full']['p50_ms'], 1)} / {_f(r['get_job_full']['p99_ms'], 1)} | "
+            f"{_f(r['get_job_no_agents']['p50_ms'], 1)} / "
+            f"{_f(r['get_job_no_agents']['p99_ms'], 1)} | "
+            f"{sse['complete_streams']}/{sse['subscribers']} | {sse['reconnects']} | "
+            f"{_f(sse['lag_ms_p50'], 1)} / {_f(sse['lag_ms_p99'], 1)} | {r['ratio']:.3f} |",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def sanity(name: str, result: dict[str, Any]) -> list[str]:
+    """What is wrong with a scenario's output (never a speed: only that it ran and makes sense)."""
+    problems: list[str] = []
+
+    def check(ok: bool, what: str) -> None:
+        if not ok:
+            problems.append(what)
+
+    if name == "makespan":
+        for run in result["runs"]:
+            label = f"{run['graph']}/{run['strategy']}"
+            check(run["failed"] == 0, f"{label}: {run['failed']} agents failed")
+            check(run["requests_unmatched"] == 0, f"{label}: requests not mapped to agents")
+            check(run["agents_called"] == run["agents"], f"{label}: not every agent was called")
+            # A true lower bound: a makespan below it means the measurement is broken.
+            check(run["ratio"] >= 0.99, f"{label}: makespan below the lower bound")
+    elif name == "overhead":
+        for row in result["transports"]:
+            check(
+                row["service"]["counts"]["completed"] == row["agents"],
+                f"{row['transport']}: service did not complete every agent",
+            )
+            check(row["bare"]["failed"] == 0, f"{row['transport']}: bare loop calls failed")
+            check(row["service_over_bare"] > 0, f"{row['transport']}: no ratio")
+    elif name == "scale":
+        check(result["counts"]["completed"] == result["agents"], "not every agent completed")
+        check(result["peak_rss_mb"] > 0, "no RSS reading")
+    elif name == "rate_limits":
+        for row in result["caps"]:
+            sv = row["service"]
+            check(sv["status"] in ("completed", "failed"), f"K={row['cap']}: job did not end")
+            check(sv["goodput_over_cap"] > 0, f"K={row['cap']}: no goodput")
+            check(row["semaphore_20"]["completed"] > 0, f"K={row['cap']}: baseline did nothing")
+            check(
+                sv["simulator"]["by_status"].get("200", 0) >= sv["completed"],
+                f"K={row['cap']}: more completions than answered calls",
+            )
+    elif name == "api_load":
+        sse = result["sse"]
+        check(result["status"] == "completed", f"job ended {result['status']}")
+        check(
+            sse["complete_streams"] == sse["subscribers"],
+            f"only {sse['complete_streams']}/{sse['subscribers']} complete streams",
+        )
+        check(result["get_job_full"]["requests"] > 0, "no GET /jobs/{id} measured")
+        check(result["ratio"] >= 0.99, "makespan below the lower bound")
+    return problems
