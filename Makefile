@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck openapi install clean
+.PHONY: run test lint typecheck openapi install clean bench bench-quick
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ lint: install
 
 typecheck: install
 	$(VENV)/bin/mypy
+
+## Benchmarks of issue 8 against the simulator (~20 min on 2 cores): bench/results/*.json and
+## summary.md. bench-quick runs a small version of each (< 2 min) and checks the output is sane.
+bench: install
+	$(PY) -m bench.run
+
+bench-quick: install
+	$(PY) -m bench.run --quick --check
 
 ## Regenerate openapi/openapi.json from the app.
 openapi: install
