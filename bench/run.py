@@ -684,9 +684,12 @@ def machine() -> dict[str, Any]:
 
 def commit() -> dict[str, Any]:
     def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False
-        ).stdout.strip()
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+            ).stdout.strip()
+        except OSError:  # no git here
+            return ""
 
     dirty = [line[3:] for line in git("status", "--porcelain", "--", "app").splitlines()]
     return {"sha": git("rev-parse", "--short=12", "HEAD"), "app_dirty": dirty}
