@@ -15,6 +15,7 @@ beside it; ``value`` is the larger of the two, still a true bound.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -134,6 +135,47 @@ def lower_bound(
         concurrency=concurrency,
         argmax=argmax,
     )
+
+
+def list_schedule(
+    deps: Mapping[str, Sequence[str]], busy: Mapping[str, float], concurrency: int
+) -> float:
+    """The makespan of an ideal ready-queue scheduler with these busy times: zero overhead,
+    an agent starts the instant its last dependency ends and a slot is free, ready agents
+    start first-come first-served (ties in the graph's order). Not a bound (another order
+    can be luckier), but what an online scheduler that cannot know durations in advance
+    would reach; the gap between it and the bound is the drain at each join, which no
+    such scheduler avoids."""
+    if concurrency < 1:
+        raise ValueError("concurrency must be >= 1")
+    position = {v: i for i, v in enumerate(deps)}
+    children: dict[str, list[str]] = {v: [] for v in deps}
+    waiting = {v: len(ds) for v, ds in deps.items()}
+    for v, ds in deps.items():
+        for d in ds:
+            children[d].append(v)
+    ready: list[tuple[float, int, str]] = [
+        (0.0, position[v], v) for v, n in waiting.items() if not n
+    ]
+    heapq.heapify(ready)  # by the time it became ready, then graph order
+    running: list[tuple[float, int, str]] = []
+    now = end = 0.0
+    done = 0
+    while done < len(deps):
+        while ready and len(running) < concurrency:
+            since, _, v = heapq.heappop(ready)
+            start = max(now, since)
+            heapq.heappush(running, (start + float(busy.get(v, 0.0)), position[v], v))
+        if not running:
+            raise ValueError("the graph has a cycle")
+        now, _, v = heapq.heappop(running)
+        end = max(end, now)
+        done += 1
+        for c in children[v]:
+            waiting[c] -= 1
+            if not waiting[c]:
+                heapq.heappush(ready, (now, position[c], c))
+    return end
 
 
 def busy_times(entries: Iterable[Mapping[str, Any]], agent_of: Any) -> tuple[dict[str, float], int]:

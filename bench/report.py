@@ -69,9 +69,10 @@ def summary(out: Path) -> str:
             f"## Makespan ÷ lower bound (latency uniform {low}-{high} ms, concurrency "
             f"{r['concurrency']}; target ≤ {TARGET_RATIO} for the service)",
             "",
-            "Each cell: makespan in s (÷ the lower bound computed from that run's own "
-            "upstream busy times). Cold: the service's first job (adaptive limit starts at "
-            "16); warm: its next job.",
+            "Each cell: makespan in s (÷ the lower bound / ÷ an ideal zero-overhead "
+            "ready-queue schedule, both computed from that run's own upstream busy times). "
+            "Cold: the service's first job (its adaptive limit starts at 16); warm: its next "
+            "job.",
             "",
             "| graph | agents | bound s | service cold | service warm | waves | seed |",
             "|---|---|---|---|---|---|---|",
@@ -87,7 +88,9 @@ def summary(out: Path) -> str:
                 ok = run["ratio"] <= TARGET_RATIO
                 mark = f" {_mark(ok)}" if key.startswith("service") else ""
                 failed = f", {run['failed']} failed" if run["failed"] else ""
-                cells.append(f"{run['makespan_s']:.2f} ({run['ratio']:.3f}{mark}{failed})")
+                ideal = run.get("ratio_to_ideal")
+                ideal_s = f" / {ideal:.3f}" if ideal is not None else ""
+                cells.append(f"{run['makespan_s']:.2f} ({run['ratio']:.3f}{mark}{ideal_s}{failed})")
             lines.append(
                 f"| {graph} | {runs['agents']} | {first['lower_bound']['value_s']:.2f} | "
                 + " | ".join(cells)

@@ -37,7 +37,7 @@ from typing import Any
 import aiohttp
 
 from bench import baselines, graphs, report
-from bench.lower_bound import busy_times, lower_bound
+from bench.lower_bound import busy_times, list_schedule, lower_bound
 from bench.procs import (
     REPO_ROOT,
     Service,
@@ -227,6 +227,7 @@ async def bound_for(sim: Simulator, job: graphs.Job, concurrency: int) -> dict[s
     lb = lower_bound(deps, busy, concurrency)
     return {
         "lower_bound": lb.as_dict(),
+        "ideal_ready_queue_s": round(list_schedule(deps, busy, concurrency), 4),
         "requests_logged": len(entries),
         "requests_unmatched": unmatched,
         "agents_called": len(busy),
@@ -298,6 +299,7 @@ async def scenario_makespan(ctx: Ctx) -> dict[str, Any]:
                 run["simulator"] = sim_summary(await sim.stats())
                 run.update(await bound_for(sim, job, c))
                 run["ratio"] = round(run["makespan_s"] / run["lower_bound"]["value_s"], 4)
+                run["ratio_to_ideal"] = round(run["makespan_s"] / run["ideal_ready_queue_s"], 4)
                 ctx.log(
                     f"  makespan {run['makespan_s']:.2f}s, bound "
                     f"{run['lower_bound']['value_s']:.2f}s, ratio {run['ratio']:.3f}"

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from bench import graphs
-from bench.lower_bound import busy_times, lower_bound, topo_order
+from bench.lower_bound import busy_times, list_schedule, lower_bound, topo_order
 
 
 def test_single_agent_is_its_busy_time() -> None:
@@ -128,7 +128,22 @@ def test_matches_a_naive_computation_and_bounds_real_schedules(seed: int) -> Non
     lb = lower_bound(deps, busy, c)
     assert lb.value == pytest.approx(_naive(deps, busy, c))
     assert lb.value <= _greedy_makespan(deps, busy, c) + 1e-9
+    assert lb.value <= list_schedule(deps, busy, c) + 1e-9
     assert lb.critical_path <= lb.value + 1e-9
+
+
+def test_list_schedule_of_hand_made_graphs() -> None:
+    fan = {f"x{i}": () for i in range(4)}
+    assert list_schedule(fan, dict.fromkeys(fan, 1.0), 2) == pytest.approx(2.0)
+    # 3 agents of 1, 1, 2 s on 2 slots, then a join: the join waits for the 2 s one.
+    deps = {"a": (), "b": (), "c": (), "s": ("a", "b", "c")}
+    busy = {"a": 1.0, "b": 1.0, "c": 2.0, "s": 1.0}
+    assert list_schedule(deps, busy, 2) == pytest.approx(1.0 + 2.0 + 1.0)  # c starts at 1
+    assert lower_bound(deps, busy, 2).value == pytest.approx(4 / 2 + 1.0)
+    chain = {"a": (), "b": ("a",), "c": ("b",)}
+    assert list_schedule(chain, {"a": 1.0, "b": 2.0, "c": 0.5}, 8) == pytest.approx(3.5)
+    with pytest.raises(ValueError, match="cycle"):
+        list_schedule({"a": ("b",), "b": ("a",)}, {}, 1)
 
 
 def test_bench_graphs_have_the_issue_shapes() -> None:
