@@ -264,3 +264,31 @@ def test_keys_made_elsewhere_are_listed_by_digest_and_prefixes_must_be_unique(
     with pytest.raises(AmbiguousKeyError):
         revoke_key(url, "shared")
     assert all(k.revoked_at is None for k in list_keys(url))
+
+
+async def test_limits_hold_under_parallel_submits_and_spare_idempotent_retries(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    async def hang(_body: dict[str, Any], _n: int) -> None:
+        await asyncio.sleep(3600)
+
+    fake_upstream.script = hang
+    settings = make_settings(tmp_path, tenant_max_active_jobs=2, tenant_submits_per_s=1000.0)
+    async for svc in start_service(settings):
+        first = await svc.client.post("/jobs", json=GRAPH, headers={"Idempotency-Key": "k1"})
+        assert first.status_code == 201
+        # 20 submits at once: the limit (2 active) is checked in the writer, so exactly
+        # one more gets in.
+        burst = await asyncio.gather(
+            *(
+                svc.client.post("/jobs", json={"agents": [{"id": "a", "task": f"t{i}"}]})
+                for i in range(20)
+            )
+        )
+        codes = sorted(r.status_code for r in burst)
+        assert codes.count(201) == 1 and codes.count(429) == 19, codes
+        # A retry of the first submit is answered with its job, limits or not.
+        again = await svc.client.post("/jobs", json=GRAPH, headers={"Idempotency-Key": "k1"})
+        assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+        for job in (await svc.client.get("/jobs")).json()["data"]:
+            await svc.client.post(f"/jobs/{job['id']}/cancel")
