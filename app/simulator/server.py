@@ -275,7 +275,21 @@ async def _answer(
         count = max_tokens
         finish_reason = "length"
 
-    plan = plan_request(cfg, state.rng, count)
+    json_mode = _json_mode(body.get("response_format"))
+    # Planner items count as completion tokens too: whole items only, so the JSON stays valid.
+    items = text.plan_items(body["messages"], digest) if json_mode else None
+    completion_tokens = count
+    if items is not None:
+        kept = 0
+        for item in items:
+            if max_tokens is not None and completion_tokens + item.tokens > max_tokens:
+                finish_reason = "length"
+                break
+            completion_tokens += item.tokens
+            kept += 1
+        del items[kept:]
+
+    plan = plan_request(cfg, state.rng, completion_tokens)
     if plan.hang:
         return await _hang(request, state, entry)
 
@@ -295,15 +309,17 @@ async def _answer(
         return _finish(state, entry, started, resp, "error")
 
     words = text.words_for(digest, count)
-    json_mode = _json_mode(body.get("response_format"))
-    message_text = text.json_content(tag, words) if json_mode else text.plain_content(tag, words)
+    if json_mode:
+        message_text = text.json_content(tag, words, items)
+    else:
+        message_text = text.plain_content(tag, words)
     prompt_tokens: int = entry["prompt_tokens"]
     usage = {
         "prompt_tokens": prompt_tokens,
-        "completion_tokens": count,
-        "total_tokens": prompt_tokens + count,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
     }
-    entry["completion_tokens"] = count
+    entry["completion_tokens"] = completion_tokens
     completion_id = f"chatcmpl-sim{entry['seq']}"
     created = int(time.time())
     model: str = body["model"]
