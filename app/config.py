@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     model_concurrency_max: int = Field(256, ge=1)
     adaptive_decrease: float = Field(0.8, gt=0, lt=1)
     max_agents_per_job: int = Field(10_000, ge=1)
+    # Map nodes: the most sub-agents one map node may fan out to, and the most a job may
+    # create at run time in all (map items plus the merge steps of hierarchical reduces).
+    # Known at submit (a context list or document) → 422; known at run time (a planner's
+    # list) → the map node fails with the numbers.
+    max_map_items: int = Field(1_000, ge=1)
+    max_map_items_per_job: int = Field(10_000, ge=1)
     default_max_retries: int = Field(5, ge=0, le=20)
     # Back-off: full jitter between 0 and min(cap, base * 2**attempt).
     retry_backoff_base_s: float = Field(0.5, ge=0)

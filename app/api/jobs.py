@@ -69,6 +69,8 @@ def _job_public(row: Any, totals: repo.JobTotals, agents: list[Any] | None) -> J
         else [
             AgentSummary(
                 id=a.agent_id,
+                kind=a.kind,
+                parent=a.parent_id,
                 status=a.status,
                 model=a.model,
                 depends_on=repo.loads(a.depends_on_json, []),
@@ -287,7 +289,12 @@ async def submit_job(
             return await _load_job(services, tenant, prior.id, with_agents=False)
     _admit_submit(services, tenant)
     try:
-        graph = validate_graph(spec, max_agents=settings.max_agents_per_job)
+        graph = validate_graph(
+            spec,
+            max_agents=settings.max_agents_per_job,
+            max_map_items=settings.max_map_items,
+            max_map_items_per_job=settings.max_map_items_per_job,
+        )
     except GraphValidationError as exc:
         raise UnprocessableError(exc.detail()) from None
     job_id = new_job_id()
@@ -311,6 +318,7 @@ async def submit_job(
         metadata=spec.metadata,
         idempotency_key=idempotency_key,
         request_hash=body_hash,
+        map_nodes=graph.maps.keys(),
     )
     try:
         stored_id, created = await services.store.write(
@@ -413,6 +421,9 @@ async def get_agent(
     return AgentDetail(
         job_id=row.job_id,
         id=row.agent_id,
+        kind=row.kind,
+        parent=row.parent_id,
+        item=repo.loads(row.item_json, None),
         status=row.status,
         model=row.model,
         depends_on=repo.loads(row.depends_on_json, []),

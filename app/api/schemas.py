@@ -37,6 +37,14 @@ class Usage(_Model):
 
 class AgentSummary(_Model):
     id: str
+    kind: str = Field(
+        "agent",
+        description="'agent' or 'map' (submitted), 'item' (one item of a map node) or 'merge' "
+        "(a step of an agent's hierarchical reduce), the last two created at run time.",
+    )
+    parent: str | None = Field(
+        None, description="For an item or merge step: the agent that created it."
+    )
     status: str
     model: str
     depends_on: list[str]
@@ -104,6 +112,16 @@ class RetryRecord(_Model):
 class AgentDetail(_Model):
     job_id: str
     id: str
+    kind: str = Field("agent", description="agent, map, item or merge (see AgentSummary).")
+    parent: str | None = Field(
+        None, description="For an item or merge step: the agent that created it."
+    )
+    item: Any = Field(
+        None,
+        description="For an item: {index, count, value, chunk} (a chunk's value holds its "
+        "index, number, count, text and start/end offsets in the text); for a merge step: "
+        "its level, group, inputs and max_tokens.",
+    )
     status: str
     model: str
     depends_on: list[str]

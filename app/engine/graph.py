@@ -5,13 +5,24 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from app.engine.spec import AgentSpec, FailurePolicy, JobSpec
-from app.engine.templates import ContextPathError, RefKind, lookup_context, scan_refs
+from app.engine.chunking import chunk_text
+from app.engine.spec import DEFAULT_CHUNK_TOKENS, AgentSpec, FailurePolicy, JobSpec, ResponseFormat
+from app.engine.templates import (
+    AGENTS_PREFIX,
+    CHUNK_FIELDS,
+    CONTEXT_PREFIX,
+    OUTPUT_SUFFIX,
+    POSITION_FIELDS,
+    ContextPathError,
+    RefKind,
+    lookup_context,
+    scan_refs,
+)
 
 Loc = tuple[str | int, ...]
 
@@ -39,6 +50,14 @@ class ProblemType(StrEnum):
     agent_reference_in_system_prompt = "template.agent_reference_in_system_prompt"
     missing_context = "template.missing_context"
     too_many_problems = "job_graph.too_many_problems"
+    item_outside_map = "template.item_outside_map"
+    unknown_item_field = "template.unknown_item_field"
+    map_bad_source = "map.bad_source"
+    map_source_not_json = "map.source_not_json"
+    map_not_mappable = "map.not_mappable"
+    map_chunking_not_text = "map.chunking_not_text"
+    map_overlap_too_large = "map.overlap_too_large"
+    map_too_many_items = "map.too_many_items"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +88,28 @@ class GraphValidationError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class MapPlan:
+    """A validated map node: what it fans out over and its limits.
+
+    ``source_agent`` is set for ``over: agents.ID.output`` (and ``context_path`` is empty);
+    otherwise ``context_path`` names the context value. ``known_items`` is the fan-out when it
+    could be counted at submit (context text or list), else ``None``. ``item_paths`` are the
+    ``{{item.PATH}}`` paths the task uses (position fields left out): every item of a
+    planner's list must have them.
+    """
+
+    node: str
+    context_path: tuple[str, ...]
+    source_agent: str | None
+    source_is_map: bool
+    chunk_tokens: int
+    overlap_tokens: int
+    max_items: int
+    known_items: int | None
+    item_paths: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Graph:
     """A validated job graph.
 
@@ -88,6 +129,12 @@ class Graph:
     topo_order: tuple[str, ...]
     depth: dict[str, int]
     levels: tuple[tuple[str, ...], ...]
+    # Map nodes by id, and for each agent whose output a map node fans out over, those
+    # map nodes (its output must then be a list of the right shape).
+    maps: Mapping[str, MapPlan] = field(default_factory=lambda: MappingProxyType({}))
+    plan_sources: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
 
 def _show(value: str, limit: int = 80) -> str:
@@ -140,7 +187,13 @@ class _Problems:
         raise GraphValidationError(problems)
 
 
-def validate_graph(spec: JobSpec, *, max_agents: int) -> Graph:
+def validate_graph(
+    spec: JobSpec,
+    *,
+    max_agents: int,
+    max_map_items: int = 1_000,
+    max_map_items_per_job: int = 10_000,
+) -> Graph:
     """Check ``spec``'s graph and templates; return the ``Graph`` or raise
     ``GraphValidationError`` with every problem found.
 
@@ -148,7 +201,9 @@ def validate_graph(spec: JobSpec, *, max_agents: int) -> Graph:
     count (1..max_agents); ids unique; depends_on entries known, not self, not repeated;
     template references in tasks and system prompts (agents referenced must be in
     depends_on, context paths must exist, nothing malformed); then acyclicity, reporting
-    one concrete cycle. Iterative and O(agents + edges + template text).
+    one concrete cycle; then map nodes (their source, its shape, the fan-out against
+    ``max_map_items`` per node and ``max_map_items_per_job`` in all, when known now).
+    Iterative and O(agents + edges + template text + mapped text).
     """
     problems = _Problems()
     agents = spec.agents
@@ -204,7 +259,231 @@ def validate_graph(spec: JobSpec, *, max_agents: int) -> Graph:
         _report_cycle(order_or_cycle, agents, problems)
     problems.raise_if_any()
     assert isinstance(order_or_cycle, list)
-    return _build_graph(agents, ids, index, dep_idx, order_or_cycle)
+    maps: dict[str, MapPlan] = {}
+    for i, agent in enumerate(agents):
+        if agent.map is not None:
+            plan = _check_map(i, agent, spec, index, max_map_items, problems)
+            if plan is not None:
+                maps[agent.id] = plan
+    known = sum(p.known_items or 0 for p in maps.values())
+    if known > max_map_items_per_job:
+        problems.add(
+            ("body", "agents"),
+            f"the job's map nodes fan out to {known:,} sub-agents in all; at most "
+            f"{max_map_items_per_job:,} are allowed per job",
+            ProblemType.map_too_many_items,
+        )
+    problems.raise_if_any()
+    graph = _build_graph(agents, ids, index, dep_idx, order_or_cycle)
+    sources: dict[str, list[str]] = {}
+    for plan in maps.values():
+        if plan.source_agent is not None and not plan.source_is_map:
+            sources.setdefault(plan.source_agent, []).append(plan.node)
+    return Graph(
+        ids=graph.ids,
+        index=graph.index,
+        deps=graph.deps,
+        dependents=graph.dependents,
+        topo_order=graph.topo_order,
+        depth=graph.depth,
+        levels=graph.levels,
+        maps=MappingProxyType(maps),
+        plan_sources=MappingProxyType({k: tuple(v) for k, v in sources.items()}),
+    )
+
+
+def mappable_items(value: Any) -> list[Any] | None:
+    """The items of a JSON value a map fans out over: a list, or an object's 'items' list."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, Mapping) and isinstance(value.get("items"), list):
+        return list(value["items"])
+    return None
+
+
+def item_paths(task: str) -> tuple[tuple[str, ...], ...]:
+    """The ``{{item.PATH}}`` paths of a map task that an item must have (not positions)."""
+    paths: dict[tuple[str, ...], None] = {}
+    for ref in scan_refs(task)[0]:
+        if (
+            ref.kind is RefKind.item
+            and ref.path
+            and not (len(ref.path) == 1 and ref.path[0] in POSITION_FIELDS)
+        ):
+            paths[ref.path] = None
+    return tuple(paths)
+
+
+def missing_item_path(item: Any, paths: Sequence[tuple[str, ...]]) -> tuple[str, ...] | None:
+    """The first of ``paths`` that ``item`` does not have, or None."""
+    for path in paths:
+        try:
+            lookup_context(item if isinstance(item, Mapping) else {}, path)
+        except ContextPathError:
+            return path
+    return None
+
+
+def _check_map(
+    i: int,
+    agent: AgentSpec,
+    spec: JobSpec,
+    index: Mapping[str, int],
+    service_max: int,
+    problems: _Problems,
+) -> MapPlan | None:
+    m = agent.map
+    assert m is not None
+    loc: Loc = ("body", "agents", i, "map")
+    who = f"map node {_show(agent.id)}"
+    limit = min(m.max_items or service_max, service_max)
+    over = m.over.strip()
+    if over.startswith("{{") and over.endswith("}}"):
+        over = over[2:-2].strip()
+    paths = item_paths(agent.task)
+    is_text_options = m.chunk_tokens is not None or m.overlap_tokens is not None
+
+    def plan(**kw: Any) -> MapPlan:
+        base: dict[str, Any] = {
+            "node": agent.id,
+            "context_path": (),
+            "source_agent": None,
+            "source_is_map": False,
+            "chunk_tokens": m.chunk_tokens or DEFAULT_CHUNK_TOKENS,
+            "overlap_tokens": m.overlap_tokens or 0,
+            "max_items": limit,
+            "known_items": None,
+            "item_paths": paths,
+        }
+        base.update(kw)
+        return MapPlan(**base)
+
+    def too_many(n: int, what: str) -> None:
+        problems.add(
+            loc,
+            f"{who} would fan out to {n:,} sub-agents ({what}); at most {limit:,} are allowed"
+            + (" (map.max_items)" if m.max_items and m.max_items < service_max else "")
+            + (
+                "; raise chunk_tokens"
+                if what.startswith("chunks")
+                else "; split the list over several map nodes"
+            ),
+            ProblemType.map_too_many_items,
+        )
+
+    if over.startswith(AGENTS_PREFIX) and over.endswith(OUTPUT_SUFFIX):
+        source = over[len(AGENTS_PREFIX) : -len(OUTPUT_SUFFIX)]
+        if source == agent.id:
+            problems.add(
+                (*loc, "over"), f"{who} maps over its own output", ProblemType.map_bad_source
+            )
+            return None
+        if source not in index:
+            problems.add(
+                (*loc, "over"),
+                f"{who} maps over {_show(m.over)}, but there is no agent {_show(source)}"
+                + problems.suggest(source, index),
+                ProblemType.map_bad_source,
+            )
+            return None
+        if source not in agent.depends_on:
+            problems.add(
+                (*loc, "over"),
+                f"{who} maps over {_show(m.over)}, but {_show(source)} is not in its "
+                f"depends_on; add {_show(source)} to depends_on",
+                ProblemType.undeclared_dependency,
+            )
+            return None
+        src = spec.agents[index[source]]
+        if is_text_options:
+            problems.add(
+                loc,
+                f"{who}: chunk_tokens and overlap_tokens apply to text in the context; the "
+                f"output of {_show(source)} is a list",
+                ProblemType.map_chunking_not_text,
+            )
+        if src.map is None and spec.resolve(src).response_format is not ResponseFormat.json:
+            problems.add(
+                (*loc, "over"),
+                f"{who} maps over the output of {_show(source)}, which must then be JSON: set "
+                f'"response_format": "json" on {_show(source)} and have it answer a list '
+                'or {"items": [...]}',
+                ProblemType.map_source_not_json,
+            )
+            return None
+        return plan(source_agent=source, source_is_map=src.map is not None)
+
+    if not over.startswith(CONTEXT_PREFIX) or not over[len(CONTEXT_PREFIX) :]:
+        problems.add(
+            (*loc, "over"),
+            f"{who} maps over {_show(m.over)}; 'over' must be 'context.KEY' (text or a list "
+            "in the context) or 'agents.ID.output' (a dependency's JSON list)",
+            ProblemType.map_bad_source,
+        )
+        return None
+    path = tuple(over[len(CONTEXT_PREFIX) :].split("."))
+    try:
+        value = lookup_context(spec.context, path)
+    except ContextPathError as exc:
+        problems.add(
+            (*loc, "over"),
+            f"{who} maps over {_show(m.over)}, but " + _context_miss(exc, problems),
+            ProblemType.missing_context,
+        )
+        return None
+    if isinstance(value, str):
+        chunk_tokens = m.chunk_tokens or DEFAULT_CHUNK_TOKENS
+        overlap = m.overlap_tokens or 0
+        if overlap >= chunk_tokens:
+            problems.add(
+                (*loc, "overlap_tokens"),
+                f"{who}: overlap_tokens ({overlap}) must be less than chunk_tokens "
+                f"({chunk_tokens})",
+                ProblemType.map_overlap_too_large,
+            )
+            return None
+        for ref_path in paths:
+            if len(ref_path) != 1 or ref_path[0] not in CHUNK_FIELDS:
+                problems.add(
+                    ("body", "agents", i, "task"),
+                    f"{who} maps over text, whose chunks have no field "
+                    f"{_show('.'.join(ref_path))}; use {{{{item}}}} or one of "
+                    + ", ".join(f"{{{{item.{f}}}}}" for f in CHUNK_FIELDS),
+                    ProblemType.unknown_item_field,
+                )
+                return None
+        n = len(chunk_text(value, chunk_tokens=chunk_tokens, overlap_tokens=overlap))
+        if n > limit:
+            too_many(n, f"chunks of {chunk_tokens:,} tokens")
+        return plan(context_path=path, known_items=n)
+    items = mappable_items(value)
+    if items is None:
+        problems.add(
+            (*loc, "over"),
+            f"{who} maps over {_show(m.over)}, which is {_json_kind(value)}; it must be text, "
+            "a list, or an object with an 'items' list",
+            ProblemType.map_not_mappable,
+        )
+        return None
+    if is_text_options:
+        problems.add(
+            loc,
+            f"{who}: chunk_tokens and overlap_tokens apply to text; {_show(m.over)} is a list",
+            ProblemType.map_chunking_not_text,
+        )
+    for k, item in enumerate(items):
+        missing = missing_item_path(item, paths)
+        if missing is not None:
+            problems.add(
+                ("body", "agents", i, "task"),
+                f"{who}'s task uses {{{{item.{'.'.join(missing)}}}}}, but item {k} of "
+                f"{_show(m.over)} has no such field",
+                ProblemType.unknown_item_field,
+            )
+            break
+    if len(items) > limit:
+        too_many(len(items), "items of the list")
+    return plan(context_path=path, known_items=len(items))
 
 
 def _check_depends_on(
@@ -266,6 +545,15 @@ def _check_agent_templates(
                 loc, f"agent {_show(agent.id)}", ref.raw, ref.path, context, problems
             )
             continue
+        if ref.kind is RefKind.item:
+            if agent.map is None:
+                problems.add(
+                    loc,
+                    f"agent {_show(agent.id)} references {_show(ref.raw)}, but only a map "
+                    "node's task has an item; add a 'map' to this agent or remove the reference",
+                    ProblemType.item_outside_map,
+                )
+            continue
         target = ref.agent_id
         assert target is not None
         if target == agent.id:
@@ -316,6 +604,13 @@ def _check_system_prompt(
     for ref in refs:
         if ref.kind is RefKind.context:
             _check_context_ref(loc, who, ref.raw, ref.path, context, problems)
+        elif ref.kind is RefKind.item:
+            problems.add(
+                loc,
+                f"{who} references {_show(ref.raw)}, but a system prompt may reference the "
+                "context only; reference the item in the map node's task",
+                ProblemType.item_outside_map,
+            )
         else:
             problems.add(
                 loc,

@@ -106,6 +106,62 @@ class AgentDefaults(BaseModel):
     )(_json_number)
 
 
+# chunk_tokens when a map over text does not set it: a part that leaves room for the
+# instructions and the answer in any model of the registry (the smallest window is 128k).
+DEFAULT_CHUNK_TOKENS = 4_000
+
+
+class MapSpec(BaseModel):
+    """Turns an agent into a map node: one sub-agent per item of ``over``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    over: str = Field(
+        min_length=1,
+        max_length=300,
+        description=(
+            "What to fan out over. 'context.KEY' (a dotted path): text is cut into chunks "
+            "(one sub-agent per chunk); a list, or an object with an 'items' list, gives one "
+            "sub-agent per item. 'agents.ID.output' (ID in depends_on): ID's JSON answer, a "
+            "list or an object with an 'items' list (ID needs response_format 'json'), or the "
+            "list of outputs of ID when ID is itself a map node."
+        ),
+        examples=["context.document", "agents.plan.output"],
+    )
+    chunk_tokens: int | None = Field(
+        default=None,
+        ge=16,
+        le=1_000_000,
+        description=(
+            "Text only: the largest chunk in tokens (a conservative offline estimate). "
+            f"Unset means {DEFAULT_CHUNK_TOKENS}."
+        ),
+    )
+    overlap_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        le=100_000,
+        description=(
+            "Text only: how many tokens of text consecutive chunks may share, so that a "
+            "sentence cut by a chunk boundary is seen whole once. Unset means 0; must be "
+            "below chunk_tokens."
+        ),
+    )
+    max_items: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "The most sub-agents this node may fan out to (the service's own maximum still "
+            "applies). More items fail the node (or are a 422 when known at submit)."
+        ),
+    )
+
+    _map_numbers_only = field_validator(
+        "chunk_tokens", "overlap_tokens", "max_items", mode="before"
+    )(_json_number)
+
+
 class AgentSpec(AgentDefaults):
     """One node of the job graph: a chat completion fed by its dependencies' outputs."""
 
@@ -131,6 +187,18 @@ class AgentSpec(AgentDefaults):
         description=(
             "Ids of the agents whose outputs this agent needs; it starts once they have all "
             "finished. Each id at most once."
+        ),
+    )
+
+    map: MapSpec | None = Field(
+        default=None,
+        description=(
+            "Makes this agent a map node: at run time it becomes one sub-agent per item "
+            "(ids 'ID[0]', 'ID[1]', …), each running this agent's task with {{item}} (the "
+            "item, or the chunk's text), {{item.FIELD}}, and for chunks {{item.index}} "
+            "(0-based), {{item.number}} (1-based), {{item.count}}, {{item.text}}. A task that "
+            "references no {{item…}} gets the item appended. The node's output is the ordered "
+            "list of its sub-agents' outputs."
         ),
     )
 
@@ -247,6 +315,7 @@ class JobSpec(AgentDefaults):
             timeout_s=_first_set(agent.timeout_s, self.timeout_s),
             response_format=_first_set(agent.response_format, self.response_format)
             or ResponseFormat.text,
+            map=agent.map,
         )
 
     def resolved_agents(self) -> list[ResolvedAgent]:
@@ -273,6 +342,7 @@ class ResolvedAgent:
     max_retries: int | None
     timeout_s: float | None
     response_format: ResponseFormat
+    map: MapSpec | None = None
 
 
 def _first_set(own: _T | None, inherited: _T | None) -> _T | None:

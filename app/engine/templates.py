@@ -6,11 +6,14 @@ Syntax
 - ``{{context.KEY}}``: a value from the job's context. KEY may be a dotted path into nested
   objects (``{{context.doc.title}}``); each segment is a key without whitespace or dots.
 - ``{{agents.ID.output}}``: the output of agent ID, which must be in the agent's depends_on.
+- ``{{item}}`` / ``{{item.PATH}}``: in a map node's task only, the item its sub-agent works
+  on (see ``MapItem``).
 - Whitespace just inside the braces is allowed (``{{ context.x }}``).
 - Any other ``{{…}}`` (not starting with ``context.`` or ``agents.``) is ordinary text and is
   left exactly as written, so prompts may contain braces. A ``{{…}}`` that starts with one of
-  those prefixes but does not parse (``{{agents.x.outputs}}``, ``{{context.}}``) is malformed:
-  job validation rejects it, and ``render`` leaves it as written.
+  those prefixes (or ``item.``) but does not parse (``{{agents.x.outputs}}``,
+  ``{{context.}}``) is malformed: job validation rejects it, and ``render`` leaves it as
+  written.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ _AGENT_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 CONTEXT_PREFIX = "context."
 AGENTS_PREFIX = "agents."
+ITEM = "item"
+ITEM_PREFIX = "item."
 OUTPUT_SUFFIX = ".output"
 
 
@@ -38,14 +43,16 @@ class RefKind(StrEnum):
 
     context = "context"
     agent = "agent"
+    item = "item"
 
 
 @dataclass(frozen=True, slots=True)
 class TemplateRef:
     """A well-formed reference found in a template.
 
-    ``key`` is the dotted context path (``"doc.title"``) for ``RefKind.context`` and
-    ``agent_id`` the referenced agent for ``RefKind.agent``; the other one is ``None``.
+    ``key`` is the dotted context path (``"doc.title"``) for ``RefKind.context``, the dotted
+    path into the item for ``RefKind.item`` (``""`` for the whole item), and ``agent_id`` the
+    referenced agent for ``RefKind.agent``; the others are ``None``.
     ``span`` is ``(start, end)`` of ``raw`` (the whole ``{{…}}``) in the template.
     """
 
@@ -57,8 +64,9 @@ class TemplateRef:
 
     @property
     def path(self) -> tuple[str, ...]:
-        """The context path as segments (empty for agent references)."""
-        return tuple(self.key.split(".")) if self.key is not None else ()
+        """The context or item path as segments (empty for agent references and for the
+        whole item)."""
+        return tuple(self.key.split(".")) if self.key else ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +86,45 @@ class DepOutput:
     output: str | None
     failed: bool = False
     error: str | None = None
+
+
+# The names a chunk of text answers to as {{item.NAME}}; {{item}} alone is its text.
+CHUNK_FIELDS = ("index", "number", "count", "text", "start", "end")
+# Position fields every item answers to (unless a list item has a key of that name).
+POSITION_FIELDS = ("index", "number", "count")
+
+
+@dataclass(frozen=True, slots=True)
+class MapItem:
+    """What one sub-agent of a map node works on: item ``index`` (0-based) of ``count``.
+
+    ``value`` is a list element (any JSON value) or, for a chunk of text, the dict of
+    ``CHUNK_FIELDS`` with ``chunk=True``. ``{{item}}`` renders a chunk's text, a string item
+    verbatim and anything else as JSON; ``{{item.PATH}}`` looks PATH up in the value, and
+    ``index`` / ``number`` (1-based) / ``count`` give the position when the value has no
+    key of that name.
+    """
+
+    index: int
+    count: int
+    value: Any
+    chunk: bool = False
+
+    def lookup(self, path: Sequence[str]) -> Any:
+        """The value at ``path`` (``()`` is the whole item); ``ContextPathError`` if absent."""
+        if not path:
+            return self.value["text"] if self.chunk else self.value
+        value = self.value
+        if (
+            len(path) == 1
+            and path[0] in POSITION_FIELDS
+            and not (isinstance(value, Mapping) and path[0] in value)
+        ):
+            return {"index": self.index, "number": self.index + 1, "count": self.count}[path[0]]
+        return lookup_context(value if isinstance(value, Mapping) else {}, path)
+
+    def render(self, path: Sequence[str] = ()) -> str:
+        return format_value(self.lookup(path))
 
 
 class TemplateRenderError(LookupError):
@@ -115,6 +162,16 @@ def _parse(match: re.Match[str]) -> TemplateRef | MalformedRef | None:
             span,
             "context references look like {{context.KEY}} or {{context.KEY.SUBKEY}}, with "
             "non-empty keys without spaces",
+        )
+    if body == ITEM or body.startswith(ITEM_PREFIX):
+        key = body[len(ITEM_PREFIX) :] if body != ITEM else ""
+        if not key or all(_CONTEXT_SEGMENT_RE.fullmatch(s) for s in key.split(".")):
+            return TemplateRef(RefKind.item, raw, span, key=key)
+        return MalformedRef(
+            raw,
+            span,
+            "item references look like {{item}} or {{item.FIELD}}, with non-empty fields "
+            "without spaces",
         )
     if body.startswith(AGENTS_PREFIX):
         rest = body[len(AGENTS_PREFIX) :]
@@ -177,7 +234,13 @@ def format_dep_output(dep: DepOutput) -> str:
     return dep.output or ""
 
 
-def render(text: str, *, context: Mapping[str, Any], outputs: Mapping[str, DepOutput]) -> str:
+def render(
+    text: str,
+    *,
+    context: Mapping[str, Any],
+    outputs: Mapping[str, DepOutput],
+    item: MapItem | None = None,
+) -> str:
     """``text`` with every well-formed reference replaced, in a single pass.
 
     Substituted values are never scanned again, so a context value or an agent output that
@@ -198,6 +261,13 @@ def render(text: str, *, context: Mapping[str, Any], outputs: Mapping[str, DepOu
                 return format_value(lookup_context(context, ref.path))
             except ContextPathError as exc:
                 raise TemplateRenderError(f"{ref.raw}: context has no value at {exc}") from exc
+        if ref.kind is RefKind.item:
+            if item is None:
+                raise TemplateRenderError(f"{ref.raw}: only a map node's task has an item")
+            try:
+                return item.render(ref.path)
+            except ContextPathError as exc:
+                raise TemplateRenderError(f"{ref.raw}: the item has no value at {exc}") from exc
         assert ref.agent_id is not None
         dep = outputs.get(ref.agent_id)
         if dep is None:
@@ -218,6 +288,7 @@ def build_task_prompt(
     depends_on: Sequence[str],
     context: Mapping[str, Any],
     outputs: Mapping[str, DepOutput],
+    item: MapItem | None = None,
 ) -> str:
     """The user message for an agent: its rendered task, plus its dependencies' outputs when
     the task does not place any of them itself.
@@ -241,12 +312,21 @@ def build_task_prompt(
     dependency, ``[agent ID failed: ERROR]`` (``[agent ID failed]`` without an error). Outputs
     are inserted verbatim, not escaped. If the task references at least one dependency,
     nothing is appended: the task author placed the outputs they want.
+
+    A map node's sub-agent passes its ``item``; when the task references no ``{{item…}}``,
+    ``'\n\n<item index="I" count="N">\n' + item + "\n</item>"`` is appended first (the
+    item as ``{{item}}`` renders it).
     """
-    rendered = render(task, context=context, outputs=outputs)
+    rendered = render(task, context=context, outputs=outputs, item=item)
+    refs = find_refs(task) if (depends_on or item is not None) else []
+    if item is not None and not any(ref.kind is RefKind.item for ref in refs):
+        rendered += (
+            f'\n\n<item index="{item.index}" count="{item.count}">\n{item.render()}\n</item>'
+        )
     if not depends_on:
         return rendered
     deps = set(depends_on)
-    if any(ref.agent_id in deps for ref in find_refs(task) if ref.kind is RefKind.agent):
+    if any(ref.agent_id in deps for ref in refs if ref.kind is RefKind.agent):
         return rendered
     parts = [rendered, "\n\n<dependency_outputs>\n"]
     for dep_id in depends_on:

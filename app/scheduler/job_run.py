@@ -8,23 +8,48 @@ commit) before the run acts on it, so a crash at any point resumes from the data
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
+import json
 import logging
 import random
 import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.config import Settings
+from app.engine.chunking import count_tokens
 from app.engine.graph import DagState, Graph, NodeStatus
+from app.engine.mapping import (
+    PlanError,
+    context_items,
+    group_for_merge,
+    item_from_json,
+    item_id,
+    item_to_json,
+    items_from_values,
+    merge_id,
+    merge_prompt,
+    parse_plan,
+    part_tokens,
+    reduce_budget,
+    render_parts,
+)
 from app.engine.spec import FailurePolicy, JobSpec, ResolvedAgent, ResponseFormat
-from app.engine.templates import DepOutput, build_task_prompt, render_system_prompt
+from app.engine.templates import (
+    DepOutput,
+    MapItem,
+    build_task_prompt,
+    render,
+    render_system_prompt,
+)
 from app.metrics import Metrics
 from app.scheduler.gates import Gates, estimate_tokens
 from app.scheduler.limits import Outcome
 from app.store import repository as repo
-from app.store.models import AgentStatus, JobStatus
+from app.store.models import AgentKind, AgentStatus, JobStatus
 from app.store.store import Store
 from app.upstream.client import AgentRequest, CallResult, call_chat
 from app.upstream.errors import FailureReason, UpstreamFailure, classify
@@ -43,6 +68,10 @@ _OUTCOME_LABEL = {
 }
 
 
+# A hierarchical reduce that needs more merge levels than this is going nowhere.
+MAX_MERGE_LEVELS = 8
+
+
 class StoreWriteError(RuntimeError):
     """A state change of an agent could not be written."""
 
@@ -54,6 +83,45 @@ class AgentOutcome:
     output: str | None = None
     error: str | None = None
     cost_usd: float | None = None
+    # A map node fanned out, or a reducer planned a merge level: its sub-agents now run,
+    # and the node itself is not finished.
+    expanded: bool = False
+
+
+@dataclass(slots=True)
+class Sub:
+    """A sub-agent created at run time: an item of a map node or a merge step."""
+
+    id: str
+    parent: str
+    kind: AgentKind
+    agent: ResolvedAgent
+    item: MapItem | None = None
+    inputs: tuple[str, ...] = ()
+    level: int = 0
+    total: int = 0
+
+
+@dataclass(slots=True)
+class MapRun:
+    """A map node that fanned out: its items, in order, and how many have ended."""
+
+    node: str
+    subs: list[str]
+    ended: int = 0
+    failed: list[str] = field(default_factory=list)
+    # skip_dependents: an item failed, so the node will fail; the rest were skipped.
+    failing: bool = False
+
+
+@dataclass(slots=True)
+class ReduceRun:
+    """An agent reducing more map outputs than its window holds: its merge levels."""
+
+    agent_id: str
+    levels: list[list[str]] = field(default_factory=list)
+    pending: int = 0
+    failed: str | None = None
 
 
 class JobRun:
@@ -99,6 +167,21 @@ class JobRun:
         # Agents whose upstream call is in flight right now (not waiting for a slot).
         self._in_call: set[str] = set()
         self._rng = random.Random()
+        # Map nodes and hierarchical reduces: the sub-agents created at run time.
+        self.subs: dict[str, Sub] = {}
+        self.map_runs: dict[str, MapRun] = {}
+        self.reduce_runs: dict[str, ReduceRun] = {}
+        # The list output of each completed map node (None for a failed item).
+        self.map_lists: dict[str, list[str | None]] = {}
+        self._subs_unfinished: set[str] = set()
+        # Queued sub-agents that will not run after all (their map node is failing).
+        self._dropped: set[str] = set()
+        self._sub_failed = False
+        # Each planner: the item fields the map nodes over its answer need.
+        self.plan_paths: dict[str, tuple[tuple[str, ...], ...]] = {
+            source: tuple({p: None for node in nodes for p in graph.maps[node].item_paths})
+            for source, nodes in graph.plan_sources.items()
+        }
 
     # -- control from outside -------------------------------------------------------------
 
@@ -151,16 +234,30 @@ class JobRun:
 
     async def _restore(self) -> None:
         rows = await self.store.read(lambda c: repo.agent_states(c, self.job_id))
-        by_id = {r.agent_id: r for r in rows}
+        by_id = {r.agent_id: r for r in rows if r.parent_id is None}
+        subs_of: dict[str, list[Any]] = {}
+        for r in rows:
+            if r.parent_id is not None:
+                subs_of.setdefault(r.parent_id, []).append(r)
+                self._restore_sub(r)
         for agent_id in self.graph.topo_order:
             row = by_id[agent_id]
             self.prior_attempts[agent_id] = int(row.attempts or 0)
             if row.cost_usd is not None:
                 self.spent_usd += float(row.cost_usd)
+            if agent_id in self.graph.maps and agent_id in subs_of:
+                self.map_runs[agent_id] = MapRun(
+                    agent_id, [r.agent_id for r in subs_of[agent_id] if r.kind == AgentKind.item]
+                )
+            elif agent_id in subs_of:
+                self._restore_reduce(agent_id, subs_of[agent_id])
             if self.state.status(agent_id) is not NodeStatus.ready:
                 continue
             if row.status == AgentStatus.completed:
-                self.outputs[agent_id] = DepOutput(agent_id, row.output)
+                if agent_id in self.graph.maps:
+                    self._set_map_output(agent_id)
+                else:
+                    self.outputs[agent_id] = DepOutput(agent_id, row.output)
                 self.state.mark_done(agent_id)
             elif row.status == AgentStatus.failed:
                 self.outputs[agent_id] = DepOutput(
@@ -169,12 +266,107 @@ class JobRun:
                 outcome = self.state.mark_failed(agent_id, self.policy)
                 if outcome.cancelled:
                     self._fail_fast_reason = f"agent {agent_id!r} failed (fail_fast)"
-        self.ready.extend(
-            a
-            for a in self.graph.ids
-            if self.state.status(a) is NodeStatus.ready
-            and by_id[a].status not in (AgentStatus.completed, AgentStatus.failed)
-        )
+        waiting_maps: list[MapRun] = []
+        for a in self.graph.ids:
+            if self.state.status(a) is not NodeStatus.ready or by_id[a].status in (
+                AgentStatus.completed,
+                AgentStatus.failed,
+            ):
+                continue
+            mr = self.map_runs.get(a)
+            rr = self.reduce_runs.get(a)
+            if mr is not None:
+                self._restore_map_run(mr)
+                waiting_maps.append(mr)
+            elif rr is not None and rr.levels:
+                level = rr.levels[-1]
+                rr.pending = sum(1 for s in level if s in self._subs_unfinished)
+                failed = [s for s in level if self.outputs.get(s, _NO_OUTPUT).failed]
+                if failed:
+                    rr.failed = failed[0]
+                self.ready.extend(s for s in level if s in self._subs_unfinished)
+                if rr.pending == 0:
+                    waiting_maps.append(MapRun(a, []))  # settled below
+            else:
+                self.ready.append(a)
+        for mr in waiting_maps:
+            if mr.node in self.reduce_runs and mr.node not in self.graph.maps:
+                await self._reduce_level_ended(self.reduce_runs[mr.node])
+            else:
+                await self._after_item_ended(mr)
+
+    def _restore_sub(self, row: Any) -> None:
+        parent = self.agents[row.parent_id]
+        data = json.loads(row.item_json or "{}")
+        kind = AgentKind(row.kind)
+        if kind is AgentKind.item:
+            sub = Sub(
+                row.agent_id,
+                row.parent_id,
+                kind,
+                dataclasses.replace(parent, id=row.agent_id, map=None),
+                item=item_from_json(data),
+            )
+        else:
+            sub = Sub(
+                row.agent_id,
+                row.parent_id,
+                kind,
+                dataclasses.replace(
+                    parent, id=row.agent_id, map=None, max_tokens=data.get("max_tokens")
+                ),
+                inputs=tuple(data.get("inputs", ())),
+                level=int(data.get("level", 1)),
+                total=int(data.get("total", 0)),
+            )
+        self.subs[sub.id] = sub
+        self.prior_attempts[sub.id] = int(row.attempts or 0)
+        if row.cost_usd is not None:
+            self.spent_usd += float(row.cost_usd)
+        if row.status == AgentStatus.completed:
+            self.outputs[sub.id] = DepOutput(sub.id, row.output)
+        elif row.status == AgentStatus.failed:
+            self._sub_failed = True
+            self.outputs[sub.id] = DepOutput(sub.id, None, failed=True, error=row.last_error)
+        elif row.status in (AgentStatus.skipped, AgentStatus.cancelled):
+            self.outputs[sub.id] = DepOutput(
+                sub.id, None, failed=True, error=row.last_error or str(row.status)
+            )
+            self._dropped.add(sub.id)
+        else:
+            self._subs_unfinished.add(sub.id)
+
+    def _restore_reduce(self, agent_id: str, rows: list[Any]) -> None:
+        rr = ReduceRun(agent_id)
+        for r in rows:
+            sub = self.subs[r.agent_id]
+            while len(rr.levels) < sub.level:
+                rr.levels.append([])
+            rr.levels[sub.level - 1].append(sub.id)
+        self.reduce_runs[agent_id] = rr
+
+    def _restore_map_run(self, mr: MapRun) -> None:
+        for s in mr.subs:
+            if s in self._subs_unfinished:
+                self.ready.append(s)
+            else:
+                mr.ended += 1
+                out = self.outputs[s]
+                if out.failed and s not in self._dropped:
+                    mr.failed.append(s)
+                elif s in self._dropped:
+                    mr.failing = True
+        if mr.failed and self.policy is FailurePolicy.skip_dependents:
+            mr.failing = True
+        if mr.failed and self.policy is FailurePolicy.fail_fast:
+            self._fail_fast_reason = f"agent {mr.failed[0]!r} failed (fail_fast)"
+
+    def _set_map_output(self, node: str) -> None:
+        mr = self.map_runs.get(node)
+        ids = mr.subs if mr is not None else []
+        entries = [(s, self.outputs[s]) for s in ids]
+        self.map_lists[node] = [None if d.failed else (d.output or "") for _, d in entries]
+        self.outputs[node] = DepOutput(node, render_parts(entries))
 
     def _stop_reason(self) -> str | None:
         return self._cancel_reason or self._fail_fast_reason or self._budget_reason
@@ -186,7 +378,9 @@ class JobRun:
                 while self.ready and len(self.running) < limit:
                     if self._over_budget():
                         break
-                    self._start(self.ready.popleft())
+                    unit = self.ready.popleft()
+                    if unit not in self._dropped:
+                        self._start(unit)
             if not self.running:
                 return
             if not self._ended:
@@ -200,9 +394,8 @@ class JobRun:
                     await self._settle(agent_id, task)
 
     def _start(self, agent_id: str) -> None:
-        task = asyncio.create_task(
-            self._run_agent(agent_id), name=f"agent:{self.job_id}:{agent_id}"
-        )
+        coro = self._run_sub(agent_id) if agent_id in self.subs else self._run_node(agent_id)
+        task = asyncio.create_task(coro, name=f"agent:{self.job_id}:{agent_id}")
         self.running[agent_id] = task
         task.add_done_callback(functools.partial(self._on_ended, agent_id))
 
@@ -246,11 +439,24 @@ class JobRun:
             outcome = task.result()
         if outcome.cost_usd is not None:
             self.spent_usd += outcome.cost_usd
-        if outcome.completed:
+        if outcome.expanded:
+            return
+        sub = self.subs.get(agent_id)
+        if sub is not None:
+            await self._sub_ended(sub, outcome)
+            return
+        if agent_id in self.graph.maps and outcome.completed:
+            self._set_map_output(agent_id)
+        elif outcome.completed:
             self.outputs[agent_id] = DepOutput(agent_id, outcome.output)
+        await self._node_ended(agent_id, outcome.completed, outcome.error)
+
+    async def _node_ended(self, agent_id: str, completed: bool, error: str | None) -> None:
+        """A node of the submitted graph finished: release, skip or cancel what follows."""
+        if completed:
             self.ready.extend(self.state.mark_done(agent_id))
             return
-        self.outputs[agent_id] = DepOutput(agent_id, None, failed=True, error=outcome.error)
+        self.outputs[agent_id] = DepOutput(agent_id, None, failed=True, error=error)
         result = self.state.mark_failed(agent_id, self.policy)
         self.ready.extend(result.newly_ready)
         if result.skipped:
@@ -263,9 +469,88 @@ class JobRun:
                 )
             )
         if result.cancelled:
-            self._fail_fast_reason = f"agent {agent_id!r} failed (failure_policy fail_fast)"
-            for task_ in self.running.values():
-                task_.cancel()
+            self._cancel_all(f"agent {agent_id!r} failed (failure_policy fail_fast)")
+
+    def _cancel_all(self, fail_fast_reason: str) -> None:
+        self._fail_fast_reason = fail_fast_reason
+        for task_ in self.running.values():
+            task_.cancel()
+
+    async def _sub_ended(self, sub: Sub, outcome: AgentOutcome) -> None:
+        self._subs_unfinished.discard(sub.id)
+        if outcome.completed:
+            self.outputs[sub.id] = DepOutput(sub.id, outcome.output)
+        else:
+            self._sub_failed = True
+            self.outputs[sub.id] = DepOutput(sub.id, None, failed=True, error=outcome.error)
+            if self.policy is FailurePolicy.fail_fast:
+                self._cancel_all(f"agent {sub.id!r} failed (failure_policy fail_fast)")
+        if sub.kind is AgentKind.item:
+            mr = self.map_runs[sub.parent]
+            mr.ended += 1
+            if not outcome.completed:
+                mr.failed.append(sub.id)
+                if self.policy is FailurePolicy.skip_dependents and not mr.failing:
+                    mr.failing = True
+                    await self._drop_pending(
+                        mr.subs, f"{sub.id!r} failed, so map node {mr.node!r} fails"
+                    )
+                    mr.ended += sum(1 for s in mr.subs if s in self._dropped)
+            await self._after_item_ended(mr)
+        else:
+            rr = self.reduce_runs[sub.parent]
+            rr.pending -= 1
+            if not outcome.completed and rr.failed is None:
+                rr.failed = sub.id
+                pending = [s for s in rr.levels[-1] if s in self._subs_unfinished]
+                await self._drop_pending(pending, f"merge step {sub.id!r} failed")
+                rr.pending -= sum(1 for s in pending if s in self._dropped)
+            if rr.pending <= 0:
+                await self._reduce_level_ended(rr)
+
+    async def _drop_pending(self, ids: list[str], reason: str) -> None:
+        """Skip the queued (not running) sub-agents among `ids`."""
+        dropped = [s for s in ids if s in self._subs_unfinished and s not in self.running]
+        if not dropped:
+            return
+        self._dropped.update(dropped)
+        self._subs_unfinished.difference_update(dropped)
+        for s in dropped:
+            self.outputs[s] = DepOutput(s, None, failed=True, error="skipped: " + reason)
+        await self.store.write(
+            repo.mark_agents_ended(self.job_id, dropped, AgentStatus.skipped, reason)
+        )
+
+    async def _after_item_ended(self, mr: MapRun) -> None:
+        """Finish the map node once all its items have ended."""
+        if mr.ended < len(mr.subs):
+            return
+        node = mr.node
+        if mr.failing:
+            first = mr.failed[0] if mr.failed else None
+            detail = self.outputs[first].error if first else None
+            error = f"{len(mr.failed)} of {len(mr.subs)} items failed" + (
+                f"; {first}: {detail}" if first else ""
+            )
+            await self._persist(
+                repo.mark_agent_failed(self.job_id, node, error=error, reason="items_failed")
+            )
+            await self._node_ended(node, False, error)
+            return
+        self._set_map_output(node)
+        await self._persist(repo.mark_map_completed(self.job_id, node, self.map_lists[node]))
+        await self._node_ended(node, True, None)
+
+    async def _reduce_level_ended(self, rr: ReduceRun) -> None:
+        if rr.failed is not None:
+            error = f"merge step {rr.failed!r} failed: {self.outputs[rr.failed].error}"
+            await self._persist(
+                repo.mark_agent_failed(self.job_id, rr.agent_id, error=error, reason="merge_failed")
+            )
+            await self._node_ended(rr.agent_id, False, error)
+            return
+        # The level is merged: the reducer looks again (another level, or its own call).
+        self.ready.append(rr.agent_id)
 
     async def _finish(self) -> None:
         """Record every agent not finished as cancelled, then the job's terminal state."""
@@ -275,10 +560,14 @@ class JobRun:
             for a in self.graph.ids
             if self.state.status(a) not in (NodeStatus.done, NodeStatus.failed, NodeStatus.skipped)
         ]
-        if unfinished:
+        unfinished_subs = [s for s in self.subs if s in self._subs_unfinished]
+        if unfinished or unfinished_subs:
             await self.store.write(
                 repo.mark_agents_ended(
-                    self.job_id, unfinished, AgentStatus.cancelled, reason or "cancelled"
+                    self.job_id,
+                    unfinished + unfinished_subs,
+                    AgentStatus.cancelled,
+                    reason or "cancelled",
                 )
             )
         statuses = self.state.statuses.values()
@@ -286,8 +575,10 @@ class JobRun:
             self._budget_reason is not None and self._fail_fast_reason is None
         ):
             status = JobStatus.cancelled
-        elif any(s in (NodeStatus.failed, NodeStatus.skipped) for s in statuses) or (
-            self._fail_fast_reason is not None
+        elif (
+            any(s in (NodeStatus.failed, NodeStatus.skipped) for s in statuses)
+            or self._fail_fast_reason is not None
+            or self._sub_failed
         ):
             status = JobStatus.failed
         elif unfinished:
@@ -297,6 +588,11 @@ class JobRun:
         error = reason
         if status is JobStatus.failed and error is None:
             failed = [a for a, s in self.state.statuses.items() if s is NodeStatus.failed]
+            failed += [
+                s
+                for s in self.subs
+                if self.outputs.get(s, _NO_OUTPUT).failed and s not in self._dropped
+            ]
             error = f"{len(failed)} agent(s) failed: " + ", ".join(failed[:10])
         await self.store.write(repo.mark_job_finished(self.job_id, status, error))
         log.info(
@@ -304,29 +600,311 @@ class JobRun:
             extra={"job_id": self.job_id, "status": str(status)},
         )
 
-    # -- one agent ------------------------------------------------------------------------
+    # -- map nodes and hierarchical reduce -------------------------------------------------
 
-    def _request(self, agent: ResolvedAgent, route: Route) -> AgentRequest:
-        outputs = {d: self.outputs[d] for d in agent.depends_on}
-        prompt = build_task_prompt(
-            agent.task, depends_on=agent.depends_on, context=self.spec.context, outputs=outputs
+    async def _run_node(self, agent_id: str) -> AgentOutcome:
+        if agent_id in self.graph.maps:
+            return await self._expand_map(agent_id)
+        agent = self.agents[agent_id]
+        map_deps = [d for d in agent.depends_on if d in self.graph.maps]
+        if not map_deps:
+            return await self._run_agent(agent_id, agent, self._plain_request(agent))
+        try:
+            route = self.upstreams.route(agent.model or self.default_model)
+        except NoRouteError:
+            return await self._run_agent(agent_id, agent, self._plain_request(agent))
+        return await self._reduce(agent, route, map_deps)
+
+    async def _fail_node(self, agent_id: str, error: str, reason: str) -> AgentOutcome:
+        await self._persist(
+            repo.mark_agent_failed(self.job_id, agent_id, error=error, reason=reason)
         )
+        log.info("agent failed", extra={"job_id": self.job_id, "agent_id": agent_id})
+        return AgentOutcome(agent_id, False, error=error)
+
+    async def _expand_map(self, node: str) -> AgentOutcome:
+        plan = self.graph.maps[node]
+        agent = self.agents[node]
+        try:
+            if plan.source_agent is None:
+                items = await asyncio.to_thread(context_items, plan, self.spec.context)
+            else:
+                source = self.outputs[plan.source_agent]
+                if source.failed:
+                    return await self._fail_node(
+                        node,
+                        f"map node {node!r} has nothing to fan out over: its source "
+                        f"{plan.source_agent!r} failed",
+                        "source_failed",
+                    )
+                if plan.source_is_map:
+                    values: list[Any] = list(self.map_lists[plan.source_agent])
+                else:
+                    values = parse_plan(source.output or "", plan.item_paths)
+                items = items_from_values(values)
+        except PlanError as exc:
+            return await self._fail_node(
+                node,
+                f"map node {node!r} cannot fan out over {plan.source_agent!r}: {exc}",
+                "invalid_plan",
+            )
+        if len(items) > plan.max_items:
+            return await self._fail_node(
+                node,
+                f"map node {node!r} would fan out to {len(items):,} sub-agents; at most "
+                f"{plan.max_items:,} are allowed per map node",
+                "too_many_items",
+            )
+        job_max = self.settings.max_map_items_per_job
+        if len(self.subs) + len(items) > job_max:
+            return await self._fail_node(
+                node,
+                f"map node {node!r} would fan out to {len(items):,} sub-agents, and the job "
+                f"has created {len(self.subs):,} already; at most {job_max:,} are allowed per "
+                "job",
+                "too_many_items",
+            )
+        model = agent.model or self.default_model
+        deps = [d for d in agent.depends_on if d != plan.source_agent]
+        subs = [
+            Sub(
+                item_id(node, it.index),
+                node,
+                AgentKind.item,
+                dataclasses.replace(agent, id=item_id(node, it.index), map=None),
+                item=it,
+            )
+            for it in items
+        ]
+        await self._persist(
+            repo.expand_agent(
+                self.job_id,
+                node,
+                [
+                    repo.SubAgent(s.id, AgentKind.item, i, model, deps, item_to_json(s.item))
+                    for i, s in enumerate(subs)
+                    if s.item is not None
+                ],
+                kind="map",
+            )
+        )
+        self._register(subs)
+        mr = self.map_runs[node] = MapRun(node, [s.id for s in subs])
+        if not subs:
+            await self._after_item_ended(mr)
+            return AgentOutcome(node, True, expanded=True)
+        return AgentOutcome(node, True, expanded=True)
+
+    def _register(self, subs: list[Sub]) -> None:
+        for s in subs:
+            self.subs[s.id] = s
+            self._subs_unfinished.add(s.id)
+        self.ready.extend(s.id for s in subs)
+        self._wakeup.set()
+
+    def _reduce_inputs(
+        self, agent: ResolvedAgent, map_deps: list[str]
+    ) -> list[tuple[str, DepOutput]]:
+        rr = self.reduce_runs.get(agent.id)
+        if rr is not None and rr.levels:
+            return [(s, self.outputs[s]) for s in rr.levels[-1]]
+        entries: list[tuple[str, DepOutput]] = []
+        for d in map_deps:
+            mr = self.map_runs.get(d)
+            if mr is not None and not self.outputs[d].failed:
+                entries.extend((s, self.outputs[s]) for s in mr.subs)
+        return entries
+
+    def _reduce_outputs(
+        self, agent: ResolvedAgent, map_deps: list[str], entries: list[tuple[str, DepOutput]]
+    ) -> dict[str, DepOutput]:
+        """The dependency outputs of the reducer's own call: after merging, the last level's
+        outputs stand in for the map nodes' outputs."""
+        outputs = {d: self.outputs[d] for d in agent.depends_on}
+        rr = self.reduce_runs.get(agent.id)
+        if rr is None or not rr.levels:
+            return outputs
+        live = [d for d in map_deps if not self.outputs[d].failed]
+        for n, d in enumerate(live):
+            outputs[d] = DepOutput(
+                d,
+                render_parts(entries)
+                if n == 0
+                else f"[merged into the results shown for {live[0]}]",
+            )
+        return outputs
+
+    async def _reduce(
+        self, agent: ResolvedAgent, route: Route, map_deps: list[str]
+    ) -> AgentOutcome:
+        """An agent that depends on map nodes: call it with their outputs if they fit its
+        model's window, else plan the next merge level."""
+        entries = self._reduce_inputs(agent, map_deps)
+        outputs = self._reduce_outputs(agent, map_deps, entries)
+        window = route.model.context_window
+        build = self._plain_request(agent, outputs)
+        if window is None or len(entries) <= 1:
+            return await self._run_agent(agent.id, agent, build)
+        budget = reduce_budget(window, agent.max_tokens)
         system = (
             render_system_prompt(agent.system_prompt, context=self.spec.context)
             if agent.system_prompt
-            else None
+            else ""
         )
-        return AgentRequest(
-            model=route.model.name,
-            upstream_model=route.wire_model,
-            system_prompt=system,
-            prompt=prompt,
-            temperature=agent.temperature,
-            max_tokens=agent.max_tokens,
-            json_mode=agent.response_format is ResponseFormat.json,
-            timeout_s=agent.timeout_s,
-            extra_body=dict(route.model.extra_body),
+        prompt = build_task_prompt(
+            agent.task, depends_on=agent.depends_on, context=self.spec.context, outputs=outputs
         )
+        needed = count_tokens(system) + count_tokens(prompt) + budget.answer_reserve
+        if needed <= window:
+            return await self._run_agent(agent.id, agent, build)
+        rr = self.reduce_runs.setdefault(agent.id, ReduceRun(agent.id))
+        level = len(rr.levels) + 1
+        if level > MAX_MERGE_LEVELS:
+            return await self._fail_node(
+                agent.id,
+                f"agent {agent.id!r}: its inputs still do not fit the window of "
+                f"{route.model.name} after {MAX_MERGE_LEVELS} merge levels",
+                "merge_failed",
+            )
+        task = self._merge_task(agent, map_deps)
+        fixed = (
+            count_tokens(system)
+            + count_tokens(merge_prompt(task, [], len(entries)))
+            + budget.merge_max_tokens
+        )
+        room = window - fixed
+        sizes = [part_tokens(i, d) for i, d in entries]
+        groups = group_for_merge(sizes, max(room, 1))
+        if room <= 0 or len(groups) >= len(entries):
+            biggest = max(range(len(sizes)), key=sizes.__getitem__)
+            return await self._fail_node(
+                agent.id,
+                f"agent {agent.id!r}: {len(entries)} inputs ({sum(sizes):,} tokens) do not fit "
+                f"the {window:,}-token window of {route.model.name}, and cannot be merged in "
+                f"groups: the largest, {entries[biggest][0]!r}, is {sizes[biggest]:,} tokens "
+                f"and a merge step has room for {max(room, 0):,}; give the map node a smaller "
+                "max_tokens, or use a model with a larger window",
+                "merge_failed",
+            )
+        model = agent.model or self.default_model
+        subs: list[Sub] = []
+        rows: list[repo.SubAgent] = []
+        for g, members in enumerate(groups):
+            mid = merge_id(agent.id, level, g)
+            inputs = tuple(entries[i][0] for i in members)
+            subs.append(
+                Sub(
+                    mid,
+                    agent.id,
+                    AgentKind.merge,
+                    dataclasses.replace(
+                        agent, id=mid, map=None, max_tokens=budget.merge_max_tokens
+                    ),
+                    inputs=inputs,
+                    level=level,
+                    total=len(entries),
+                )
+            )
+            rows.append(
+                repo.SubAgent(
+                    mid,
+                    AgentKind.merge,
+                    level * 1_000_000 + g,
+                    model,
+                    list(inputs),
+                    {
+                        "level": level,
+                        "group": g,
+                        "inputs": list(inputs),
+                        "total": len(entries),
+                        "max_tokens": budget.merge_max_tokens,
+                    },
+                )
+            )
+        await self._persist(
+            repo.expand_agent(self.job_id, agent.id, rows, kind="merge", level=level)
+        )
+        rr.levels.append([s.id for s in subs])
+        rr.pending = len(subs)
+        self._register(subs)
+        return AgentOutcome(agent.id, True, expanded=True)
+
+    def _merge_task(self, agent: ResolvedAgent, map_deps: list[str]) -> str:
+        outputs = {d: self.outputs[d] for d in agent.depends_on}
+        for d in map_deps:
+            outputs[d] = DepOutput(d, "[the partial results below]")
+        return render(agent.task, context=self.spec.context, outputs=outputs)
+
+    async def _run_sub(self, sub_id: str) -> AgentOutcome:
+        sub = self.subs[sub_id]
+        agent = sub.agent
+        if sub.kind is AgentKind.item:
+            parent = self.agents[sub.parent]
+            plan = self.graph.maps[sub.parent]
+            deps = tuple(d for d in parent.depends_on if d != plan.source_agent)
+            item = sub.item
+
+            def item_prompt() -> str:
+                return build_task_prompt(
+                    agent.task,
+                    depends_on=deps,
+                    context=self.spec.context,
+                    outputs={d: self.outputs[d] for d in deps},
+                    item=item,
+                )
+
+            return await self._run_agent(sub_id, agent, self._request_with(agent, item_prompt))
+        parent = self.agents[sub.parent]
+        map_deps = [d for d in parent.depends_on if d in self.graph.maps]
+
+        def merge_text() -> str:
+            return merge_prompt(
+                self._merge_task(parent, map_deps),
+                [(i, self.outputs[i]) for i in sub.inputs],
+                sub.total,
+            )
+
+        return await self._run_agent(sub_id, agent, self._request_with(agent, merge_text))
+
+    # -- one agent ------------------------------------------------------------------------
+
+    def _plain_request(
+        self, agent: ResolvedAgent, outputs: dict[str, DepOutput] | None = None
+    ) -> Callable[[Route], AgentRequest]:
+        def prompt() -> str:
+            return build_task_prompt(
+                agent.task,
+                depends_on=agent.depends_on,
+                context=self.spec.context,
+                outputs=outputs
+                if outputs is not None
+                else {d: self.outputs[d] for d in agent.depends_on},
+            )
+
+        return self._request_with(agent, prompt)
+
+    def _request_with(
+        self, agent: ResolvedAgent, prompt: Callable[[], str]
+    ) -> Callable[[Route], AgentRequest]:
+        def build(route: Route) -> AgentRequest:
+            system = (
+                render_system_prompt(agent.system_prompt, context=self.spec.context)
+                if agent.system_prompt
+                else None
+            )
+            return AgentRequest(
+                model=route.model.name,
+                upstream_model=route.wire_model,
+                system_prompt=system,
+                prompt=prompt(),
+                temperature=agent.temperature,
+                max_tokens=agent.max_tokens,
+                json_mode=agent.response_format is ResponseFormat.json,
+                timeout_s=agent.timeout_s,
+                extra_body=dict(route.model.extra_body),
+            )
+
+        return build
 
     async def _persist(self, op: Any) -> None:
         try:
@@ -336,8 +914,9 @@ class JobRun:
         except Exception as exc:
             raise StoreWriteError(f"{type(exc).__name__}: {exc}") from exc
 
-    async def _run_agent(self, agent_id: str) -> AgentOutcome:
-        agent = self.agents[agent_id]
+    async def _run_agent(
+        self, agent_id: str, agent: ResolvedAgent, build: Callable[[Route], AgentRequest]
+    ) -> AgentOutcome:
         model = agent.model or self.default_model
         try:
             route = self.upstreams.route(model)
@@ -347,7 +926,7 @@ class JobRun:
                 repo.mark_agent_failed(self.job_id, agent_id, error=str(exc), reason="no_route")
             )
             return AgentOutcome(agent_id, False, error=str(exc))
-        req = self._request(agent, route)
+        req = build(route)
         info = route.model
         if req.prompt_chars > self.settings.max_prompt_chars:
             error = (
@@ -369,9 +948,25 @@ class JobRun:
         )
         max_attempts = 1 + max_retries
         attempt = self.prior_attempts.get(agent_id, 0)
+        plan_paths = self.plan_paths.get(agent_id)
+        # Answers paid for but not used (a planner's answer that was no list).
+        wasted = _Usage()
         while True:
             attempt += 1
             outcome = await self._attempt(agent_id, attempt, route, req)
+            if isinstance(outcome, CallResult) and plan_paths is not None:
+                try:
+                    parse_plan(outcome.output, plan_paths)
+                except PlanError as exc:
+                    wasted.add(outcome, info.cost(outcome.prompt_tokens, outcome.completion_tokens))
+                    self.spent_usd += (
+                        info.cost(outcome.prompt_tokens, outcome.completion_tokens) or 0.0
+                    )
+                    outcome = UpstreamFailure(
+                        FailureReason.invalid_plan,
+                        f"agent {agent_id!r} is the planner of map node(s) "
+                        f"{', '.join(self.graph.plan_sources[agent_id])}, and {exc}",
+                    )
             if isinstance(outcome, CallResult):
                 result = outcome
                 break
@@ -403,10 +998,17 @@ class JobRun:
             if last.retryable:
                 error = f"gave up after {attempt} attempt(s): {last.message}"
             await self._persist(
-                repo.mark_agent_failed(self.job_id, agent_id, error=error, reason=str(last.reason))
+                repo.mark_agent_failed(
+                    self.job_id,
+                    agent_id,
+                    error=error,
+                    reason=str(last.reason),
+                    spent=wasted.spent(),
+                )
             )
             return AgentOutcome(agent_id, False, error=error)
         cost = info.cost(result.prompt_tokens, result.completion_tokens)
+        total = wasted.plus(result, cost)
         await self._persist(
             repo.mark_agent_completed(
                 self.job_id,
@@ -414,10 +1016,10 @@ class JobRun:
                 repo.Completion(
                     output=result.output,
                     finish_reason=result.finish_reason,
-                    prompt_tokens=result.prompt_tokens,
-                    completion_tokens=result.completion_tokens,
-                    total_tokens=result.total_tokens,
-                    cost_usd=cost,
+                    prompt_tokens=total.prompt_tokens,
+                    completion_tokens=total.completion_tokens,
+                    total_tokens=total.total_tokens,
+                    cost_usd=total.cost_usd,
                     latency_ms=result.latency_ms,
                 ),
             )
@@ -501,3 +1103,40 @@ class JobRun:
             if gate.rate is not None:
                 gate.rate.settle(estimate, result.total_tokens or estimate)
             return result
+
+
+_NO_OUTPUT = DepOutput("", None)
+
+
+@dataclass(slots=True)
+class _Usage:
+    """Usage and cost added up over calls (None where no call reported it)."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    cost_usd: float | None = None
+
+    def add(self, result: CallResult, cost: float | None) -> None:
+        self.prompt_tokens = _add(self.prompt_tokens, result.prompt_tokens)
+        self.completion_tokens = _add(self.completion_tokens, result.completion_tokens)
+        self.total_tokens = _add(self.total_tokens, result.total_tokens)
+        self.cost_usd = _add(self.cost_usd, cost)
+
+    def plus(self, result: CallResult, cost: float | None) -> _Usage:
+        total = dataclasses.replace(self)
+        total.add(result, cost)
+        return total
+
+    def spent(self) -> repo.Spent:
+        return repo.Spent(
+            self.prompt_tokens, self.completion_tokens, self.total_tokens, self.cost_usd
+        )
+
+
+def _add(a: Any, b: Any) -> Any:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b

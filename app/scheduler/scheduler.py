@@ -53,7 +53,14 @@ class Scheduler:
             return
         try:
             spec = JobSpec.model_validate_json(row.spec_json)
-            graph = validate_graph(spec, max_agents=max(len(spec.agents), 1))
+            # The limits a job was accepted under are not checked again (settings may have
+            # changed since), except the fan-out of a map node, which the run checks.
+            graph = validate_graph(
+                spec,
+                max_agents=max(len(spec.agents), 1),
+                max_map_items=self.settings.max_map_items,
+                max_map_items_per_job=2**62,
+            )
         except Exception as exc:
             # One unreadable row must never keep the service (and every other job) down.
             log.error("cannot resume job", exc_info=exc, extra={"job_id": job_id})

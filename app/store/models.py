@@ -54,6 +54,17 @@ FINISHED_AGENT_STATUSES = frozenset(
 
 DEFAULT_TENANT = "default"
 
+# Agent ids: a submitted id has at most 64 characters; the sub-agents of a map node or a
+# hierarchical reduce add a suffix ("[123]", "[merge 2.17]").
+AGENT_ID_MAX = 100
+
+
+class AgentKind(StrEnum):
+    agent = "agent"  # submitted: one chat completion
+    map = "map"  # submitted map node: its output is the list of its items' outputs
+    item = "item"  # created at run time: one item of a map node
+    merge = "merge"  # created at run time: one step of an agent's hierarchical reduce
+
 
 class Job(SQLModel, table=True):
     __tablename__ = "jobs"
@@ -99,9 +110,19 @@ class Agent(SQLModel, table=True):
     )
 
     job_id: str = Field(primary_key=True, foreign_key="jobs.id", max_length=26)
-    agent_id: str = Field(primary_key=True, max_length=64)
-    # Submission order, so agent lists read back as the user wrote them.
+    agent_id: str = Field(primary_key=True, max_length=AGENT_ID_MAX)
+    # Submission order, so agent lists read back as the user wrote them; the sub-agents a
+    # run creates take their parent's position and are ordered by sub_index after it.
     position: int
+    kind: str = Field(
+        default=AgentKind.agent, max_length=8, sa_column_kwargs={"server_default": "agent"}
+    )
+    # The map node (items) or the reducing agent (merge steps) that created this sub-agent.
+    parent_id: str | None = Field(default=None, max_length=AGENT_ID_MAX)
+    sub_index: int | None = None
+    # What the sub-agent works on: the item (a chunk of text or a list element) of a map
+    # node, or the inputs of a merge step; stored so a restart recomputes nothing.
+    item_json: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     status: str = Field(default=AgentStatus.pending, max_length=16)
     model: str = Field(max_length=200)
     depends_on_json: str = Field(default="[]", sa_column=Column(Text, nullable=False))
@@ -128,7 +149,7 @@ class Event(SQLModel, table=True):
     job_id: str = Field(primary_key=True, foreign_key="jobs.id", max_length=26)
     seq: int = Field(primary_key=True)
     type: str = Field(max_length=32)
-    agent_id: str | None = Field(default=None, max_length=64)
+    agent_id: str | None = Field(default=None, max_length=AGENT_ID_MAX)
     ts: datetime = Field(default_factory=utcnow)
     data_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
 

@@ -4,7 +4,7 @@ single writer, see `writer.py`). Routes and the scheduler call these, never SQL 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,7 @@ from app.events.types import EventType
 from app.store.models import (
     FINISHED_JOB_STATUSES,
     Agent,
+    AgentKind,
     AgentStatus,
     Event,
     Job,
@@ -68,8 +69,10 @@ def new_job(
     metadata: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    map_nodes: Collection[str] = (),
 ) -> NewJob:
-    """The rows of a job just accepted: `agents` as (id, model, depends_on), in order."""
+    """The rows of a job just accepted: `agents` as (id, model, depends_on), in order;
+    those in `map_nodes` are map nodes."""
     row = {
         "id": job_id,
         "tenant": tenant,
@@ -97,6 +100,7 @@ def new_job(
             "depends_on_json": dumps(list(depends_on)),
             "attempts": 0,
             "rate_limited": 0,
+            "kind": AgentKind.map if agent_id in map_nodes else AgentKind.agent,
         }
         for i, (agent_id, agent_model, depends_on) in enumerate(agents)
     ]
@@ -171,9 +175,14 @@ def mark_job_started(job_id: str, resumed: bool) -> Any:
         )
         if resumed:
             # Agents caught mid-call by a crash go back to pending; their attempt stays counted.
+            # (A running map node is waiting for its items, which resume under it.)
             tx.conn.execute(
                 update(agents_t)
-                .where(agents_t.c.job_id == job_id, agents_t.c.status == AgentStatus.running)
+                .where(
+                    agents_t.c.job_id == job_id,
+                    agents_t.c.status == AgentStatus.running,
+                    agents_t.c.kind != AgentKind.map,
+                )
                 .values(status=AgentStatus.pending)
             )
         tx.emit(job_id, EventType.job_started, resumed=resumed)
@@ -285,14 +294,130 @@ def mark_agent_completed(job_id: str, agent_id: str, c: Completion) -> Any:
     return op
 
 
-def mark_agent_failed(job_id: str, agent_id: str, *, error: str, reason: str) -> Any:
+@dataclass(frozen=True)
+class Spent:
+    """Usage and cost of calls that were answered but whose answer was not used (a
+    planner's answer that was no list): still paid for, so still counted."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    cost_usd: float | None = None
+
+    def __bool__(self) -> bool:
+        return any(
+            v is not None
+            for v in (self.prompt_tokens, self.completion_tokens, self.total_tokens, self.cost_usd)
+        )
+
+
+def mark_agent_failed(
+    job_id: str, agent_id: str, *, error: str, reason: str, spent: Spent | None = None
+) -> Any:
+    def op(tx: Tx) -> None:
+        values: dict[str, Any] = {
+            "status": AgentStatus.failed,
+            "last_error": error,
+            "finished_at": utcnow(),
+        }
+        if spent:
+            values.update(
+                prompt_tokens=spent.prompt_tokens,
+                completion_tokens=spent.completion_tokens,
+                total_tokens=spent.total_tokens,
+                cost_usd=spent.cost_usd,
+            )
+        tx.update_agent(job_id, agent_id, values)
+        tx.emit(job_id, EventType.agent_failed, agent_id, error=error, reason=reason)
+
+    return op
+
+
+@dataclass(frozen=True)
+class SubAgent:
+    """A sub-agent a run creates: an item of a map node or a step of a reduce."""
+
+    agent_id: str
+    kind: AgentKind
+    sub_index: int
+    model: str
+    depends_on: list[str]
+    item: Any
+
+
+def expand_agent(job_id: str, parent_id: str, subs: Sequence[SubAgent], **event_data: Any) -> Any:
+    """Create `subs` under `parent_id` (one statement) and mark the parent running; one
+    `agent.expanded` event for the parent lists them."""
+
+    def op(tx: Tx) -> None:
+        parent = tx.conn.execute(
+            select(agents_t.c.position, agents_t.c.status, agents_t.c.started_at).where(
+                agents_t.c.job_id == job_id, agents_t.c.agent_id == parent_id
+            )
+        ).one()
+        if subs:
+            tx.conn.execute(
+                insert(agents_t),
+                [
+                    {
+                        "job_id": job_id,
+                        "agent_id": sub.agent_id,
+                        "position": parent.position,
+                        "status": AgentStatus.pending,
+                        "model": sub.model,
+                        "depends_on_json": dumps(sub.depends_on),
+                        "attempts": 0,
+                        "rate_limited": 0,
+                        "kind": sub.kind,
+                        "parent_id": parent_id,
+                        "sub_index": sub.sub_index,
+                        "item_json": dumps(sub.item),
+                    }
+                    for sub in subs
+                ],
+            )
+            tx.conn.execute(
+                update(jobs_t)
+                .where(jobs_t.c.id == job_id)
+                .values(agents_total=jobs_t.c.agents_total + len(subs))
+            )
+        values: dict[str, Any] = {"status": AgentStatus.running}
+        if parent.started_at is None:
+            values["started_at"] = utcnow()
+        tx.update_agent(job_id, parent_id, values)
+        tx.emit(
+            job_id,
+            EventType.agent_expanded,
+            parent_id,
+            count=len(subs),
+            agents=[sub.agent_id for sub in subs],
+            **event_data,
+        )
+
+    return op
+
+
+def mark_map_completed(job_id: str, agent_id: str, outputs: list[str | None]) -> Any:
+    """A map node whose items have all finished: its output is their outputs' list."""
+
     def op(tx: Tx) -> None:
         tx.update_agent(
             job_id,
             agent_id,
-            {"status": AgentStatus.failed, "last_error": error, "finished_at": utcnow()},
+            {
+                "status": AgentStatus.completed,
+                "output": dumps(outputs),
+                "last_error": None,
+                "finished_at": utcnow(),
+            },
         )
-        tx.emit(job_id, EventType.agent_failed, agent_id, error=error, reason=reason)
+        tx.emit(
+            job_id,
+            EventType.agent_completed,
+            agent_id,
+            parts=len(outputs),
+            failed_parts=sum(o is None for o in outputs),
+        )
 
     return op
 
@@ -517,6 +642,8 @@ def job_totals(conn: Connection, job_id: str) -> JobTotals:
 
 _SUMMARY_COLS = (
     agents_t.c.agent_id,
+    agents_t.c.kind,
+    agents_t.c.parent_id,
     agents_t.c.status,
     agents_t.c.model,
     agents_t.c.depends_on_json,
@@ -528,10 +655,14 @@ _SUMMARY_COLS = (
 )
 
 
+# Submission order, each map node's items and each reducer's merge steps right after it.
+_AGENT_ORDER = (agents_t.c.position, func.coalesce(agents_t.c.sub_index, -1))
+
+
 def agent_summaries(conn: Connection, job_id: str) -> list[Any]:
     return list(
         conn.execute(
-            select(*_SUMMARY_COLS).where(agents_t.c.job_id == job_id).order_by(agents_t.c.position)
+            select(*_SUMMARY_COLS).where(agents_t.c.job_id == job_id).order_by(*_AGENT_ORDER)
         ).all()
     )
 
@@ -546,7 +677,7 @@ def completed_outputs(conn: Connection, job_id: str) -> list[tuple[str, str]]:
     rows = conn.execute(
         select(agents_t.c.agent_id, agents_t.c.output)
         .where(agents_t.c.job_id == job_id, agents_t.c.status == AgentStatus.completed)
-        .order_by(agents_t.c.position)
+        .order_by(*_AGENT_ORDER)
     ).all()
     return [(r.agent_id, r.output or "") for r in rows]
 
@@ -562,7 +693,13 @@ def agent_states(conn: Connection, job_id: str) -> list[Any]:
                 agents_t.c.attempts,
                 agents_t.c.cost_usd,
                 agents_t.c.last_error,
-            ).where(agents_t.c.job_id == job_id)
+                agents_t.c.kind,
+                agents_t.c.parent_id,
+                agents_t.c.sub_index,
+                agents_t.c.item_json,
+            )
+            .where(agents_t.c.job_id == job_id)
+            .order_by(*_AGENT_ORDER)
         ).all()
     )
 

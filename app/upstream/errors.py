@@ -33,6 +33,9 @@ class FailureReason(StrEnum):
     bad_request = "bad_request"  # 400/422 otherwise
     empty_output = "empty_output"  # a completion without content
     internal = "internal"  # an error of ours, not the upstream's: retrying would repeat it
+    # a planner's answer that a map node cannot fan out over (not a JSON list of the shape
+    # its task needs): asked again, as a model often answers right the next time
+    invalid_plan = "invalid_plan"
 
 
 RETRYABLE = frozenset(
@@ -44,6 +47,7 @@ RETRYABLE = frozenset(
         FailureReason.conflict,
         FailureReason.malformed_response,
         FailureReason.empty_output,
+        FailureReason.invalid_plan,
     }
 )
 

@@ -1,0 +1,439 @@
+"""Map nodes and hierarchical reduce, through the API with the upstream faked: fan-out over
+a document's chunks, a context list and a planner's answer; sub-agents visible with their
+own status, usage and cost; failure policies; merge levels when the outputs do not fit."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from app.config import Settings
+from tests.conftest import (
+    FakeUpstream,
+    Service,
+    answer_for,
+    completion_body,
+    make_settings,
+    start_service,
+)
+from tests.scheduler.test_policies import events_of
+
+
+def document(paragraphs: int, words: int = 40) -> str:
+    """Paragraphs each opening with a unique marker (P0001 …), so every part of the text
+    can be traced to the prompts it reached."""
+    out = []
+    for p in range(paragraphs):
+        body = " ".join(f"w{p}x{k}" for k in range(words))
+        out.append(f"P{p:04d} begins. {body}. End of paragraph {p}.")
+    return "\n\n".join(out)
+
+
+def markers(text: str) -> list[str]:
+    return re.findall(r"\bP\d{4}\b", text)
+
+
+async def agent(service: Service, job_id: str, agent_id: str) -> dict[str, Any]:
+    resp = await service.client.get(f"/jobs/{job_id}/agents/{agent_id}")
+    assert resp.status_code == 200, resp.text
+    result: dict[str, Any] = resp.json()
+    return result
+
+
+def doc_job(doc: str, **reducer: Any) -> dict[str, Any]:
+    return {
+        "context": {"document": doc},
+        "agents": [
+            {
+                "id": "parts",
+                "map": {"over": "context.document", "chunk_tokens": 300, "overlap_tokens": 30},
+                "task": "Summarise part {{item.number}} of {{item.count}}:\n{{item}}",
+                "max_tokens": 50,
+            },
+            {"id": "summary", "task": "Merge these summaries.", "depends_on": ["parts"], **reducer},
+        ],
+    }
+
+
+async def test_a_map_over_a_document_fans_out_one_visible_sub_agent_per_chunk(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    doc = document(60)
+    job = await service.submit(doc_job(doc))
+    done = await service.wait(job["id"])
+    assert done["status"] == "completed", done
+    rows = done["agents"]
+    items = [a for a in rows if a["kind"] == "item"]
+    n = len(items)
+    assert n >= 5
+    # Listed in order, right after their map node, each with its own usage and cost.
+    assert [a["id"] for a in rows] == ["parts"] + [f"parts[{i}]" for i in range(n)] + ["summary"]
+    assert rows[0]["kind"] == "map" and rows[0]["status"] == "completed"
+    assert all(a["parent"] == "parts" and a["status"] == "completed" for a in items)
+    assert all(a["total_tokens"] and a["cost_usd"] for a in items)
+    assert done["counts"]["total"] == n + 2 and done["counts"]["completed"] == n + 2
+    # The job's usage adds up the sub-agents' (the map node itself made no call).
+    assert rows[0]["total_tokens"] is None
+    assert done["usage"]["total_tokens"] == sum(
+        a["total_tokens"] for a in rows if a["total_tokens"]
+    )
+
+    # Every part of the document reached a chunk; consecutive chunks touch or overlap; the
+    # chunk sent is exactly the document's text between its offsets.
+    details = [await agent(service, job["id"], f"parts[{i}]") for i in range(n)]
+    spans = []
+    for i, d in enumerate(details):
+        value = d["item"]["value"]
+        assert value["index"] == i and value["count"] == n and value["number"] == i + 1
+        assert doc[value["start"] : value["end"]] == value["text"]
+        assert f"Summarise part {i + 1} of {n}:\n{value['text']}" == d["prompt"]
+        spans.append((value["start"], value["end"]))
+    assert spans[0][0] == 0 and spans[-1][1] == len(doc)
+    assert all(b[0] <= a[1] < b[1] for a, b in itertools.pairwise(spans))
+    seen: dict[str, int] = {}
+    for d in details:
+        for m in set(markers(d["prompt"])):
+            seen[m] = seen.get(m, 0) + 1
+    assert sorted(seen) == [f"P{p:04d}" for p in range(60)]
+    assert max(seen.values()) <= 2  # at most once more, in an overlap
+
+    # The map node's output is the ordered list of its items' outputs; the reducer saw each.
+    parts = await agent(service, job["id"], "parts")
+    outputs = [d["output"] for d in details]
+    assert json.loads(parts["output"]) == outputs
+    summary = await agent(service, job["id"], "summary")
+    for i, out in enumerate(outputs):
+        assert summary["prompt"].count(f'<part id="parts[{i}]">\n{out}\n</part>') == 1
+
+    events = await events_of(service, job["id"])
+    expanded = [e for e in events if e["type"] == "agent.expanded"]
+    assert [e["agent_id"] for e in expanded] == ["parts"]
+    started = {e["agent_id"] for e in events if e["type"] == "agent.started"}
+    assert started == {f"parts[{i}]" for i in range(n)} | {"summary"}
+
+
+async def test_a_map_over_a_context_list_renders_each_item(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    topics = [{"name": "tides", "depth": 2}, {"name": "comets", "depth": 1}, {"name": "moss"}]
+    job = await service.submit(
+        {
+            "context": {"topics": {"items": topics}, "style": "terse"},
+            "agents": [
+                {
+                    "id": "explain",
+                    "map": {"over": "context.topics"},
+                    "task": "Explain {{item.name}} ({{context.style}}), #{{item.number}}",
+                },
+                {"id": "bare", "map": {"over": "context.topics"}, "task": "Look at this."},
+            ],
+        }
+    )
+    done = await service.wait(job["id"])
+    assert done["status"] == "completed"
+    prompts = [(await agent(service, job["id"], f"explain[{i}]"))["prompt"] for i in range(3)]
+    assert prompts == [f"Explain {t['name']} (terse), #{i + 1}" for i, t in enumerate(topics)]
+    # A task that references no item gets it appended.
+    bare = await agent(service, job["id"], "bare[1]")
+    assert bare["prompt"] == (
+        'Look at this.\n\n<item index="1" count="3">\n'
+        + json.dumps(topics[1], ensure_ascii=False)
+        + "\n</item>"
+    )
+
+
+def planner(items: Any, *, bad_times: int = 0) -> Any:
+    """A fake upstream script: the planner's prompt (containing PLAN) gets `items`, after
+    `bad_times` answers that are no list."""
+    seen = {"n": 0}
+
+    def script(req: dict[str, Any], _n: int) -> httpx2.Response | None:
+        if "PLAN" not in req["messages"][-1]["content"]:
+            return None
+        seen["n"] += 1
+        content = "Sure! Here is the plan." if seen["n"] <= bad_times else json.dumps(items)
+        return httpx2.Response(200, json=completion_body(content, completion_tokens=7))
+
+    return script
+
+
+def swarm_job(**map_extra: Any) -> dict[str, Any]:
+    return {
+        "agents": [
+            {"id": "plan", "task": "PLAN the research.", "response_format": "json"},
+            {
+                "id": "research",
+                "depends_on": ["plan"],
+                "map": {"over": "agents.plan.output", **map_extra},
+                "task": "Research: {{item.question}}",
+            },
+            {"id": "report", "task": "Write the report.", "depends_on": ["research"]},
+        ]
+    }
+
+
+async def test_a_planner_decides_the_sub_tasks_at_run_time(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    questions = [{"question": f"q{i}?"} for i in range(7)]
+    fake_upstream.script = planner({"items": questions}, bad_times=1)
+    job = await service.submit(swarm_job())
+    done = await service.wait(job["id"])
+    assert done["status"] == "completed", done
+    ids = [a["id"] for a in done["agents"]]
+    assert ids == ["plan", "research"] + [f"research[{i}]" for i in range(7)] + ["report"]
+    prompts = [(await agent(service, job["id"], f"research[{i}]"))["prompt"] for i in range(7)]
+    # The plan itself is not appended to every item's prompt: the item is what it needs.
+    assert prompts == [f"Research: q{i}?" for i in range(7)]
+    plan = await agent(service, job["id"], "plan")
+    # The first answer was no list: retried, and its tokens are still counted.
+    assert plan["attempts"] == 2
+    assert [r["reason"] for r in plan["retries"]] == ["invalid_plan"]
+    assert "Sure! Here is the plan." in plan["retries"][0]["error"]
+    assert plan["usage"]["completion_tokens"] == 14
+    report = await agent(service, job["id"], "report")
+    for i in range(7):
+        assert answer_for(f"Research: q{i}?") in report["prompt"]
+
+
+async def test_a_plan_that_never_fits_fails_the_planner_showing_what_came_back(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.script = planner([{"topic": "no question field"}])
+    body = swarm_job()
+    body["agents"][0]["max_retries"] = 2
+    job = await service.submit(body)
+    done = await service.wait(job["id"])
+    assert done["status"] == "failed"
+    plan = await agent(service, job["id"], "plan")
+    assert plan["status"] == "failed" and plan["attempts"] == 3
+    assert "gave up after 3 attempt(s)" in plan["last_error"]
+    assert "no field 'question'" in plan["last_error"]
+    assert "no question field" in plan["last_error"]  # what came back
+    assert plan["usage"]["completion_tokens"] == 21  # three answers paid for
+    statuses = {a["id"]: a["status"] for a in done["agents"]}
+    assert statuses == {"plan": "failed", "research": "skipped", "report": "skipped"}
+
+
+async def test_a_plan_over_the_fan_out_limit_fails_the_map_node_clearly(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.script = planner([{"question": str(i)} for i in range(12)])
+    job = await service.submit(swarm_job(max_items=10))
+    done = await service.wait(job["id"])
+    assert done["status"] == "failed"
+    research = await agent(service, job["id"], "research")
+    assert research["status"] == "failed"
+    assert research["last_error"] == (
+        "map node 'research' would fan out to 12 sub-agents; at most 10 are allowed per map node"
+    )
+    assert not fake_upstream.calls_with("Research:")
+
+
+async def test_an_empty_plan_completes_the_map_node_with_an_empty_list(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.script = planner({"items": []})
+    job = await service.submit(swarm_job())
+    done = await service.wait(job["id"])
+    assert done["status"] == "completed"
+    assert (await agent(service, job["id"], "research"))["output"] == "[]"
+
+
+def fail_items(*needles: str) -> Any:
+    def script(req: dict[str, Any], _n: int) -> httpx2.Response | None:
+        content = req["messages"][-1]["content"]
+        if any(n in content for n in needles):
+            return httpx2.Response(400, json={"error": {"message": "refused"}})
+        return None
+
+    return script
+
+
+def list_job(policy: str, n: int = 6) -> dict[str, Any]:
+    return {
+        "failure_policy": policy,
+        "max_concurrency": 1,
+        "context": {"xs": [f"x{i}" for i in range(n)]},
+        "agents": [
+            {"id": "m", "map": {"over": "context.xs"}, "task": "Do {{item}}"},
+            {"id": "r", "task": "Reduce", "depends_on": ["m"]},
+            {"id": "side", "task": "Side job"},
+        ],
+    }
+
+
+async def test_a_failed_item_under_skip_dependents_fails_the_map_node_and_skips_the_rest(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.script = fail_items("Do x1")
+    job = await service.submit(list_job("skip_dependents"))
+    done = await service.wait(job["id"])
+    assert done["status"] == "failed"
+    statuses = {a["id"]: a["status"] for a in done["agents"]}
+    assert statuses["m[0]"] == "completed" and statuses["m[1]"] == "failed"
+    # One at a time: the items after the failure never ran.
+    assert {statuses[f"m[{i}]"] for i in range(2, 6)} == {"skipped"}
+    assert not fake_upstream.calls_with("Do x5")
+    assert statuses["m"] == "failed" and statuses["r"] == "skipped"
+    assert statuses["side"] == "completed"
+    m = await agent(service, job["id"], "m")
+    assert m["last_error"].startswith("1 of 6 items failed; m[1]: ")
+
+
+async def test_a_failed_item_under_continue_leaves_a_note_for_the_reducer(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.script = fail_items("Do x2")
+    job = await service.submit(list_job("continue"))
+    done = await service.wait(job["id"])
+    assert done["status"] == "failed"  # an agent failed, but everything else ran
+    statuses = {a["id"]: a["status"] for a in done["agents"]}
+    assert statuses["m"] == "completed" and statuses["r"] == "completed"
+    m = await agent(service, job["id"], "m")
+    outputs = json.loads(m["output"])
+    assert outputs[2] is None and all(outputs[i] for i in (0, 1, 3, 4, 5))
+    r = await agent(service, job["id"], "r")
+    assert '<part id="m[2]">\n[agent m[2] failed: ' in r["prompt"]
+
+
+async def test_a_failed_item_under_fail_fast_cancels_the_job(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.script = fail_items("Do x0")
+    job = await service.submit(list_job("fail_fast"))
+    done = await service.wait(job["id"])
+    assert done["status"] == "failed"
+    statuses = {a["id"]: a["status"] for a in done["agents"]}
+    assert statuses["m[0]"] == "failed"
+    assert {statuses[f"m[{i}]"] for i in range(1, 6)} <= {"cancelled", "completed"}
+    assert statuses["m"] == "cancelled" and statuses["r"] == "cancelled"
+
+
+# -- hierarchical reduce -------------------------------------------------------------------
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    models = tmp_path / "models.yaml"
+    models.write_text(
+        "models:\n"
+        "  tiny: {context_window: 1200, input_usd_per_mtok: 1.0, output_usd_per_mtok: 2.0}\n"
+    )
+    return make_settings(tmp_path, models_file=str(models))
+
+
+@pytest.fixture
+async def service(settings: Settings, fake_upstream: FakeUpstream) -> AsyncIterator[Service]:
+    async for svc in start_service(settings):
+        yield svc
+
+
+async def test_outputs_too_many_for_one_window_are_merged_in_levels(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    n = 200
+
+    def wordy_merges(req: dict[str, Any], _n: int) -> httpx2.Response | None:
+        # Merge steps answer at length, so that their answers need a second level.
+        content = req["messages"][-1]["content"]
+        if "hierarchical merge" in content:
+            return httpx2.Response(200, json=completion_body(answer_for(content) + " gist" * 50))
+        return None
+
+    fake_upstream.script = wordy_merges
+    job = await service.submit(
+        {
+            "model": "tiny",
+            "context": {"xs": [f"x{i}" for i in range(n)]},
+            "agents": [
+                {"id": "m", "map": {"over": "context.xs"}, "task": "Do {{item}}"},
+                {"id": "r", "task": "Reduce all of them.", "depends_on": ["m"], "max_tokens": 90},
+            ],
+        }
+    )
+    done = await service.wait(job["id"])
+    assert done["status"] == "completed", done
+    merges = [a for a in done["agents"] if a["kind"] == "merge"]
+    assert merges and all(a["parent"] == "r" and a["status"] == "completed" for a in merges)
+    levels: dict[int, list[dict[str, Any]]] = {}
+    for a in merges:
+        d = await agent(service, job["id"], a["id"])
+        levels.setdefault(d["item"]["level"], []).append(d)
+    assert sorted(levels) == list(range(1, len(levels) + 1))
+    assert len(levels) >= 2
+    for level in range(2, len(levels) + 1):
+        # Each level merges the one before, every output once, in order.
+        before = [d["id"] for d in sorted(levels[level - 1], key=lambda d: d["item"]["group"])]
+        assert [i for d in levels[level] for i in d["item"]["inputs"]] == before
+    # Level 1 merges every item's output exactly once, in order, each step bounded by
+    # max_tokens and inside the window; later levels merge the level before.
+    item_outputs = [answer_for(f"Do x{i}") for i in range(n)]
+    level1 = levels[1]
+    assert len(level1) >= 2
+    assert [i for d in level1 for i in d["item"]["inputs"]] == [f"m[{i}]" for i in range(n)]
+    for d in level1:
+        assert d["item"]["max_tokens"] <= 90
+        assert "hierarchical merge" in d["prompt"]
+        assert len(d["prompt"]) // 4 < 1200
+    for i, out in enumerate(item_outputs):
+        assert sum(d["prompt"].count(f'<part id="m[{i}]">\n{out}\n</part>') for d in level1) == 1
+    sent = [c for c in fake_upstream.calls if "hierarchical merge" in c["messages"][-1]["content"]]
+    assert {c["max_tokens"] for c in sent} == {level1[0]["item"]["max_tokens"]}
+    last = levels[max(levels)]
+    r = await agent(service, job["id"], "r")
+    for d in last:
+        assert d["output"] in r["prompt"]
+    assert "m[0]" not in r["prompt"]
+
+
+async def test_outputs_that_fit_are_reduced_in_one_call(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    job = await service.submit(
+        {
+            "model": "tiny",
+            "context": {"xs": ["a", "b", "c"]},
+            "agents": [
+                {"id": "m", "map": {"over": "context.xs"}, "task": "Do {{item}}"},
+                {"id": "r", "task": "Reduce.", "depends_on": ["m"], "max_tokens": 90},
+            ],
+        }
+    )
+    done = await service.wait(job["id"])
+    assert done["status"] == "completed"
+    assert not [a for a in done["agents"] if a["kind"] == "merge"]
+
+
+async def test_an_input_too_large_to_merge_fails_the_reducer_with_the_numbers(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    def long_answers(req: dict[str, Any], _n: int) -> httpx2.Response | None:
+        if req["messages"][-1]["content"].startswith("Do "):
+            return httpx2.Response(200, json=completion_body("word " * 1200))
+        return None
+
+    fake_upstream.script = long_answers
+    job = await service.submit(
+        {
+            "model": "tiny",
+            "context": {"xs": ["a", "b"]},
+            "agents": [
+                {"id": "m", "map": {"over": "context.xs"}, "task": "Do {{item}}"},
+                {"id": "r", "task": "Reduce.", "depends_on": ["m"], "max_tokens": 90},
+            ],
+        }
+    )
+    done = await service.wait(job["id"])
+    assert done["status"] == "failed"
+    r = await agent(service, job["id"], "r")
+    assert r["status"] == "failed"
+    assert "do not fit the 1,200-token window of tiny" in r["last_error"]
+    assert "give the map node a smaller max_tokens" in r["last_error"]
