@@ -437,3 +437,56 @@ async def test_an_input_too_large_to_merge_fails_the_reducer_with_the_numbers(
     assert r["status"] == "failed"
     assert "do not fit the 1,200-token window of tiny" in r["last_error"]
     assert "give the map node a smaller max_tokens" in r["last_error"]
+
+
+# -- restarts ------------------------------------------------------------------------------
+
+
+async def _run_until(service: Service, job_id: str, done_items: int) -> None:
+    import asyncio
+
+    async with asyncio.timeout(20):
+        while True:
+            job = (await service.client.get(f"/jobs/{job_id}")).json()
+            if sum(
+                1 for a in job["agents"] if a["kind"] != "map" and a["status"] == "completed"
+            ) >= (done_items):
+                return
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("stop_after", [1, 5, 42])
+async def test_a_restart_resumes_a_map_without_calling_finished_items_again(
+    settings: Settings, fake_upstream: FakeUpstream, stop_after: int
+) -> None:
+    """Stopped after the plan (1 agent done), mid-items (5) or mid-merge (42: the plan, the
+    40 items and one merge step): the next start finishes the job, and no item or merge step
+    that had completed is called again."""
+    n = 40
+    fake_upstream.latency_s = 0.02
+    fake_upstream.script = planner({"items": [{"question": f"q{i}?"} for i in range(n)]})
+    body = swarm_job()
+    body["model"] = "tiny"
+    body["max_concurrency"] = 2
+    body["agents"][2]["max_tokens"] = 200
+    async for first in start_service(settings):
+        job = await first.submit(body)
+        await _run_until(first, job["id"], stop_after)
+    async for second in start_service(settings):
+        before = (await second.client.get(f"/jobs/{job['id']}")).json()
+        assert before["status"] == "running"
+        done = await second.wait(job["id"])
+        assert done["status"] == "completed", done
+        rows = done["agents"]
+        assert [a["id"] for a in rows if a["kind"] == "item"] == [
+            f"research[{i}]" for i in range(n)
+        ]
+        assert len([a for a in rows if a["kind"] == "merge"]) >= 2
+        assert all(a["status"] == "completed" for a in rows)
+    # Each item and merge step was answered once; only calls cut off by the stop repeat.
+    prompts = [c["messages"][-1]["content"] for c in fake_upstream.calls]
+    assert prompts.count("PLAN the research.") == 1
+    for i in range(n):
+        assert 1 <= prompts.count(f"Research: q{i}?") <= 2
+    repeated = [p for p in set(prompts) if prompts.count(p) > 1]
+    assert len(repeated) <= 2  # at most max_concurrency calls were in flight at the stop
