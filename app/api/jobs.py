@@ -22,7 +22,7 @@ from app.api.schemas import (
     RetryRecord,
     Usage,
 )
-from app.engine.graph import GraphValidationError, validate_graph
+from app.engine.graph import Graph, GraphValidationError, validate_graph
 from app.engine.spec import JobSpec, ResolvedAgent
 from app.engine.templates import RefKind, format_value, lookup_context, scan_refs
 from app.errors import ConflictError, NotFoundError, TooManyRequestsError, UnprocessableError
@@ -234,6 +234,35 @@ def _check_prices(services: ServicesDep, agents: list[ResolvedAgent], default: s
         )
 
 
+def _check_chunk_windows(
+    services: ServicesDep, spec: JobSpec, graph: Graph, agents: list[ResolvedAgent], default: str
+) -> None:
+    """A chunk, its task and the room for the answer must fit the map node's model."""
+    problems = []
+    for i, agent in enumerate(agents):
+        plan = graph.maps.get(agent.id)
+        if plan is None or plan.known_items is None or plan.source_agent is not None:
+            continue
+        if not isinstance(lookup_context(spec.context, plan.context_path), str):
+            continue
+        info = services.upstreams.registry.get(agent.model or default)
+        window = info.context_window
+        needed = plan.chunk_tokens + (agent.max_tokens or 0)
+        if window is not None and needed > window:
+            problems.append(
+                {
+                    "loc": ["body", "agents", i, "map", "chunk_tokens"],
+                    "type": "map.chunk_too_large",
+                    "msg": f"map node {agent.id!r}: chunks of {plan.chunk_tokens:,} tokens"
+                    + (f" plus max_tokens {agent.max_tokens:,}" if agent.max_tokens else "")
+                    + f" do not fit the {window:,}-token window of {info.name}; lower "
+                    "chunk_tokens",
+                }
+            )
+    if problems:
+        raise UnprocessableError(problems)
+
+
 async def _load_job(
     services: ServicesDep, tenant: str, job_id: str, *, with_agents: bool
 ) -> JobPublic:
@@ -304,6 +333,7 @@ async def submit_job(
     if spec.budget_usd is not None:
         _check_prices(services, resolved, model)
     _check_prompt_sizes(spec, resolved, settings.max_prompt_chars)
+    _check_chunk_windows(services, spec, graph, resolved, model)
     spec_json = _storable_json(spec)
     new = repo.new_job(
         job_id=job_id,

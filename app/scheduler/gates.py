@@ -4,10 +4,10 @@ and the upstream's connection pool. Built lazily per model, shared by all jobs."
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from app.config import Settings
+from app.engine.chunking import count_tokens
 from app.scheduler.limits import AdaptiveLimiter, FairLimiter, RateLimits
 from app.upstream.registry import ModelInfo
 
@@ -43,7 +43,12 @@ class Gates:
         return gate
 
 
-def estimate_tokens(prompt_chars: int, max_tokens: int | None) -> int:
-    """A conservative token estimate for a call before it is made (about 4 characters a
-    token for the prompt, plus the answer's allowance)."""
-    return math.ceil(prompt_chars / 4) + (max_tokens or DEFAULT_OUTPUT_ESTIMATE)
+def estimate_tokens(system_prompt: str | None, prompt: str, max_tokens: int | None) -> int:
+    """A conservative token estimate for a call before it is made: the messages by the
+    offline estimate of `app.engine.chunking` (which errs high), plus the answer's
+    allowance. The tpm bucket is settled with the real usage once the call returns."""
+    return (
+        count_tokens(system_prompt or "")
+        + count_tokens(prompt)
+        + (max_tokens or DEFAULT_OUTPUT_ESTIMATE)
+    )

@@ -1046,7 +1046,11 @@ class JobRun:
         global limit, the upstream's pool. The attempt is recorded (and counted) once all
         are passed, just before the call, so `running` means really in flight."""
         gate = self.gates.for_model(route.model)
-        estimate = estimate_tokens(req.prompt_chars, req.max_tokens)
+        estimate = (
+            estimate_tokens(req.system_prompt, req.prompt, req.max_tokens)
+            if gate.rate is not None
+            else 0
+        )
         async with gate.concurrency.slot(self.job_id, group=self.tenant, active=False) as permit:
             if gate.rate is not None:
                 await gate.rate.admit(estimate)

@@ -490,3 +490,22 @@ async def test_a_restart_resumes_a_map_without_calling_finished_items_again(
         assert 1 <= prompts.count(f"Research: q{i}?") <= 2
     repeated = [p for p in set(prompts) if prompts.count(p) > 1]
     assert len(repeated) <= 2  # at most max_concurrency calls were in flight at the stop
+
+
+async def test_chunks_larger_than_the_models_window_are_refused_at_submit(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    body = doc_job(document(5))
+    body["agents"][0].update(model="tiny", max_tokens=200)
+    body["agents"][0]["map"]["chunk_tokens"] = 1100
+    resp = await service.client.post("/jobs", json=body)
+    assert resp.status_code == 422
+    (problem,) = resp.json()["detail"]
+    assert problem["loc"] == ["body", "agents", 0, "map", "chunk_tokens"]
+    assert problem["msg"] == (
+        "map node 'parts': chunks of 1,100 tokens plus max_tokens 200 do not fit the "
+        "1,200-token window of tiny; lower chunk_tokens"
+    )
+    assert (await service.client.get("/jobs")).json()["data"] == []
+    body["agents"][0]["map"]["chunk_tokens"] = 900
+    assert (await service.client.post("/jobs", json=body)).status_code == 201
