@@ -75,6 +75,8 @@ class JobState:
     note: str | None = None  # the latest retry or failure, for the live view
     note_agent: str | None = None  # the agent a retry note is about
     connection: str | None = None  # set while reconnecting
+    # Sub-agents announced by agent.expanded events so far.
+    _expanded: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         for agent_id in self.agent_ids:
@@ -119,7 +121,8 @@ class JobState:
         if kind in _JOB_EVENT_STATUS:
             self.status = _JOB_EVENT_STATUS[kind]
         if kind == "job.queued":
-            self.total = int(data.get("agents", self.total))
+            # The submitted agents; a total read from the job may include sub-agents too.
+            self.total = max(self.total, int(data.get("agents", self.total)))
             return None
         if kind == "job.started":
             if self.started is None:
@@ -145,6 +148,31 @@ class JobState:
             model = data.get("model")
             again = f", attempt {attempt}" if attempt > 1 else ""
             return f"{agent} started ({model}{again})" if model else f"{agent} started"
+        if kind == "agent.expanded":
+            count = int(data.get("count", 0))
+            new = [a for a in data.get("agents") or () if isinstance(a, str)]
+            # Sub-agents created at run time join the job's total (once: a replay after a
+            # reconnect starts from a total that may already include them).
+            fresh = [
+                a
+                for a in new
+                if a not in self.agents
+                and a not in self._expanded
+                and a not in self.by_status["pending"]
+            ]
+            self._expanded.update(fresh)
+            self.total += len(fresh)
+            if agent not in self.agents or self.agents[agent] == "pending":
+                self._move(agent, "running")
+            if data.get("kind") == "merge":
+                level = data.get("level", "?")
+                return f"{agent} merges its inputs in {count:,} groups (level {level})"
+            return f"{agent} fanned out to {count:,} sub-agents"
+        if kind == "agent.completed" and "parts" in data:
+            self._move(agent, "completed")
+            failed = int(data.get("failed_parts", 0) or 0)
+            extra = f" ({failed:,} failed)" if failed else ""
+            return f"{agent} completed: {int(data['parts']):,} parts{extra}"
         if kind == "agent.retrying":
             delay = data.get("delay_s")
             why = data.get("reason", "error")

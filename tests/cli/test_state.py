@@ -14,7 +14,7 @@ from app.cli.format import cost, duration, short_error, spent_text
 T0 = "2026-01-01T00:00:00+00:00"
 
 
-def ev(seq: int, kind: str, agent: str | None = None, ts: str = T0, **data: Any) -> Event:
+def ev(seq: int, kind: str, agent: str | None = None, ts: str = T0, /, **data: Any) -> Event:
     payload: dict[str, Any] = {"seq": seq, "type": kind, "job_id": "j", "ts": ts, **data}
     if agent is not None:
         payload["agent_id"] = agent
@@ -143,3 +143,51 @@ def test_formatting() -> None:
     assert duration(None) == "-"
     assert short_error("a\n  b") == "a b"
     assert short_error("x" * 500).endswith("…") and len(short_error("x" * 500)) == 160
+
+
+def test_sub_agents_created_at_run_time_join_the_total_once() -> None:
+    s = JobState(job_id="j", name="demo", total=2, agent_ids=["parts", "summary"])
+    s.apply(ev(1, "job.queued", agents=2))
+    s.apply(ev(2, "job.started", resumed=False))
+    line = s.apply(
+        ev(
+            3,
+            "agent.expanded",
+            "parts",
+            count=3,
+            kind="map",
+            agents=["parts[0]", "parts[1]", "parts[2]"],
+        )
+    )
+    assert line == "parts fanned out to 3 sub-agents"
+    assert (s.total, s.count("running"), s.count("pending")) == (5, 1, 4)
+    usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    for i, seq in enumerate((4, 5, 6)):
+        s.apply(ev(seq, "agent.completed", f"parts[{i}]", usage=usage, cost_usd=0.01))
+    line = s.apply(ev(7, "agent.completed", "parts", parts=3, failed_parts=0))
+    # The map node made no call of its own: no usage, and no "price unknown".
+    assert line == "parts completed: 3 parts"
+    assert (s.done, s.tokens, s.unpriced) == (4, 6, 0)
+    line = s.apply(
+        ev(
+            8,
+            "agent.expanded",
+            "summary",
+            count=2,
+            kind="merge",
+            level=1,
+            agents=["summary[merge 1.0]", "summary[merge 1.1]"],
+        )
+    )
+    assert line == "summary merges its inputs in 2 groups (level 1)"
+    assert s.total == 7
+
+
+def test_a_follow_that_starts_late_counts_known_sub_agents_once() -> None:
+    # The job, read when the follow starts, lists the sub-agents already; the replayed
+    # events announce them again.
+    ids = ["parts", "parts[0]", "parts[1]", "summary"]
+    s = JobState(job_id="j", name="demo", total=4, agent_ids=ids)
+    s.apply(ev(1, "job.queued", agents=2))
+    s.apply(ev(2, "agent.expanded", "parts", count=2, kind="map", agents=["parts[0]", "parts[1]"]))
+    assert s.total == 4
