@@ -786,6 +786,15 @@ class JobRun:
                 "max_tokens, or use a model with a larger window",
                 "merge_failed",
             )
+        job_max = self.settings.max_map_items_per_job
+        if len(self.subs) + len(groups) > job_max:
+            return await self._fail_node(
+                agent.id,
+                f"agent {agent.id!r} would merge its inputs in {len(groups):,} steps, and the "
+                f"job has created {len(self.subs):,} sub-agents already; at most {job_max:,} "
+                "are allowed per job",
+                "too_many_items",
+            )
         model = agent.model or self.default_model
         subs: list[Sub] = []
         rows: list[repo.SubAgent] = []

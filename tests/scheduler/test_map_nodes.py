@@ -509,3 +509,31 @@ async def test_chunks_larger_than_the_models_window_are_refused_at_submit(
     assert (await service.client.get("/jobs")).json()["data"] == []
     body["agents"][0]["map"]["chunk_tokens"] = 900
     assert (await service.client.post("/jobs", json=body)).status_code == 201
+
+
+async def test_the_per_job_limit_counts_every_sub_agent_the_run_creates(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.script = planner([{"question": str(i)} for i in range(4)])
+    body = swarm_job()
+    body["agents"].append(
+        {
+            "id": "again",
+            "depends_on": ["plan"],
+            "map": {"over": "agents.plan.output"},
+            "task": "Again: {{item.question}}",
+        }
+    )
+    body["agents"][2]["depends_on"] = ["research", "again"]
+    body["max_concurrency"] = 1  # research fans out first, then again
+    async for service in start_service(make_settings(tmp_path, max_map_items_per_job=6)):
+        job = await service.submit(body)
+        done = await service.wait(job["id"])
+        assert done["status"] == "failed"
+        statuses = {a["id"]: a["status"] for a in done["agents"]}
+        assert statuses["research"] == "completed" and statuses["again"] == "failed"
+        again = await agent(service, job["id"], "again")
+        assert again["last_error"] == (
+            "map node 'again' would fan out to 4 sub-agents, and the job has created 4 "
+            "already; at most 6 are allowed per job"
+        )
