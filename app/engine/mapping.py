@@ -3,7 +3,7 @@ reading a planner's JSON list, how a map node's outputs appear in a prompt, and 
 outputs that do not fit one context window into merge steps.
 
 Ids of the sub-agents a run creates (``[`` never appears in a submitted id, so these cannot
-clash with one): ``NODE[I]`` for item I of map node NODE, ``AGENT[merge L.G]`` for group G
+clash with one): ``NODE[I]`` for item I of map node NODE, ``AGENT[mergeL.G]`` for group G
 of merge level L of AGENT's hierarchical reduce.
 """
 
@@ -32,7 +32,7 @@ def item_id(node: str, index: int) -> str:
 
 
 def merge_id(agent: str, level: int, group: int) -> str:
-    return f"{agent}[merge {level}.{group}]"
+    return f"{agent}[merge{level}.{group}]"
 
 
 class PlanError(ValueError):

@@ -55,7 +55,7 @@ FINISHED_AGENT_STATUSES = frozenset(
 DEFAULT_TENANT = "default"
 
 # Agent ids: a submitted id has at most 64 characters; the sub-agents of a map node or a
-# hierarchical reduce add a suffix ("[123]", "[merge 2.17]").
+# hierarchical reduce add a suffix ("[123]", "[merge2.17]").
 AGENT_ID_MAX = 100
 
 

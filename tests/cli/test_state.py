@@ -176,7 +176,7 @@ def test_sub_agents_created_at_run_time_join_the_total_once() -> None:
             count=2,
             kind="merge",
             level=1,
-            agents=["summary[merge 1.0]", "summary[merge 1.1]"],
+            agents=["summary[merge1.0]", "summary[merge1.1]"],
         )
     )
     assert line == "summary merges its inputs in 2 groups (level 1)"
