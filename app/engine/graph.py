@@ -460,7 +460,7 @@ def _check_map(
     if items is None:
         problems.add(
             (*loc, "over"),
-            f"{who} maps over {_show(m.over)}, which is {_json_kind(value)}; it must be text, "
+            f"{who} maps over {_show(m.over)}, which is {json_kind(value)}; it must be text, "
             "a list, or an object with an 'items' list",
             ProblemType.map_not_mappable,
         )
@@ -476,7 +476,7 @@ def _check_map(
         if missing is not None:
             problems.add(
                 ("body", "agents", i, "task"),
-                f"{who}'s task uses {{{{item.{'.'.join(missing)}}}}}, but item {k} of "
+                f"the task of {who} uses {{{{item.{'.'.join(missing)}}}}}, but item {k} of "
                 f"{_show(m.over)} has no such field",
                 ProblemType.unknown_item_field,
             )
@@ -638,7 +638,7 @@ def _check_context_ref(
         )
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
     # Name the JSON type the caller sent, not the Python type it was parsed into.
     if value is None:
         return "null"
@@ -650,6 +650,8 @@ def _json_kind(value: Any) -> str:
         return "a string"
     if isinstance(value, list | tuple):
         return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
     return f"a {type(value).__name__}"
 
 
@@ -659,7 +661,7 @@ def _context_miss(exc: ContextPathError, problems: _Problems) -> str:
     container = exc.container
     if not isinstance(container, Mapping):
         return (
-            f"{where} is {_json_kind(container)}, not an object, so it has no key {_show(missing)}"
+            f"{where} is {json_kind(container)}, not an object, so it has no key {_show(missing)}"
         )
     keys = [str(k) for k in container]
     if not keys:

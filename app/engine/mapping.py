@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.engine.chunking import chunk_text, count_tokens
-from app.engine.graph import MapPlan, mappable_items, missing_item_path
+from app.engine.graph import MapPlan, json_kind, mappable_items, missing_item_path
 from app.engine.templates import DepOutput, MapItem, format_dep_output, lookup_context
 
 # How much of a bad planner answer an error message shows.
@@ -64,7 +64,7 @@ def parse_plan(output: str, paths: Sequence[tuple[str, ...]] = ()) -> list[Any]:
         ) from None
     items = mappable_items(value)
     if items is None:
-        kind = type(value).__name__
+        kind = json_kind(value)
         if isinstance(value, dict):
             keys = ", ".join(json.dumps(k) for k in list(value)[:10]) or "no keys"
             kind = f"an object with {keys} but no 'items' list"

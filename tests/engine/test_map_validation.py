@@ -210,10 +210,6 @@ def test_object_without_items_is_not_mappable() -> None:
     assert problem.loc == OVER_LOC
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='names the Python type: "which is a dict" instead of the JSON type "an object"',
-)
 def test_object_without_items_is_named_as_a_json_object() -> None:
     spec = job(agent("a"), mapper("m", "context.v"), context={"v": {"things": [1, 2]}})
     assert "which is an object;" in only_problem(spec).msg
