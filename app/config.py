@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     model_concurrency_initial: int = Field(16, ge=1)
     model_concurrency_max: int = Field(256, ge=1)
     adaptive_decrease: float = Field(0.8, gt=0, lt=1)
+    # Each model's learned limit is saved every few seconds and a restarted service starts
+    # from it when it is younger than this (0: always start from the initial limit).
+    model_limit_memory_s: float = Field(86_400.0, ge=0)
     max_agents_per_job: int = Field(10_000, ge=1)
     # Map nodes: the most sub-agents one map node may fan out to, and the most a job may
     # create at run time in all (map items plus the merge steps of hierarchical reduces).

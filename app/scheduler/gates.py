@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from app.config import Settings
 from app.engine.chunking import count_tokens
 from app.scheduler.limits import AdaptiveLimiter, FairLimiter, RateLimits
+from app.store.repository import LearnedLimit
 from app.upstream.registry import ModelInfo
 
 # Output tokens assumed for the tpm estimate of a call that sets no max_tokens.
@@ -26,21 +27,38 @@ class Gates:
         self.settings = settings
         self.global_slots = FairLimiter(settings.global_concurrency)
         self.models: dict[str, ModelGate] = {}
+        # Limits a previous run of the service learned, by model: a model's gate starts
+        # from its learned limit (and past slow start, once the upstream pushed back).
+        self.learned: dict[str, LearnedLimit] = {}
 
     def for_model(self, info: ModelInfo) -> ModelGate:
         gate = self.models.get(info.name)
         if gate is None:
             ceiling = info.max_concurrency or self.settings.model_concurrency_max
+            initial: float = min(self.settings.model_concurrency_initial, ceiling)
+            slow_start = True
+            learned = self.learned.get(info.name)
+            if learned is not None:
+                initial = min(max(1.0, learned.limit), ceiling)
+                slow_start = learned.slow_start
             gate = ModelGate(
                 concurrency=AdaptiveLimiter(
-                    initial=min(self.settings.model_concurrency_initial, ceiling),
+                    initial=initial,
                     maximum=ceiling,
                     decrease=self.settings.adaptive_decrease,
+                    slow_start=slow_start,
                 ),
                 rate=RateLimits(info.rpm, info.tpm) if info.rpm or info.tpm else None,
             )
             self.models[info.name] = gate
         return gate
+
+    def learned_limits(self) -> dict[str, LearnedLimit]:
+        """What each model's limiter has learned, for the next start of the service."""
+        return {
+            name: LearnedLimit(gate.concurrency.limit, gate.concurrency.in_slow_start)
+            for name, gate in self.models.items()
+        }
 
 
 def estimate_tokens(system_prompt: str | None, prompt: str, max_tokens: int | None) -> int:

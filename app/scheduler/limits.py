@@ -332,6 +332,11 @@ class AdaptiveLimiter:
     def decreases(self) -> int:
         return self._decreases
 
+    @property
+    def in_slow_start(self) -> bool:
+        """True until the first overload: the limit still doubles every window."""
+        return self._slow_start
+
     def snapshot(self) -> AdaptiveSnapshot:
         return AdaptiveSnapshot(self._limit, self.in_flight, self.waiting, self._decreases)
 

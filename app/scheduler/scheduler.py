@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 # after this delay, doubling per crash of the same job up to the cap.
 RECOVERY_DELAY_S = 1.0
 RECOVERY_DELAY_CAP_S = 60.0
+# How often the models' learned limits are saved (when they changed), and for how many
+# models at most (model names come from requests; the first ones used are kept).
+LIMIT_SAVE_INTERVAL_S = 10.0
+MAX_SAVED_LIMITS = 200
 
 
 class Scheduler:
@@ -41,11 +45,50 @@ class Scheduler:
         self.running = False
         self._crashes: dict[str, int] = {}
         self._recoveries: set[asyncio.Task[None]] = set()
+        self._saved_limits: dict[str, repo.LearnedLimit] = {}
+        self._limit_saver: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.running = True
+        memory = self.settings.model_limit_memory_s
+        if memory > 0:
+            try:
+                self.gates.learned = await self.store.read(
+                    lambda c: repo.load_model_limits(c, max_age_s=memory)
+                )
+            except Exception:
+                log.exception("cannot read the learned model limits; starting without them")
+            if self.gates.learned:
+                log.info(
+                    "starting from learned model limits",
+                    extra={"limits": {m: round(v.limit, 1) for m, v in self.gates.learned.items()}},
+                )
+            self._saved_limits = dict(self.gates.learned)
+            self._limit_saver = asyncio.create_task(self._save_limits_periodically())
         for job_id in await self.store.read(repo.unfinished_job_ids):
             await self._resume(job_id)
+
+    async def save_learned_limits(self) -> None:
+        """Write the models' limits that changed since the last save."""
+        current = self.gates.learned_limits()
+        changed = {
+            m: v
+            for m, v in list(current.items())[:MAX_SAVED_LIMITS]
+            if self._saved_limits.get(m) != v
+        }
+        if changed:
+            await self.store.write(repo.save_model_limits(changed))
+            self._saved_limits.update(changed)
+
+    async def _save_limits_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(LIMIT_SAVE_INTERVAL_S)
+            try:
+                await self.save_learned_limits()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("saving the learned model limits failed")
 
     async def _resume(self, job_id: str) -> None:
         row = await self.store.read(lambda c: repo.get_job(c, job_id))
@@ -169,6 +212,8 @@ class Scheduler:
         then abandon the rest — they are still `running` in the database and resume on the
         next start."""
         self.running = False
+        if self._limit_saver is not None:
+            self._limit_saver.cancel()
         for recovery in list(self._recoveries):
             recovery.cancel()
         for run in list(self.runs.values()):
@@ -180,3 +225,8 @@ class Scheduler:
                 for run in list(self.runs.values()):
                     run.abort_for_shutdown()
                 await asyncio.wait(pending, timeout=5)
+        if self.settings.model_limit_memory_s > 0:
+            try:
+                await self.save_learned_limits()
+            except Exception:
+                log.exception("saving the learned model limits failed")

@@ -169,3 +169,16 @@ class ApiKey(SQLModel, table=True):
     prefix: str = Field(max_length=16)
     created_at: datetime = Field(default_factory=utcnow)
     revoked_at: datetime | None = None
+
+
+class ModelLimit(SQLModel, table=True):
+    """The concurrency limit the service last learned for a model (its adaptive limit), so
+    that a restarted service starts where the last one was instead of probing again."""
+
+    __tablename__ = "model_limits"
+
+    model: str = Field(primary_key=True, max_length=200)
+    concurrency_limit: float
+    # False once the upstream has pushed back (a 429 or a time-out): no more doubling.
+    slow_start: bool = True
+    updated_at: datetime = Field(default_factory=utcnow)

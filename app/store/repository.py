@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
@@ -19,11 +20,13 @@ from app.store.models import (
     Event,
     Job,
     JobStatus,
+    ModelLimit,
     utcnow,
 )
 from app.store.writer import Refused, Tx
 
 jobs_t = Job.__table__  # type: ignore[attr-defined]
+model_limits_t = ModelLimit.__table__  # type: ignore[attr-defined]
 agents_t = Agent.__table__  # type: ignore[attr-defined]
 events_t = Event.__table__  # type: ignore[attr-defined]
 
@@ -559,6 +562,48 @@ def delete_job(job_id: str, tenant: str | None = None) -> Any:
         return None
 
     return op
+
+
+@dataclass(frozen=True)
+class LearnedLimit:
+    limit: float
+    slow_start: bool
+
+
+def save_model_limits(limits: dict[str, LearnedLimit]) -> Any:
+    """Remember each model's learned concurrency limit (insert or replace)."""
+
+    def op(tx: Tx) -> None:
+        if not limits:
+            return
+        now = utcnow()
+        known = {
+            r.model
+            for r in tx.conn.execute(
+                select(model_limits_t.c.model).where(model_limits_t.c.model.in_(list(limits)))
+            )
+        }
+        for model, learned in limits.items():
+            values = {
+                "concurrency_limit": learned.limit,
+                "slow_start": learned.slow_start,
+                "updated_at": now,
+            }
+            if model in known:
+                tx.conn.execute(
+                    update(model_limits_t).where(model_limits_t.c.model == model).values(**values)
+                )
+            else:
+                tx.conn.execute(insert(model_limits_t).values(model=model, **values))
+
+    return op
+
+
+def load_model_limits(conn: Connection, *, max_age_s: float) -> dict[str, LearnedLimit]:
+    """The limits learned within the last `max_age_s` seconds, by model."""
+    since = utcnow() - timedelta(seconds=max_age_s)
+    rows = conn.execute(select(model_limits_t).where(model_limits_t.c.updated_at >= since)).all()
+    return {r.model: LearnedLimit(float(r.concurrency_limit), bool(r.slow_start)) for r in rows}
 
 
 # -- reads ---------------------------------------------------------------------------------

@@ -1,0 +1,83 @@
+"""A model's learned concurrency limit outlives the process: saved while jobs run and at
+shutdown, and a restarted service starts from it instead of probing the upstream again."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+from app.store import repository as repo
+from app.store.models import utcnow
+from app.upstream.registry import ModelInfo
+from tests.conftest import FakeUpstream, make_settings, start_service
+
+K = 6  # the fake upstream's hidden concurrency cap
+
+
+def capped(fake: FakeUpstream) -> Any:
+    def script(_req: dict[str, Any], _n: int) -> httpx2.Response | None:
+        if fake.in_flight > K:
+            return httpx2.Response(
+                429, json={"error": {"message": "slow down"}}, headers={"retry-after-ms": "10"}
+            )
+        return None
+
+    return script
+
+
+def job(n: int) -> dict[str, Any]:
+    return {"max_concurrency": 60, "agents": [{"id": f"a{i}", "task": f"t{i}"} for i in range(n)]}
+
+
+async def test_a_restarted_service_starts_from_the_limit_the_last_one_learned(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.latency_s = 0.02
+    fake_upstream.script = capped(fake_upstream)
+    settings = make_settings(tmp_path, model_concurrency_initial=16)
+    async for first in start_service(settings):
+        done = await first.wait((await first.submit(job(150)))["id"])
+        assert done["status"] == "completed"
+        gate = first.app.state.services.scheduler.gates.models["kimi-k2.5"]
+        learned_here = gate.concurrency.limit
+        assert not gate.concurrency.in_slow_start  # the upstream pushed back
+    # Saved at shutdown.
+    async for second in start_service(settings):
+        scheduler = second.app.state.services.scheduler
+        saved = scheduler.gates.learned["kimi-k2.5"]
+        assert saved == repo.LearnedLimit(learned_here, slow_start=False)
+        assert K / 2 <= saved.limit <= 2 * K
+        limiter = scheduler.gates.for_model(ModelInfo(name="kimi-k2.5")).concurrency
+        assert limiter.limit == saved.limit and not limiter.in_slow_start
+        # The second run starts at the learned limit: it never exceeds the cap by much.
+        fake_upstream.peak_in_flight = 0
+        done = await second.wait((await second.submit(job(60)))["id"])
+        assert done["status"] == "completed"
+        assert fake_upstream.peak_in_flight <= int(saved.limit) + 2
+
+
+async def test_old_or_disabled_memories_are_not_used(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    settings = make_settings(tmp_path)
+    async for first in start_service(settings):
+        store = first.app.state.services.store
+        await store.write(
+            repo.save_model_limits({"kimi-k2.5": repo.LearnedLimit(40.0, slow_start=False)})
+        )
+        await store.write(
+            lambda tx: tx.conn.execute(
+                repo.model_limits_t.update().values(updated_at=utcnow() - timedelta(hours=2))
+            )
+        )
+    async for fresh in start_service(make_settings(tmp_path, model_limit_memory_s=3 * 3600)):
+        assert fresh.app.state.services.scheduler.gates.learned["kimi-k2.5"].limit == 40.0
+    async for stale in start_service(make_settings(tmp_path, model_limit_memory_s=3600)):
+        gates = stale.app.state.services.scheduler.gates
+        assert gates.learned == {}
+        assert gates.for_model(ModelInfo(name="kimi-k2.5")).concurrency.limit == 16
+    async for off in start_service(make_settings(tmp_path, model_limit_memory_s=0)):
+        assert off.app.state.services.scheduler.gates.learned == {}
