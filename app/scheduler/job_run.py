@@ -41,7 +41,10 @@ from app.engine.spec import FailurePolicy, JobSpec, ResolvedAgent, ResponseForma
 from app.engine.templates import (
     DepOutput,
     MapItem,
+    RefKind,
     build_task_prompt,
+    find_refs,
+    format_dep_output,
     render,
     render_system_prompt,
 )
@@ -154,6 +157,8 @@ class JobRun:
         self.state = DagState(graph)
         self.outputs: dict[str, DepOutput] = {}
         self.prior_attempts: dict[str, int] = {}
+        # Unfinished agents whose unused answers were paid for before a restart.
+        self.prior_spent: dict[str, _Usage] = {}
         self.spent_usd = 0.0
         self.running: dict[str, asyncio.Task[AgentOutcome]] = {}
         self.ready: deque[str] = deque()
@@ -242,9 +247,7 @@ class JobRun:
                 self._restore_sub(r)
         for agent_id in self.graph.topo_order:
             row = by_id[agent_id]
-            self.prior_attempts[agent_id] = int(row.attempts or 0)
-            if row.cost_usd is not None:
-                self.spent_usd += float(row.cost_usd)
+            self._restore_usage(row)
             if agent_id in self.graph.maps and agent_id in subs_of:
                 self.map_runs[agent_id] = MapRun(
                     agent_id, [r.agent_id for r in subs_of[agent_id] if r.kind == AgentKind.item]
@@ -277,13 +280,28 @@ class JobRun:
             rr = self.reduce_runs.get(a)
             if mr is not None:
                 self._restore_map_run(mr)
+                if mr.failing:
+                    # Its remaining items would be paid for and thrown away: skip them.
+                    first = mr.failed[0] if mr.failed else "an item"
+                    await self._drop_pending(
+                        mr.subs, f"{first!r} failed, so map node {mr.node!r} fails"
+                    )
+                    mr.ended = len(mr.subs) - sum(1 for s in mr.subs if s in self._subs_unfinished)
+                self.ready.extend(s for s in mr.subs if s in self._subs_unfinished)
                 waiting_maps.append(mr)
             elif rr is not None and rr.levels:
                 level = rr.levels[-1]
-                rr.pending = sum(1 for s in level if s in self._subs_unfinished)
-                failed = [s for s in level if self.outputs.get(s, _NO_OUTPUT).failed]
+                failed = [
+                    s
+                    for s in level
+                    if self.outputs.get(s, _NO_OUTPUT).failed and s not in self._dropped
+                ]
                 if failed:
                     rr.failed = failed[0]
+                    if self.policy is FailurePolicy.fail_fast:
+                        self._fail_fast_reason = f"agent {failed[0]!r} failed (fail_fast)"
+                    await self._drop_pending(level, f"merge step {failed[0]!r} failed")
+                rr.pending = sum(1 for s in level if s in self._subs_unfinished)
                 self.ready.extend(s for s in level if s in self._subs_unfinished)
                 if rr.pending == 0:
                     waiting_maps.append(MapRun(a, []))  # settled below
@@ -320,9 +338,7 @@ class JobRun:
                 total=int(data.get("total", 0)),
             )
         self.subs[sub.id] = sub
-        self.prior_attempts[sub.id] = int(row.attempts or 0)
-        if row.cost_usd is not None:
-            self.spent_usd += float(row.cost_usd)
+        self._restore_usage(row)
         if row.status == AgentStatus.completed:
             self.outputs[sub.id] = DepOutput(sub.id, row.output)
         elif row.status == AgentStatus.failed:
@@ -336,6 +352,16 @@ class JobRun:
         else:
             self._subs_unfinished.add(sub.id)
 
+    def _restore_usage(self, row: Any) -> None:
+        self.prior_attempts[row.agent_id] = int(row.attempts or 0)
+        if row.cost_usd is not None:
+            self.spent_usd += float(row.cost_usd)
+        unfinished = row.status in (AgentStatus.pending, AgentStatus.running)
+        if unfinished and (row.total_tokens is not None or row.cost_usd is not None):
+            self.prior_spent[row.agent_id] = _Usage(
+                row.prompt_tokens, row.completion_tokens, row.total_tokens, row.cost_usd
+            )
+
     def _restore_reduce(self, agent_id: str, rows: list[Any]) -> None:
         rr = ReduceRun(agent_id)
         for r in rows:
@@ -347,9 +373,7 @@ class JobRun:
 
     def _restore_map_run(self, mr: MapRun) -> None:
         for s in mr.subs:
-            if s in self._subs_unfinished:
-                self.ready.append(s)
-            else:
+            if s not in self._subs_unfinished:
                 mr.ended += 1
                 out = self.outputs[s]
                 if out.failed and s not in self._dropped:
@@ -525,6 +549,8 @@ class JobRun:
         """Finish the map node once all its items have ended."""
         if mr.ended < len(mr.subs):
             return
+        if mr.failed and self.policy is FailurePolicy.fail_fast:
+            return  # the job is stopping: the node ends cancelled with the rest
         node = mr.node
         if mr.failing:
             first = mr.failed[0] if mr.failed else None
@@ -560,16 +586,9 @@ class JobRun:
             for a in self.graph.ids
             if self.state.status(a) not in (NodeStatus.done, NodeStatus.failed, NodeStatus.skipped)
         ]
-        unfinished_subs = [s for s in self.subs if s in self._subs_unfinished]
-        if unfinished or unfinished_subs:
-            await self.store.write(
-                repo.mark_agents_ended(
-                    self.job_id,
-                    unfinished + unfinished_subs,
-                    AgentStatus.cancelled,
-                    reason or "cancelled",
-                )
-            )
+        # Every row still pending or running, including sub-agents whose creation committed
+        # as the run was being stopped.
+        await self.store.write(repo.cancel_unfinished_agents(self.job_id, reason or "cancelled"))
         statuses = self.state.statuses.values()
         if self._cancel_reason is not None or (
             self._budget_reason is not None and self._fail_fast_reason is None
@@ -638,7 +657,15 @@ class JobRun:
                         "source_failed",
                     )
                 if plan.source_is_map:
-                    values: list[Any] = list(self.map_lists[plan.source_agent])
+                    # A failed item of the source (under continue) is passed on as the
+                    # failure note its dependents would see, never as null.
+                    source_run = self.map_runs.get(plan.source_agent)
+                    values: list[Any] = [
+                        v
+                        if v is not None or source_run is None
+                        else format_dep_output(self.outputs[source_run.subs[k]])
+                        for k, v in enumerate(self.map_lists[plan.source_agent])
+                    ]
                 else:
                     values = parse_plan(source.output or "", plan.item_paths)
                 items = items_from_values(values)
@@ -725,12 +752,18 @@ class JobRun:
         if rr is None or not rr.levels:
             return outputs
         live = [d for d in map_deps if not self.outputs[d].failed]
-        for n, d in enumerate(live):
+        if not live:
+            return outputs
+        # The merged results stand where the task places map outputs (the first map node
+        # it references), else in the first map node's place in the appended block.
+        referenced = {ref.agent_id for ref in find_refs(agent.task) if ref.kind is RefKind.agent}
+        home = next((d for d in live if d in referenced), live[0])
+        for d in live:
             outputs[d] = DepOutput(
                 d,
                 render_parts(entries)
-                if n == 0
-                else f"[merged into the results shown for {live[0]}]",
+                if d == home
+                else f"[merged into the results shown for {home}]",
             )
         return outputs
 
@@ -854,11 +887,13 @@ class JobRun:
             item = sub.item
 
             def item_prompt() -> str:
+                # The source's output may be referenced like any dependency's; it is left
+                # out of the appended block, since each item is the part of it that counts.
                 return build_task_prompt(
                     agent.task,
                     depends_on=deps,
                     context=self.spec.context,
-                    outputs={d: self.outputs[d] for d in deps},
+                    outputs={d: self.outputs[d] for d in parent.depends_on},
                     item=item,
                 )
 
@@ -959,7 +994,7 @@ class JobRun:
         attempt = self.prior_attempts.get(agent_id, 0)
         plan_paths = self.plan_paths.get(agent_id)
         # Answers paid for but not used (a planner's answer that was no list).
-        wasted = _Usage()
+        wasted = self.prior_spent.pop(agent_id, None) or _Usage()
         while True:
             attempt += 1
             outcome = await self._attempt(agent_id, attempt, route, req)
@@ -997,6 +1032,7 @@ class JobRun:
                         error=last.message,
                         delay_s=delay,
                         rate_limited=last.reason is FailureReason.rate_limited,
+                        spent=wasted.spent() if wasted.any else None,
                     )
                 )
                 if self._draining:
@@ -1140,6 +1176,10 @@ class _Usage:
         total = dataclasses.replace(self)
         total.add(result, cost)
         return total
+
+    @property
+    def any(self) -> bool:
+        return self.total_tokens is not None or self.cost_usd is not None
 
     def spent(self) -> repo.Spent:
         return repo.Spent(

@@ -179,12 +179,19 @@ def mark_job_started(job_id: str, resumed: bool) -> Any:
         if resumed:
             # Agents caught mid-call by a crash go back to pending; their attempt stays counted.
             # (A running map node is waiting for its items, which resume under it.)
+            # Nor is an agent waiting for its merge steps.
+            parents = (
+                select(agents_t.c.parent_id)
+                .where(agents_t.c.job_id == job_id, agents_t.c.parent_id.is_not(None))
+                .distinct()
+            )
             tx.conn.execute(
                 update(agents_t)
                 .where(
                     agents_t.c.job_id == job_id,
                     agents_t.c.status == AgentStatus.running,
                     agents_t.c.kind != AgentKind.map,
+                    agents_t.c.agent_id.not_in(parents),
                 )
                 .values(status=AgentStatus.pending)
             )
@@ -228,11 +235,22 @@ def mark_agent_retrying(
     error: str,
     delay_s: float,
     rate_limited: bool,
+    spent: Spent | None = None,
 ) -> Any:
+    """`spent`: what the agent's unused answers have cost so far (a planner's answers that
+    were no list), kept on its row so that a restart does not forget them."""
+
     def op(tx: Tx) -> None:
         values: dict[str, Any] = {"last_error": error}
         if rate_limited:
             values["rate_limited"] = agents_t.c.rate_limited + 1
+        if spent:
+            values.update(
+                prompt_tokens=spent.prompt_tokens,
+                completion_tokens=spent.completion_tokens,
+                total_tokens=spent.total_tokens,
+                cost_usd=spent.cost_usd,
+            )
         tx.conn.execute(
             update(agents_t)
             .where(agents_t.c.job_id == job_id, agents_t.c.agent_id == agent_id)
@@ -500,14 +518,11 @@ def mark_job_finished(job_id: str, status: JobStatus, error: str | None) -> Any:
     return op
 
 
-def end_unfinished_job(job_id: str, status: JobStatus, reason: str) -> Any:
-    """End a job no run is driving: its unfinished agents `cancelled`, the job `status`.
-    Does nothing to a job that has already finished (or is gone)."""
+def cancel_unfinished_agents(job_id: str, reason: str) -> Any:
+    """Cancel every agent of the job still pending or running, sub-agents included (also
+    any created by a write that committed as its run was being stopped)."""
 
-    def op(tx: Tx) -> bool:
-        row = tx.conn.execute(select(jobs_t.c.status).where(jobs_t.c.id == job_id)).first()
-        if row is None or row.status in FINISHED_JOB_STATUSES:
-            return False
+    def op(tx: Tx) -> None:
         pending = [
             r.agent_id
             for r in tx.conn.execute(
@@ -516,10 +531,23 @@ def end_unfinished_job(job_id: str, status: JobStatus, reason: str) -> Any:
                     agents_t.c.job_id == job_id,
                     agents_t.c.status.in_((AgentStatus.pending, AgentStatus.running)),
                 )
-                .order_by(agents_t.c.position)
+                .order_by(*_AGENT_ORDER)
             )
         ]
         mark_agents_ended(job_id, pending, AgentStatus.cancelled, reason)(tx)
+
+    return op
+
+
+def end_unfinished_job(job_id: str, status: JobStatus, reason: str) -> Any:
+    """End a job no run is driving: its unfinished agents `cancelled`, the job `status`.
+    Does nothing to a job that has already finished (or is gone)."""
+
+    def op(tx: Tx) -> bool:
+        row = tx.conn.execute(select(jobs_t.c.status).where(jobs_t.c.id == job_id)).first()
+        if row is None or row.status in FINISHED_JOB_STATUSES:
+            return False
+        cancel_unfinished_agents(job_id, reason)(tx)
         mark_job_finished(job_id, status, reason)(tx)
         return True
 
@@ -737,6 +765,9 @@ def agent_states(conn: Connection, job_id: str) -> list[Any]:
                 agents_t.c.output,
                 agents_t.c.attempts,
                 agents_t.c.cost_usd,
+                agents_t.c.prompt_tokens,
+                agents_t.c.completion_tokens,
+                agents_t.c.total_tokens,
                 agents_t.c.last_error,
                 agents_t.c.kind,
                 agents_t.c.parent_id,

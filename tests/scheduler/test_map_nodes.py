@@ -537,3 +537,192 @@ async def test_the_per_job_limit_counts_every_sub_agent_the_run_creates(
             "map node 'again' would fan out to 4 sub-agents, and the job has created 4 "
             "already; at most 6 are allowed per job"
         )
+
+
+# -- regressions found in review -----------------------------------------------------------
+
+
+async def test_a_map_task_may_reference_its_sources_output(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.script = planner({"items": [{"question": "q0?"}, {"question": "q1?"}]})
+    body = swarm_job()
+    body["agents"][1]["task"] = "Research {{item.question}} (plan: {{agents.plan.output}})"
+    job = await service.submit(body)
+    done = await service.wait(job["id"])
+    assert done["status"] == "completed", done
+    plan = await agent(service, job["id"], "plan")
+    item = await agent(service, job["id"], "research[1]")
+    assert item["prompt"] == f"Research q1? (plan: {plan['output']})"
+
+
+async def test_merged_results_stand_where_the_task_places_the_map_outputs(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    job = await service.submit(
+        {
+            "model": "tiny",
+            "context": {"xs": [f"x{i}" for i in range(60)], "ys": [f"y{i}" for i in range(60)]},
+            "agents": [
+                {"id": "m1", "map": {"over": "context.xs"}, "task": "Do {{item}}"},
+                {"id": "m2", "map": {"over": "context.ys"}, "task": "Do {{item}}"},
+                {
+                    "id": "r",
+                    "task": "Compare: {{agents.m2.output}}",
+                    "depends_on": ["m1", "m2"],
+                    "max_tokens": 90,
+                },
+            ],
+        }
+    )
+    done = await service.wait(job["id"])
+    assert done["status"] == "completed", done
+    merges = [a["id"] for a in done["agents"] if a["kind"] == "merge"]
+    assert merges
+    r = await agent(service, job["id"], "r")
+    assert r["prompt"].startswith("Compare: <part id=")
+    last_level = max(int(m.split("[merge")[1].split(".")[0]) for m in merges)
+    for m in merges:
+        if m.startswith(f"r[merge{last_level}."):
+            assert f'<part id="{m}">' in r["prompt"]
+
+
+async def test_a_map_over_a_map_passes_a_failed_items_note_not_null(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.script = fail_items("Do x1")
+    job = await service.submit(
+        {
+            "failure_policy": "continue",
+            "context": {"xs": ["x0", "x1", "x2"]},
+            "agents": [
+                {"id": "m", "map": {"over": "context.xs"}, "task": "Do {{item}}"},
+                {
+                    "id": "m2",
+                    "depends_on": ["m"],
+                    "map": {"over": "agents.m.output"},
+                    "task": "Refine {{item}}",
+                },
+            ],
+        }
+    )
+    done = await service.wait(job["id"])
+    assert done["status"] == "failed"  # m[1] failed; everything else ran
+    prompts = [(await agent(service, job["id"], f"m2[{i}]"))["prompt"] for i in range(3)]
+    assert prompts[0] == f"Refine {answer_for('Do x0')}"
+    assert prompts[1].startswith("Refine [agent m[1] failed: ")
+    assert "null" not in prompts[1]
+
+
+async def test_under_fail_fast_a_map_whose_last_item_fails_is_not_completed(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.script = fail_items("Do x5")
+    job = await service.submit(list_job("fail_fast"))
+    done = await service.wait(job["id"])
+    statuses = {a["id"]: a["status"] for a in done["agents"]}
+    assert done["status"] == "failed"
+    assert statuses["m[5]"] == "failed" and statuses["m"] == "cancelled"
+    assert statuses["r"] == "cancelled"
+
+
+async def test_sub_agents_created_as_a_cancel_lands_end_cancelled(
+    service: Service, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel reaches the run while the fan-out's write is committing: the sub-agents
+    are stored but never registered with the run, and must still end cancelled."""
+    import asyncio
+
+    from app.store import repository as repo
+
+    real = repo.expand_agent
+    loop = asyncio.get_running_loop()
+    scheduler = service.app.state.services.scheduler
+
+    def cancelling_expand(job_id: str, *args: Any, **kwargs: Any) -> Any:
+        inner = real(job_id, *args, **kwargs)
+
+        def op(tx: Any) -> None:
+            inner(tx)
+            loop.call_soon_threadsafe(scheduler.runs[job_id].cancel, "cancelled by request")
+
+        return op
+
+    monkeypatch.setattr(repo, "expand_agent", cancelling_expand)
+    job = await service.submit(list_job("skip_dependents", n=3))
+    done = await service.wait(job["id"])
+    assert done["status"] == "cancelled"
+    statuses = {a["id"]: a["status"] for a in done["agents"]}
+    assert [statuses[f"m[{i}]"] for i in range(3)] == ["cancelled"] * 3
+    assert done["counts"]["pending"] == 0 and done["counts"]["running"] == 0
+    assert not fake_upstream.calls_with("Do x")
+
+
+async def test_a_planners_unused_answers_stay_counted_across_a_restart(
+    settings: Settings, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from app import main
+
+    monkeypatch.setattr(main, "SHUTDOWN_GRACE_S", 0.01)  # abandon calls in flight
+    calls = {"n": 0}
+
+    async def plan_script(req: dict[str, Any], _n: int) -> httpx2.Response | None:
+        if "PLAN" not in req["messages"][-1]["content"]:
+            return None
+        calls["n"] += 1
+        if calls["n"] == 2:
+            await asyncio.sleep(5)  # the stop comes during this call
+        content = "no list" if calls["n"] == 1 else json.dumps([{"question": "q"}])
+        return httpx2.Response(200, json=completion_body(content, completion_tokens=7))
+
+    fake_upstream.script = plan_script
+    async for first in start_service(settings):
+        job = await first.submit(swarm_job())
+        async with asyncio.timeout(10):
+            while calls["n"] < 2:
+                await asyncio.sleep(0.01)
+    async for second in start_service(settings):
+        done = await second.wait(job["id"])
+        assert done["status"] == "completed", done
+        plan = await agent(second, job["id"], "plan")
+    assert calls["n"] == 3
+    assert plan["attempts"] == 3
+    # The first (unused) answer and the last; the abandoned call never reported usage.
+    assert plan["usage"]["completion_tokens"] == 14
+
+
+async def test_a_restart_skips_the_rest_of_a_map_that_is_failing(
+    settings: Settings, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from app import main
+
+    monkeypatch.setattr(main, "SHUTDOWN_GRACE_S", 0.01)
+
+    async def script(req: dict[str, Any], _n: int) -> httpx2.Response | None:
+        content = req["messages"][-1]["content"]
+        if content == "Do x0":
+            await asyncio.sleep(5)  # in flight when the map starts failing, and at the stop
+        if content == "Do x1":
+            return httpx2.Response(400, json={"error": {"message": "refused"}})
+        return None
+
+    fake_upstream.script = script
+    body = list_job("skip_dependents")
+    body["max_concurrency"] = 2
+    async for first in start_service(settings):
+        job = await first.submit(body)
+        async with asyncio.timeout(10):
+            while True:
+                resp = await first.client.get(f"/jobs/{job['id']}/agents/m[1]")
+                if resp.status_code == 200 and resp.json()["status"] == "failed":
+                    break
+                await asyncio.sleep(0.01)
+    async for second in start_service(settings):
+        done = await second.wait(job["id"])
+        statuses = {a["id"]: a["status"] for a in done["agents"]}
+    assert statuses["m"] == "failed" and statuses["m[0]"] == "skipped"
+    assert len(fake_upstream.calls_with("Do x0")) == 1  # not called again after the restart
