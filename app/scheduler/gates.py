@@ -4,6 +4,8 @@ and the upstream's connection pool. Built lazily per model, shared by all jobs."
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.config import Settings
@@ -16,15 +18,24 @@ from app.upstream.registry import ModelInfo
 DEFAULT_OUTPUT_ESTIMATE = 1024
 
 
+# A model's gate unused this long (nothing in flight or waiting) is dropped, its learned
+# limit kept: model names come from requests, so gates must not pile up forever.
+GATE_IDLE_S = 600.0
+# At most this many learned limits are kept in memory for models without a gate.
+MAX_LEARNED = 1_000
+
+
 @dataclass
 class ModelGate:
     concurrency: AdaptiveLimiter
     rate: RateLimits | None
+    last_used: float = 0.0
 
 
 class Gates:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
+        self._clock = clock
         self.global_slots = FairLimiter(settings.global_concurrency)
         self.models: dict[str, ModelGate] = {}
         # Limits a previous run of the service learned, by model: a model's gate starts
@@ -51,7 +62,29 @@ class Gates:
                 rate=RateLimits(info.rpm, info.tpm) if info.rpm or info.tpm else None,
             )
             self.models[info.name] = gate
+        gate.last_used = self._clock()
         return gate
+
+    def evict_idle(self, idle_s: float = GATE_IDLE_S) -> list[str]:
+        """Drop the gates of models unused for `idle_s` with nothing in flight or waiting,
+        remembering their learned limits (a model with declared rpm/tpm keeps its gate:
+        its buckets must not refill by being forgotten). Returns the models dropped."""
+        now = self._clock()
+        dropped = []
+        for name, gate in list(self.models.items()):
+            limiter = gate.concurrency
+            if (
+                gate.rate is None
+                and now - gate.last_used >= idle_s
+                and limiter.in_flight == 0
+                and limiter.waiting == 0
+            ):
+                self.learned[name] = LearnedLimit(limiter.limit, limiter.in_slow_start)
+                del self.models[name]
+                dropped.append(name)
+        while len(self.learned) > MAX_LEARNED:
+            del self.learned[next(iter(self.learned))]
+        return dropped
 
     def learned_limits(self) -> dict[str, LearnedLimit]:
         """What each model's limiter has learned, for the next start of the service."""

@@ -64,7 +64,7 @@ class Scheduler:
                     extra={"limits": {m: round(v.limit, 1) for m, v in self.gates.learned.items()}},
                 )
             self._saved_limits = dict(self.gates.learned)
-            self._limit_saver = asyncio.create_task(self._save_limits_periodically())
+        self._limit_saver = asyncio.create_task(self._save_limits_periodically())
         for job_id in await self.store.read(repo.unfinished_job_ids):
             await self._resume(job_id)
 
@@ -83,12 +83,16 @@ class Scheduler:
     async def _save_limits_periodically(self) -> None:
         while True:
             await asyncio.sleep(LIMIT_SAVE_INTERVAL_S)
+            if self.settings.model_limit_memory_s <= 0:
+                self.gates.evict_idle()
+                continue
             try:
                 await self.save_learned_limits()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("saving the learned model limits failed")
+            self.gates.evict_idle()
 
     async def _resume(self, job_id: str) -> None:
         row = await self.store.read(lambda c: repo.get_job(c, job_id))

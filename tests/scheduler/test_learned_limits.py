@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx2
 
+from app.scheduler.gates import Gates
+from app.scheduler.limits import Outcome
 from app.store import repository as repo
 from app.store.models import utcnow
 from app.upstream.registry import ModelInfo
@@ -81,3 +83,26 @@ async def test_old_or_disabled_memories_are_not_used(
         assert gates.for_model(ModelInfo(name="kimi-k2.5")).concurrency.limit == 16
     async for off in start_service(make_settings(tmp_path, model_limit_memory_s=0)):
         assert off.app.state.services.scheduler.gates.learned == {}
+
+
+async def test_idle_model_gates_are_dropped_and_come_back_with_their_limit(
+    tmp_path: Path,
+) -> None:
+    now = {"t": 0.0}
+    gates = Gates(make_settings(tmp_path), clock=lambda: now["t"])
+    gate = gates.for_model(ModelInfo(name="client-chosen-name"))
+    gate.concurrency._set_limit(23.0)
+    busy = gates.for_model(ModelInfo(name="busy-model"))
+    permit = await busy.concurrency.acquire("job")
+    rated = gates.for_model(ModelInfo(name="rated", rpm=60))
+    now["t"] = 599.0
+    assert gates.evict_idle(600) == []
+    now["t"] = 601.0
+    # Idle: dropped. In flight: kept. Declared rpm: kept (its bucket must not refill).
+    assert gates.evict_idle(600) == ["client-chosen-name"]
+    assert set(gates.models) == {"busy-model", "rated"} and rated.rate is not None
+    again = gates.for_model(ModelInfo(name="client-chosen-name"))
+    assert again is not gate and again.concurrency.limit == 23.0
+    busy.concurrency.release(permit, Outcome.ok)
+    now["t"] = 1300.0
+    assert set(gates.evict_idle(600)) == {"client-chosen-name", "busy-model"}
