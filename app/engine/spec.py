@@ -253,7 +253,31 @@ class JobSpec(AgentDefaults):
                             "max_tokens": 1024,
                         },
                     ],
-                }
+                },
+                {
+                    "name": "research-swarm",
+                    "context": {"topic": "heat pumps in cold climates"},
+                    "agents": [
+                        {
+                            "id": "plan",
+                            "response_format": "json",
+                            "task": "Split research on {{context.topic}} into sub-questions. "
+                            'Answer {"items": [{"title": ..., "question": ...}]}, 12 items.',
+                        },
+                        {
+                            "id": "research",
+                            "depends_on": ["plan"],
+                            "map": {"over": "agents.plan.output"},
+                            "task": "Research {{item.title}}: {{item.question}}",
+                            "max_tokens": 600,
+                        },
+                        {
+                            "id": "report",
+                            "depends_on": ["research"],
+                            "task": "Write a report on {{context.topic}} from these findings.",
+                        },
+                    ],
+                },
             ]
         },
     )

@@ -248,3 +248,12 @@ def test_every_field_has_a_description() -> None:
         props = schema["properties"]
         missing = [name for name, prop in props.items() if not prop.get("description")]
         assert missing == [], f"{model.__name__}: {missing}"
+
+
+def test_the_schemas_examples_are_valid_jobs() -> None:
+    from app.engine.graph import validate_graph
+
+    examples = JobSpec.model_config["json_schema_extra"]["examples"]  # type: ignore[index]
+    assert len(examples) >= 2
+    for example in examples:
+        validate_graph(JobSpec.model_validate(example), max_agents=100)
