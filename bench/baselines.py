@@ -6,6 +6,9 @@ the dependencies' outputs appended the same way).
 - ``seed_swarm``: the seed article's ``AgentSwarm.run``: gather the dependency-free agents
   under a semaphore, then run every other agent one by one in the order they were created.
 - ``waves``: level by level, ``asyncio.gather`` per topological level under a semaphore.
+- ``map_gather``: a planner -> map -> reduce swarm by hand: the planner's call, its JSON
+  items read with ``json.loads``, the item calls under ``asyncio.gather`` and a semaphore,
+  then the reducer's call with every item's output.
 - ``bare_loop``: the calls alone (no scheduler, store or events), C workers.
 - ``fixed_semaphore``: the seed's advice against 429s, a fixed ``Semaphore(20)`` plus its
   ``retry_with_backoff`` (up to 5 attempts, waiting ``2**attempt + U(0, 1)`` s after a 429;
@@ -15,6 +18,7 @@ the dependencies' outputs appended the same way).
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections.abc import Iterator
@@ -24,7 +28,8 @@ from typing import Any
 import openai
 
 from app.config import HttpTransport, Settings
-from app.engine.templates import DepOutput, build_task_prompt
+from app.engine.mapping import item_id, render_parts
+from app.engine.templates import DepOutput, MapItem, build_task_prompt, render
 from app.upstream.client import AgentRequest, Upstream, build_upstream, call_chat
 from bench import graphs
 
@@ -56,7 +61,8 @@ class _Agents:
             model=self.job["model"],
             system_prompt=self.job["system_prompt"],
             prompt=prompt,
-            max_tokens=self.job["max_tokens"],
+            max_tokens=spec.get("max_tokens", self.job["max_tokens"]),
+            json_mode=spec.get("response_format", self.job.get("response_format")) == "json",
         )
 
     async def call(self, upstream: Upstream, agent_id: str) -> None:
@@ -139,6 +145,55 @@ async def waves(upstream: Upstream, job: graphs.Job, concurrency: int) -> Baseli
         time.perf_counter() - t0,
         time.process_time() - cpu0,
         {"levels": len(levels)},
+    )
+
+
+async def map_gather(
+    upstream: Upstream, job: graphs.Job, concurrency: int, *, node: str = graphs.MAP_NODE
+) -> BaselineRun:
+    """``job`` is a planner -> map -> reduce swarm (``graphs.map_swarm``): what a user writes
+    with ``asyncio.gather`` instead of a map node. The prompts are the service's: each item's
+    task rendered from the node's template, the reducer's with the items' outputs as the
+    node's ``<part>`` blocks."""
+    agents = _Agents(job)
+    spec = agents.specs[node]
+    (source,) = spec["depends_on"]
+    (sink,) = (a["id"] for a in job["agents"] if node in a.get("depends_on", ()))
+    sem = asyncio.Semaphore(concurrency)
+
+    async def item_call(item: MapItem) -> DepOutput:
+        req = AgentRequest(
+            model=job["model"],
+            system_prompt=job["system_prompt"],
+            prompt=render(spec["task"], context={}, outputs={}, item=item),
+            max_tokens=spec.get("max_tokens", job["max_tokens"]),
+        )
+        async with sem:
+            result = await call_chat(upstream.client, req)
+        return DepOutput(item_id(node, item.index), result.output)
+
+    started_at, cpu0, t0 = time.time(), time.process_time(), time.perf_counter()
+    await agents.call(upstream, source)
+    plan = json.loads(agents.outputs[source].output or "{}")["items"]
+    items = [MapItem(index=i, count=len(plan), value=v) for i, v in enumerate(plan)]
+    results = await asyncio.gather(*(item_call(i) for i in items), return_exceptions=True)
+    parts = [
+        (item_id(node, i), r)
+        if isinstance(r, DepOutput)
+        else (item_id(node, i), DepOutput(item_id(node, i), None, True, str(r)))
+        for i, r in enumerate(results)
+    ]
+    failed = sum(p.failed for _, p in parts)
+    agents.outputs[node] = DepOutput(node, render_parts(parts))
+    await agents.call(upstream, sink)
+    return BaselineRun(
+        "gather",
+        len(items) + 2,
+        len(items) + 2 - failed,
+        failed,
+        time.perf_counter() - t0,
+        time.process_time() - cpu0,
+        {"items": len(items), "started_at": round(started_at, 4)},
     )
 
 

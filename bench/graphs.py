@@ -86,6 +86,32 @@ def fanout(count: int, *, max_concurrency: int = 200) -> Job:
     return _job(f"fanout-{count}", agents, max_concurrency)
 
 
+MAP_NODE = "research"
+MAP_ITEM_PREFIX = "q"
+
+
+def map_swarm(items: int = 1000, *, max_concurrency: int = 200) -> Job:
+    """A planner -> map -> reduce swarm: ``plan`` (JSON) answers ``items`` sub-tasks (the
+    simulator makes exactly that many), the map node runs one sub-agent per item, whose task
+    starts with ``[qI]`` (I the item's index), and ``report`` reads all their outputs."""
+    plan = _agent(
+        "plan",
+        f"Split the research into exactly {items} items. Answer with a JSON object "
+        '{"items": [{"index": 0, "title": "...", "question": "..."}, ...]}.',
+    )
+    plan["response_format"] = "json"
+    plan["max_tokens"] = 24 * items + 256  # an item is at most 22 words, the summary 120
+    research = {
+        "id": MAP_NODE,
+        "depends_on": ["plan"],
+        "map": {"over": "agents.plan.output"},
+        "task": f"[{MAP_ITEM_PREFIX}{{{{item.index}}}}] Investigate {{{{item.title}}}}: "
+        "{{item.question}}",
+    }
+    report = _agent("report", "Write the report.", [MAP_NODE])
+    return _job(f"map-{items}", [plan, research, report], max_concurrency)
+
+
 # ----------------------------------------------------------------------------- structure
 
 
@@ -112,6 +138,30 @@ def levels(deps: Mapping[str, Sequence[str]]) -> list[list[str]]:
     for agent_id in deps:
         out[level[agent_id]].append(agent_id)
     return out
+
+
+def expand_map(
+    deps: Mapping[str, Sequence[str]], node: str, item_ids: Sequence[str]
+) -> dict[str, tuple[str, ...]]:
+    """The graph as it runs once map node ``node`` has fanned out: the node is replaced by
+    its items, each depending on what the node depends on, and whatever depended on the node
+    depends on every item. Raises ``KeyError`` for an unknown node."""
+    node_deps = tuple(deps[node])
+    out: dict[str, tuple[str, ...]] = {}
+    for agent_id, ds in deps.items():
+        if agent_id == node:
+            out.update((item, node_deps) for item in item_ids)
+            continue
+        expanded: list[str] = []
+        for d in ds:
+            expanded.extend(item_ids if d == node else (d,))
+        out[agent_id] = tuple(expanded)
+    return out
+
+
+def map_item_ids(count: int, prefix: str = MAP_ITEM_PREFIX) -> list[str]:
+    """The ids ``agent_of`` gives the items of ``map_swarm(count)``: ``q0`` .. ``q{count-1}``."""
+    return [f"{prefix}{i}" for i in range(count)]
 
 
 def agent_of(messages: Iterable[Mapping[str, Any]] | None) -> str | None:

@@ -191,3 +191,69 @@ def busy_times(entries: Iterable[Mapping[str, Any]], agent_of: Any) -> tuple[dic
             continue
         busy[agent] = busy.get(agent, 0.0) + float(entry.get("latency_ms") or 0.0) / 1000.0
     return busy, unmatched
+
+
+def fan_bound(
+    busy: Mapping[str, float], source: str, items: Sequence[str], sink: str, concurrency: int
+) -> float:
+    """The bound of a source -> items -> sink graph (every item depends on the source alone,
+    the sink on every item): source + max(sum of the items / C, the longest item) + sink.
+    Nothing else can run beside the source or the sink, so their whole busy times count;
+    ``lower_bound`` counts the source only as an ancestor's share (÷ C), which this never
+    falls below. Agents absent from ``busy`` count 0."""
+    if concurrency < 1:
+        raise ValueError("concurrency must be >= 1")
+    times = [float(busy.get(i, 0.0)) for i in items]
+    middle = max(sum(times) / concurrency, max(times, default=0.0))
+    return float(busy.get(source, 0.0)) + middle + float(busy.get(sink, 0.0))
+
+
+def spans(entries: Iterable[Mapping[str, Any]], agent_of: Any) -> dict[str, tuple[float, float]]:
+    """(arrival of its first request, end of its last) per agent from the simulator's request
+    log, in the simulator's clock (epoch seconds); a request with no latency ends on arrival."""
+    out: dict[str, tuple[float, float]] = {}
+    for entry in entries:
+        agent = agent_of(entry.get("messages"))
+        if agent is None or entry.get("ts") is None:
+            continue
+        start = float(entry["ts"])
+        end = start + float(entry.get("latency_ms") or 0.0) / 1000.0
+        first, last = out.get(agent, (start, end))
+        out[agent] = (min(first, start), max(last, end))
+    return out
+
+
+def map_phases(
+    spans_by_agent: Mapping[str, tuple[float, float]],
+    source: str,
+    items: Sequence[str],
+    sink: str,
+    *,
+    start: float | None = None,
+    end: float | None = None,
+) -> dict[str, float | None]:
+    """Where a source -> items -> sink run spent its time, in order: from the run's ``start``
+    to the source's request, the source's call, the idle gap to the first item's request,
+    the items (first request to last answer), the gap from the last answer to the sink's
+    request, the sink's call, and from its answer to the run's ``end`` (epoch seconds, the
+    clock of the log; on one machine these add up to the makespan). Also the spread of the
+    items' request arrivals. Seconds; None where an agent was never called."""
+    got = [spans_by_agent[i] for i in items if i in spans_by_agent]
+    src, dst = spans_by_agent.get(source), spans_by_agent.get(sink)
+    first_item = min((s for s, _ in got), default=None)
+    last_start = max((s for s, _ in got), default=None)
+    last_end = max((e for _, e in got), default=None)
+
+    def gap(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else round(b - a, 4)
+
+    return {
+        "start_to_source_s": gap(start, None if src is None else src[0]),
+        "source_s": None if src is None else gap(*src),
+        "source_to_first_item_s": gap(None if src is None else src[1], first_item),
+        "items_s": gap(first_item, last_end),
+        "item_arrivals_spread_s": gap(first_item, last_start),
+        "last_item_to_sink_s": gap(last_end, None if dst is None else dst[0]),
+        "sink_s": None if dst is None else gap(*dst),
+        "sink_to_end_s": gap(None if dst is None else dst[1], end),
+    }

@@ -1,5 +1,6 @@
 """Benchmarks of issue 8, in one run against the simulator: makespan vs a lower bound with
-baselines, overhead vs a bare loop, scale, rate limits, the API under load.
+baselines, overhead vs a bare loop, scale, rate limits, the API under load, a planner -> map
+-> reduce swarm vs the same written with asyncio.gather.
 
     python -m bench.run                    # everything (~20 min on 2 cores), bench/results/
     python -m bench.run --quick            # a small version of each (< 2 min), bench/results/quick/
@@ -37,7 +38,14 @@ from typing import Any
 import aiohttp
 
 from bench import baselines, graphs, report
-from bench.lower_bound import busy_times, list_schedule, lower_bound
+from bench.lower_bound import (
+    busy_times,
+    fan_bound,
+    list_schedule,
+    lower_bound,
+    map_phases,
+    spans,
+)
 from bench.procs import (
     REPO_ROOT,
     Service,
@@ -66,6 +74,7 @@ class Sizes:
     rate_baseline_s: float  # the fixed semaphore's time box
     api_layered: tuple[int, int]
     sse_subscribers: int
+    map_items: int  # the planner -> map -> reduce swarm's items
 
 
 FULL = Sizes(
@@ -82,6 +91,7 @@ FULL = Sizes(
     rate_baseline_s=20.0,
     api_layered=(20, 250),
     sse_subscribers=500,
+    map_items=1000,
 )
 QUICK = Sizes(
     latency_ms=(50, 150),
@@ -97,6 +107,7 @@ QUICK = Sizes(
     rate_baseline_s=3.0,
     api_layered=(5, 60),
     sse_subscribers=50,
+    map_items=60,
 )
 
 
@@ -150,6 +161,7 @@ async def run_job(
         "status": done["status"],
         "counts": done["counts"],
         "accept_s": round(accept_s, 4),
+        "started_at": round(t0, 4),
         "makespan_s": round(makespan, 4),
         "service_cpu_s": round(cpu, 3),
     }
@@ -220,10 +232,20 @@ def sim_summary(stats: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def bound_for(sim: Simulator, job: graphs.Job, concurrency: int) -> dict[str, Any]:
-    entries = await sim.requests()
+async def bound_for(
+    sim: Simulator,
+    job: graphs.Job,
+    concurrency: int,
+    deps: dict[str, tuple[str, ...]] | None = None,
+    entries: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The bound and the ideal ready-queue schedule of the logged busy times, over ``deps``
+    (by default the job's graph; a map node's expanded graph where it has one)."""
+    if entries is None:
+        entries = await sim.requests()
     busy, unmatched = busy_times(entries, graphs.agent_of)
-    deps = graphs.deps_of(job)
+    if deps is None:
+        deps = graphs.deps_of(job)
     lb = lower_bound(deps, busy, concurrency)
     return {
         "lower_bound": lb.as_dict(),
@@ -231,6 +253,7 @@ async def bound_for(sim: Simulator, job: graphs.Job, concurrency: int) -> dict[s
         "requests_logged": len(entries),
         "requests_unmatched": unmatched,
         "agents_called": len(busy),
+        "agents_unknown": sorted(set(busy) - set(deps))[:10],
     }
 
 
@@ -310,6 +333,99 @@ async def scenario_makespan(ctx: Ctx) -> dict[str, Any]:
             await svc.stop()
         await sim.stop()
     return {
+        "concurrency": c,
+        "latency_ms": list(s.latency_ms),
+        "simulator_args": list(sim.args),
+        "runs": runs,
+    }
+
+
+# ------------------------------------------------------------------------------- map
+
+
+async def scenario_map(ctx: Ctx) -> dict[str, Any]:
+    """A planner -> map -> reduce swarm of ``map_items`` items: the service cold and warm
+    (as in the makespan scenario) against the same swarm written with ``asyncio.gather``
+    under a semaphore; the simulator is reseeded before each, so every strategy meets the
+    same sequence of latencies. Bounds and the ideal schedule are over the expanded graph
+    (plan -> q0..qN-1 -> report) with the busy times the simulator measured."""
+    s = ctx.sizes
+    n, c = s.map_items, s.concurrency
+    job = graphs.map_swarm(n, max_concurrency=c)
+    items = graphs.map_item_ids(n)
+    deps = graphs.expand_map(graphs.deps_of(job), graphs.MAP_NODE, items)
+    sim = await start_simulator(
+        ctx.http,
+        "--latency-uniform-ms",
+        ctx.latency_arg,
+        "--seed",
+        "8",
+        "--request-log-size",
+        str(max(10_000, 4 * n)),
+        "--context-window",
+        "100000000",
+    )
+    runs: list[dict[str, Any]] = []
+    svc: Service | None = None
+    try:
+        for strategy in ("service-cold", "service-warm", "gather"):
+            await reseed(sim, 2000)  # the same latency draws for each strategy
+            ctx.log(f"map {n} items: {strategy}")
+            run: dict[str, Any] = {"strategy": strategy, "items": n, "agents": n + 2}
+            if strategy.startswith("service"):
+                if svc is None:
+                    svc = await ctx.service(sim.url, "map", SWARM_MAX_MAP_ITEMS=str(max(n, 1000)))
+                async with LimitSampler(svc) as limits:
+                    run.update(await run_job(svc, job, timeout_s=1800))
+                run["adaptive_limit"] = limits.summary()
+                if strategy == "service-warm":
+                    await svc.stop()
+                    svc = None
+            else:
+                upstream = baselines.make_upstream(sim.url)
+                try:
+                    base = await baselines.map_gather(upstream, job, c)
+                finally:
+                    await upstream.client.close()
+                run.update(base.as_dict())
+                run["started_at"] = base.extra["started_at"]
+                run["status"] = "completed" if base.failed == 0 else "failed"
+            run["simulator"] = sim_summary(await sim.stats())
+            entries = await sim.requests()
+            run.update(await bound_for(sim, job, c, deps, entries))
+            # The generic bound counts the plan only as an ancestor's share; here nothing
+            # runs beside it, so the tighter fan bound is the one to divide by.
+            busy, _ = busy_times(entries, graphs.agent_of)
+            fan = fan_bound(busy, "plan", items, "report", c)
+            generic = run.pop("lower_bound")
+            run["lower_bound"] = {
+                "value_s": round(max(fan, generic["value_s"]), 4),
+                "fan_bound_s": round(fan, 4),
+                "generic": generic,
+            }
+            started = run["started_at"]
+            run["phases"] = map_phases(
+                spans(entries, graphs.agent_of),
+                "plan",
+                items,
+                "report",
+                start=started,
+                end=started + run["makespan_s"],
+            )
+            run["ratio"] = round(run["makespan_s"] / run["lower_bound"]["value_s"], 4)
+            run["ratio_to_ideal"] = round(run["makespan_s"] / run["ideal_ready_queue_s"], 4)
+            ctx.log(
+                f"  makespan {run['makespan_s']:.2f}s, bound "
+                f"{run['lower_bound']['value_s']:.2f}s, ratio {run['ratio']:.3f}, ideal "
+                f"{run['ideal_ready_queue_s']:.2f}s, phases {run['phases']}"
+            )
+            runs.append(run)
+    finally:
+        if svc is not None:
+            await svc.stop()
+        await sim.stop()
+    return {
+        "items": n,
         "concurrency": c,
         "latency_ms": list(s.latency_ms),
         "simulator_args": list(sim.args),
@@ -657,6 +773,7 @@ SCENARIOS: dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]] = {
     "scale": scenario_scale,
     "rate_limits": scenario_rate_limits,
     "api_load": scenario_api_load,
+    "map": scenario_map,
 }
 
 
