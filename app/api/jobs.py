@@ -13,6 +13,7 @@ from app.api.deps import ServicesDep
 from app.api.schemas import (
     AgentCounts,
     AgentDetail,
+    AgentPage,
     AgentSummary,
     CancelAccepted,
     JobListItem,
@@ -29,7 +30,7 @@ from app.errors import ConflictError, NotFoundError, TooManyRequestsError, Unpro
 from app.scheduler.limits import TokenBucket
 from app.store import repository as repo
 from app.store.ids import new_job_id
-from app.store.models import JobStatus
+from app.store.models import AgentKind, AgentStatus, JobStatus
 from app.upstream.pool import NoRouteError
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=AUTH_RESPONSES)
@@ -64,24 +65,23 @@ def _job_public(row: Any, totals: repo.JobTotals, agents: list[Any] | None) -> J
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
-        agents=None
-        if agents is None
-        else [
-            AgentSummary(
-                id=a.agent_id,
-                kind=a.kind,
-                parent=a.parent_id,
-                status=a.status,
-                model=a.model,
-                depends_on=repo.loads(a.depends_on_json, []),
-                attempts=a.attempts,
-                total_tokens=a.total_tokens,
-                cost_usd=a.cost_usd,
-                latency_ms=a.latency_ms,
-                error=a.last_error,
-            )
-            for a in agents
-        ],
+        agents=None if agents is None else [_agent_summary(a) for a in agents],
+    )
+
+
+def _agent_summary(a: Any) -> AgentSummary:
+    return AgentSummary(
+        id=a.agent_id,
+        kind=a.kind,
+        parent=a.parent_id,
+        status=a.status,
+        model=a.model,
+        depends_on=repo.loads(a.depends_on_json, []),
+        attempts=a.attempts,
+        total_tokens=a.total_tokens,
+        cost_usd=a.cost_usd,
+        latency_ms=a.latency_ms,
+        error=a.last_error,
     )
 
 
@@ -419,6 +419,52 @@ async def get_job(
 ) -> JobPublic:
     """Status, counts by agent status, usage, cost, timestamps and the agents."""
     return await _load_job(services, tenant, job_id, with_agents=agents)
+
+
+@router.get("/{job_id}/agents", response_model=AgentPage, responses=_ERRORS)
+async def list_agents(
+    job_id: str,
+    services: ServicesDep,
+    tenant: TenantDep,
+    status_: Annotated[AgentStatus | None, Query(alias="status")] = None,
+    kind: Annotated[AgentKind | None, Query()] = None,
+    parent: Annotated[
+        str | None, Query(max_length=100, description="Only the sub-agents of this agent.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    cursor: Annotated[str | None, Query(max_length=24, pattern=r"^\d{1,9}\.-?\d{1,12}$")] = None,
+) -> AgentPage:
+    """The job's agents in listing order (submission order, each map node's items and each
+    reducer's merge steps right after it), a page at a time, optionally filtered: e.g. the
+    failed items of one map node with `?parent=parts&status=failed`."""
+    after = None
+    if cursor is not None:
+        position, sub = cursor.split(".")
+        after = (int(position), int(sub))
+
+    def read(conn: Any) -> list[Any] | None:
+        if repo.get_job(conn, job_id, tenant) is None:
+            return None
+        return repo.list_agents(
+            conn,
+            job_id,
+            status=str(status_) if status_ else None,
+            kind=str(kind) if kind else None,
+            parent=parent,
+            limit=limit + 1,
+            after=after,
+        )
+
+    rows = await services.store.read(read)
+    if rows is None:
+        raise NotFoundError(JOB_NOT_FOUND)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    last = rows[-1] if rows else None
+    return AgentPage(
+        data=[_agent_summary(r) for r in rows],
+        next_cursor=f"{last.position}.{last.sub_order}" if more and last is not None else None,
+    )
 
 
 @router.get("/{job_id}/agents/{agent_id}", response_model=AgentDetail, responses=_ERRORS)

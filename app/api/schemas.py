@@ -81,6 +81,13 @@ class JobPublic(_Model):
     )
 
 
+class AgentPage(_Model):
+    data: list[AgentSummary]
+    next_cursor: str | None = Field(
+        None, description="Pass as ?cursor= to get the next page; null on the last."
+    )
+
+
 class JobListItem(_Model):
     id: str
     name: str

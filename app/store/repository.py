@@ -740,6 +740,36 @@ def agent_summaries(conn: Connection, job_id: str) -> list[Any]:
     )
 
 
+def list_agents(
+    conn: Connection,
+    job_id: str,
+    *,
+    status: str | None = None,
+    kind: str | None = None,
+    parent: str | None = None,
+    limit: int,
+    after: tuple[int, int] | None = None,
+) -> list[Any]:
+    """A page of the job's agents in listing order, filtered; `after` is the (position,
+    sub_index) of the last row of the previous page."""
+    order = func.coalesce(agents_t.c.sub_index, -1)
+    q = select(*_SUMMARY_COLS, agents_t.c.position, order.label("sub_order")).where(
+        agents_t.c.job_id == job_id
+    )
+    if status is not None:
+        q = q.where(agents_t.c.status == status)
+    if kind is not None:
+        q = q.where(agents_t.c.kind == kind)
+    if parent is not None:
+        q = q.where(agents_t.c.parent_id == parent)
+    if after is not None:
+        position, sub = after
+        q = q.where(
+            (agents_t.c.position > position) | ((agents_t.c.position == position) & (order > sub))
+        )
+    return list(conn.execute(q.order_by(*_AGENT_ORDER).limit(limit)).all())
+
+
 def get_agent(conn: Connection, job_id: str, agent_id: str) -> Any:
     return conn.execute(
         select(agents_t).where(agents_t.c.job_id == job_id, agents_t.c.agent_id == agent_id)

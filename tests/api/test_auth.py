@@ -47,6 +47,7 @@ async def test_another_tenants_job_is_404_everywhere_and_not_listed(
         own = [
             ("GET", f"/jobs/{job_id}"),
             ("GET", f"/jobs/{job_id}/agents/a"),
+            ("GET", f"/jobs/{job_id}/agents"),
             ("GET", f"/jobs/{job_id}/results"),
             ("GET", f"/jobs/{job_id}/metrics"),
             ("GET", f"/jobs/{job_id}/events"),

@@ -726,3 +726,37 @@ async def test_a_restart_skips_the_rest_of_a_map_that_is_failing(
         statuses = {a["id"]: a["status"] for a in done["agents"]}
     assert statuses["m"] == "failed" and statuses["m[0]"] == "skipped"
     assert len(fake_upstream.calls_with("Do x0")) == 1  # not called again after the restart
+
+
+async def test_the_agents_of_a_job_are_listed_a_page_at_a_time_and_filtered(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.script = fail_items("Do x3", "Do x7")
+    body = list_job("continue", n=10)
+    job = await service.submit(body)
+    await service.wait(job["id"])
+    everything = (await service.client.get(f"/jobs/{job['id']}")).json()["agents"]
+    pages: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 4}
+        if cursor:
+            params["cursor"] = cursor
+        resp = await service.client.get(f"/jobs/{job['id']}/agents", params=params)
+        assert resp.status_code == 200, resp.text
+        page = resp.json()
+        pages += page["data"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == everything  # the same rows, in the same order, each once
+    failed = await service.client.get(
+        f"/jobs/{job['id']}/agents", params={"parent": "m", "status": "failed"}
+    )
+    assert [a["id"] for a in failed.json()["data"]] == ["m[3]", "m[7]"]
+    items = await service.client.get(f"/jobs/{job['id']}/agents", params={"kind": "item"})
+    assert len(items.json()["data"]) == 10
+    bad = await service.client.get(f"/jobs/{job['id']}/agents", params={"cursor": "x"})
+    assert bad.status_code == 422
+    missing = await service.client.get("/jobs/01m80000000000000000000000/agents")
+    assert missing.status_code == 404
