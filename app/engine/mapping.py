@@ -57,10 +57,21 @@ def parse_plan(output: str, paths: Sequence[tuple[str, ...]] = ()) -> list[Any]:
         text = fenced.group(1)
     try:
         value = json.loads(text)
+        # Items are stored as JSON text: they must nest sanely and be valid Unicode.
+        json.dumps(value, ensure_ascii=False).encode()
     except json.JSONDecodeError as exc:
         raise PlanError(
             f"the answer is not valid JSON ({exc.msg} at character {exc.pos}); a map node "
             f'needs a JSON list or {{"items": [...]}}; got {_shown(output)}'
+        ) from None
+    except RecursionError:
+        raise PlanError(
+            f"the answer nests too deeply to be read as a plan; got {_shown(output)}"
+        ) from None
+    except UnicodeEncodeError:
+        raise PlanError(
+            "the answer holds text that is not valid Unicode (an unpaired surrogate escape "
+            f"such as \\ud800); got {_shown(output.encode('ascii', 'backslashreplace').decode())}"
         ) from None
     items = mappable_items(value)
     if items is None:

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 # after this delay, doubling per crash of the same job up to the cap.
 RECOVERY_DELAY_S = 1.0
 RECOVERY_DELAY_CAP_S = 60.0
+# A job whose run crashed this many times in a row (about 4 minutes of recoveries) is
+# failed with the error, so a job that can never be written cannot loop for ever.
+MAX_CRASHES = 8
 # How often the models' learned limits are saved (when they changed), and for how many
 # models at most (model names come from requests; the first ones used are kept).
 LIMIT_SAVE_INTERVAL_S = 10.0
@@ -175,9 +178,16 @@ class Scheduler:
         if task.cancelled() or task.exception() is None:
             self._crashes.pop(job_id, None)
             return
-        log.error("job run crashed", exc_info=task.exception(), extra={"job_id": job_id})
+        exc = task.exception()
+        log.error("job run crashed", exc_info=exc, extra={"job_id": job_id})
         if self.running:
             crashes = self._crashes[job_id] = self._crashes.get(job_id, 0) + 1
+            if crashes >= MAX_CRASHES:
+                self._crashes.pop(job_id, None)
+                recovery = asyncio.create_task(self._give_up(job_id, crashes, exc))
+                self._recoveries.add(recovery)
+                recovery.add_done_callback(self._recoveries.discard)
+                return
             delay = min(RECOVERY_DELAY_CAP_S, RECOVERY_DELAY_S * 2 ** (crashes - 1))
             recovery = asyncio.create_task(self._recover(job_id, delay))
             self._recoveries.add(recovery)
@@ -194,6 +204,18 @@ class Scheduler:
             log.exception(
                 "recovering job failed; it resumes on the next start", extra={"job_id": job_id}
             )
+
+    async def _give_up(self, job_id: str, crashes: int, exc: BaseException | None) -> None:
+        """Fail a job whose run keeps crashing (it is not resumed again)."""
+        what = type(exc).__name__ if exc is not None else "an error"
+        reason = (
+            f"the job's run failed {crashes} times in a row ({what}: {str(exc)[:300]}); "
+            "it was stopped"
+        )
+        try:
+            await self.store.write(repo.end_unfinished_job(job_id, JobStatus.failed, reason))
+        except Exception:
+            log.exception("failing a crashing job failed", extra={"job_id": job_id})
 
     async def cancel(self, job_id: str) -> None:
         """Cancel the job: through its run if it runs here, else directly in the database

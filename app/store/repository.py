@@ -24,6 +24,7 @@ from app.store.models import (
     utcnow,
 )
 from app.store.writer import Refused, Tx
+from app.text import clean_text
 
 jobs_t = Job.__table__  # type: ignore[attr-defined]
 model_limits_t = ModelLimit.__table__  # type: ignore[attr-defined]
@@ -241,7 +242,7 @@ def mark_agent_retrying(
     were no list), kept on its row so that a restart does not forget them."""
 
     def op(tx: Tx) -> None:
-        values: dict[str, Any] = {"last_error": error}
+        values: dict[str, Any] = {"last_error": clean_text(error)}
         if rate_limited:
             values["rate_limited"] = agents_t.c.rate_limited + 1
         if spent:
@@ -392,7 +393,7 @@ def expand_agent(job_id: str, parent_id: str, subs: Sequence[SubAgent], **event_
                         "kind": sub.kind,
                         "parent_id": parent_id,
                         "sub_index": sub.sub_index,
-                        "item_json": dumps(sub.item),
+                        "item_json": clean_text(dumps(sub.item)),
                     }
                     for sub in subs
                 ],

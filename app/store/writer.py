@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Engine, bindparam, func, insert, select, upda
 from app.events.bus import EventBus, StoredEvent
 from app.events.types import TERMINAL_JOB_EVENTS
 from app.store.models import Agent, Event, utcnow
+from app.text import clean_text
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,16 @@ _agents_table = Agent.__table__  # type: ignore[attr-defined]
 
 class StoreClosedError(RuntimeError):
     pass
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -66,9 +77,10 @@ class Tx:
     def update_agent(self, job_id: str, agent_id: str, values: dict[str, Any]) -> None:
         """Assign column values to one agent (no SQL expressions: they are merged, so
         only the final value of each column is written)."""
+        values = {k: clean_text(v) if isinstance(v, str) else v for k, v in values.items()}
         merged = self._agent_updates.get((job_id, agent_id))
         if merged is None:
-            self._agent_updates[(job_id, agent_id)] = dict(values)
+            self._agent_updates[(job_id, agent_id)] = values
         else:
             merged.update(values)
 
@@ -119,7 +131,7 @@ class Tx:
                 type=str(type_),
                 agent_id=agent_id,
                 ts=utcnow(),
-                data=data,
+                data=_clean(data),
             )
         )
 

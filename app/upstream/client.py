@@ -16,6 +16,7 @@ import openai
 from openai import AsyncOpenAI
 
 from app.config import HttpTransport, Settings
+from app.text import clean_text
 
 
 def build_http_client(settings: Settings) -> httpx2.AsyncClient:
@@ -127,8 +128,9 @@ async def call_chat(client: AsyncOpenAI, req: AgentRequest) -> CallResult:
     choice = resp.choices[0]
     usage = resp.usage
     return CallResult(
-        output=choice.message.content or "",
-        finish_reason=choice.finish_reason,
+        output=clean_text(choice.message.content or ""),
+        # Stored in a 32-character column; an odd upstream must not break the write.
+        finish_reason=str(choice.finish_reason)[:32] if choice.finish_reason else None,
         prompt_tokens=usage.prompt_tokens if usage else None,
         completion_tokens=usage.completion_tokens if usage else None,
         total_tokens=usage.total_tokens if usage else None,

@@ -14,6 +14,7 @@ from enum import StrEnum
 import httpx2
 import openai
 
+from app.text import clean_text
 from app.upstream.client import EmptyOutputError
 from app.upstream.retry import parse_retry_after
 
@@ -64,6 +65,7 @@ def register_secret(value: str | None) -> None:
 
 
 def redact(text: str) -> str:
+    text = clean_text(text)
     for secret in _SECRETS:
         if secret in text:
             text = text.replace(secret, "[redacted]")

@@ -760,3 +760,69 @@ async def test_the_agents_of_a_job_are_listed_a_page_at_a_time_and_filtered(
     assert bad.status_code == 422
     missing = await service.client.get("/jobs/01m80000000000000000000000/agents")
     assert missing.status_code == 404
+
+
+# -- text no database can store --------------------------------------------------------------
+
+
+async def test_answers_with_nul_or_lone_surrogates_are_stored_and_the_job_goes_on(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    def odd(req: dict[str, Any], _n: int) -> httpx2.Response | None:
+        content = req["messages"][-1]["content"]
+        if content == "first":
+            # As an upstream would send it: JSON escapes, which decode to a NUL and a lone
+            # surrogate.
+            body = json.dumps(completion_body("a\x00b\ud800c")).encode()
+            return httpx2.Response(200, content=body, headers={"content-type": "application/json"})
+        if content.startswith("PLAN"):
+            return httpx2.Response(200, json=completion_body('[{"question": "\\ud800"}]'))
+        return None
+
+    fake_upstream.script = odd
+    job = await service.submit(
+        {
+            "agents": [
+                {"id": "a", "task": "first"},
+                {"id": "b", "task": "second", "depends_on": ["a"]},
+                {"id": "plan", "task": "PLAN", "response_format": "json", "max_retries": 1},
+                {
+                    "id": "m",
+                    "depends_on": ["plan"],
+                    "map": {"over": "agents.plan.output"},
+                    "task": "{{item.question}}",
+                },
+            ]
+        }
+    )
+    done = await service.wait(job["id"])
+    statuses = {a["id"]: a["status"] for a in done["agents"]}
+    assert statuses["a"] == statuses["b"] == "completed"
+    assert (await agent(service, job["id"], "a"))["output"] == "a\ufffdb\ufffdc"
+    # A plan with an unpaired surrogate escape is no plan: retried, then the planner fails.
+    plan = await agent(service, job["id"], "plan")
+    assert plan["status"] == "failed" and "not valid Unicode" in plan["last_error"]
+    assert statuses["m"] == "skipped"
+
+
+async def test_a_job_whose_run_keeps_crashing_is_failed_not_retried_for_ever(
+    service: Service, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.scheduler import scheduler as scheduler_module
+    from app.store import repository as repo
+
+    monkeypatch.setattr(scheduler_module, "RECOVERY_DELAY_S", 0.01)
+    monkeypatch.setattr(scheduler_module, "RECOVERY_DELAY_CAP_S", 0.01)
+
+    def broken(job_id: str, agent_id: str, c: repo.Completion) -> Any:
+        def op(tx: Any) -> None:
+            raise RuntimeError("this write can never succeed")
+
+        return op
+
+    monkeypatch.setattr(repo, "mark_agent_completed", broken)
+    job = await service.submit({"agents": [{"id": "a", "task": "x"}]})
+    done = await service.wait(job["id"])
+    assert done["status"] == "failed"
+    assert done["error"].startswith("the job's run failed 8 times in a row (StoreWriteError")
+    assert len(fake_upstream.calls) == 8  # one call per run; then it stopped
