@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import json
 from typing import Annotated, Any
@@ -23,9 +25,9 @@ from app.api.schemas import (
     RetryRecord,
     Usage,
 )
-from app.engine.graph import Graph, GraphValidationError, validate_graph
+from app.engine.graph import Graph, GraphValidationError, mappable_items, validate_graph
 from app.engine.spec import JobSpec, ResolvedAgent
-from app.engine.templates import RefKind, format_value, lookup_context, scan_refs
+from app.engine.templates import MapItem, RefKind, format_value, lookup_context, scan_refs
 from app.errors import ConflictError, NotFoundError, TooManyRequestsError, UnprocessableError
 from app.scheduler.limits import TokenBucket
 from app.store import repository as repo
@@ -195,19 +197,50 @@ def _check_prompt_sizes(spec: JobSpec, agents: list[ResolvedAgent], limit: int) 
     problems = []
     for i, agent in enumerate(agents):
         size = rendered_size(agent.task) + rendered_size(agent.system_prompt)
+        item, item_size = _largest_list_item(spec, agent)
+        what = "the context is filled in"
+        if item is not None:
+            size += item_size
+            what = f"the context and its largest item (item {item}) are filled in"
         if size > limit:
             problems.append(
                 {
                     "loc": ["body", "agents", i, "task"],
                     "type": "prompt_too_large",
                     "msg": f"agent {agent.id!r}: its prompt would be {size:,} characters once "
-                    f"the context is filled in, over the limit of {limit:,}",
+                    f"{what}, over the limit of {limit:,}",
                 }
             )
             if len(problems) >= 20:
                 break
     if problems:
         raise UnprocessableError(problems)
+
+
+# What the appended <item index="…" count="…"> block adds around an item, at most.
+_ITEM_BLOCK_CHARS = 64
+
+
+def _largest_list_item(spec: JobSpec, agent: ResolvedAgent) -> tuple[int | None, int]:
+    """For a map over a list in the context: the item whose rendering in the task is the
+    longest, and that length (the task's {{item…}} references, or the appended block)."""
+    if agent.map is None or not agent.map.over.strip().strip("{}").strip().startswith("context."):
+        return None, 0
+    path = tuple(agent.map.over.strip().strip("{}").strip()[len("context.") :].split("."))
+    items = mappable_items(lookup_context(spec.context, path))
+    if not items:
+        return None, 0
+    refs = [r for r in scan_refs(agent.task)[0] if r.kind is RefKind.item]
+    best, best_size = None, -1
+    for k, value in enumerate(items):
+        item = MapItem(index=k, count=len(items), value=value)
+        if refs:
+            size = sum(len(item.render(r.path)) - len(r.raw) for r in refs)
+        else:
+            size = len(item.render()) + _ITEM_BLOCK_CHARS
+        if size > best_size:
+            best, best_size = k, size
+    return best, max(best_size, 0)
 
 
 def _check_prices(services: ServicesDep, agents: list[ResolvedAgent], default: str) -> None:
@@ -304,7 +337,9 @@ async def submit_job(
 ) -> JobPublic:
     """Validate and store a job graph, then run it in the background."""
     settings = services.settings
-    body_hash = _body_hash(spec) if idempotency_key else None
+    # The work below is proportional to the body (up to SWARM_MAX_REQUEST_BYTES): it runs in
+    # a worker thread, so a large submit never stalls the event loop and other requests.
+    body_hash = await asyncio.to_thread(_body_hash, spec) if idempotency_key else None
     if idempotency_key:
         # A retry of an accepted submit gets its job back before any limit applies.
         prior = await services.store.read(
@@ -318,11 +353,14 @@ async def submit_job(
             return await _load_job(services, tenant, prior.id, with_agents=False)
     _admit_submit(services, tenant)
     try:
-        graph = validate_graph(
-            spec,
-            max_agents=settings.max_agents_per_job,
-            max_map_items=settings.max_map_items,
-            max_map_items_per_job=settings.max_map_items_per_job,
+        graph = await asyncio.to_thread(
+            functools.partial(
+                validate_graph,
+                spec,
+                max_agents=settings.max_agents_per_job,
+                max_map_items=settings.max_map_items,
+                max_map_items_per_job=settings.max_map_items_per_job,
+            )
         )
     except GraphValidationError as exc:
         raise UnprocessableError(exc.detail()) from None
@@ -332,9 +370,9 @@ async def submit_job(
     _check_routes(services, resolved, model)
     if spec.budget_usd is not None:
         _check_prices(services, resolved, model)
-    _check_prompt_sizes(spec, resolved, settings.max_prompt_chars)
+    await asyncio.to_thread(_check_prompt_sizes, spec, resolved, settings.max_prompt_chars)
     _check_chunk_windows(services, spec, graph, resolved, model)
-    spec_json = _storable_json(spec)
+    spec_json = await asyncio.to_thread(_storable_json, spec)
     new = repo.new_job(
         job_id=job_id,
         tenant=tenant,

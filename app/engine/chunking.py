@@ -300,14 +300,34 @@ def chunk_text(
             f"overlap_tokens must be less than chunk_tokens, got overlap_tokens="
             f"{overlap_tokens} with chunk_tokens={chunk_tokens}"
         )
+    spans = list(_spans(text, chunk_tokens, overlap_tokens))
+    count = len(spans)
+    return [Chunk(i, count, text[s:e], s, e) for i, (s, e) in enumerate(spans)]
+
+
+def count_chunks(
+    text: str, *, chunk_tokens: int, overlap_tokens: int = 0, limit: int | None = None
+) -> int:
+    """How many chunks ``chunk_text`` makes of ``text`` with these settings; with ``limit``,
+    it stops counting past it (returns ``limit + 1`` for "more than ``limit``"), so a text
+    that would make far too many chunks costs no more than ``limit`` of them to refuse."""
+    chunk_text("", chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens)  # checks
+    n = 0
+    for _ in _spans(text, chunk_tokens, overlap_tokens):
+        n += 1
+        if limit is not None and n > limit:
+            break
+    return n
+
+
+def _spans(text: str, chunk_tokens: int, overlap_tokens: int) -> Iterator[tuple[int, int]]:
     if not text:
-        return []
+        return
     budget = chunk_tokens * UNITS_PER_TOKEN
     overlap = overlap_tokens * UNITS_PER_TOKEN
-    spans: list[tuple[int, int]] = []
     start = 0
     end = _chunk_end(text, start, budget)
-    spans.append((start, end))
+    yield start, end
     while end < len(text):
         previous_end = end
         start = _overlap_start(text, start, previous_end, overlap) if overlap else previous_end
@@ -315,9 +335,7 @@ def chunk_text(
         if end <= previous_end:  # the overlap left no room to go further: drop it
             start = previous_end
             end = _chunk_end(text, start, budget)
-        spans.append((start, end))
-    count = len(spans)
-    return [Chunk(i, count, text[s:e], s, e) for i, (s, e) in enumerate(spans)]
+        yield start, end
 
 
 def _fits(text: str, start: int, end: int, room: int) -> int:

@@ -10,7 +10,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from app.engine.chunking import chunk_text
+from app.engine.chunking import count_chunks
 from app.engine.spec import DEFAULT_CHUNK_TOKENS, AgentSpec, FailurePolicy, JobSpec, ResponseFormat
 from app.engine.templates import (
     AGENTS_PREFIX,
@@ -358,10 +358,10 @@ def _check_map(
         base.update(kw)
         return MapPlan(**base)
 
-    def too_many(n: int, what: str) -> None:
+    def too_many(n: str, what: str) -> None:
         problems.add(
             loc,
-            f"{who} would fan out to {n:,} sub-agents ({what}); at most {limit:,} are allowed"
+            f"{who} would fan out to {n} sub-agents ({what}); at most {limit:,} are allowed"
             + (" (map.max_items)" if m.max_items and m.max_items < service_max else "")
             + (
                 "; raise chunk_tokens"
@@ -452,9 +452,10 @@ def _check_map(
                     ProblemType.unknown_item_field,
                 )
                 return None
-        n = len(chunk_text(value, chunk_tokens=chunk_tokens, overlap_tokens=overlap))
+        # Counting stops past the limit: a huge text with tiny chunks is refused quickly.
+        n = count_chunks(value, chunk_tokens=chunk_tokens, overlap_tokens=overlap, limit=limit)
         if n > limit:
-            too_many(n, f"chunks of {chunk_tokens:,} tokens")
+            too_many(f"more than {limit:,}", f"chunks of {chunk_tokens:,} tokens")
         return plan(context_path=path, known_items=n)
     items = mappable_items(value)
     if items is None:
@@ -482,7 +483,7 @@ def _check_map(
             )
             break
     if len(items) > limit:
-        too_many(len(items), "items of the list")
+        too_many(f"{len(items):,}", "items of the list")
     return plan(context_path=path, known_items=len(items))
 
 

@@ -973,12 +973,20 @@ class JobRun:
         req = build(route)
         info = route.model
         if req.prompt_chars > self.settings.max_prompt_chars:
-            error = (
-                f"agent {agent_id!r}: its prompt is {req.prompt_chars:,} characters with its "
-                f"dependencies' outputs filled in, over the limit of "
-                f"{self.settings.max_prompt_chars:,}; have the dependencies answer shorter "
-                "(max_tokens) or reference fewer of them"
-            )
+            sub = self.subs.get(agent_id)
+            if sub is not None and sub.kind is AgentKind.item:
+                advice = (
+                    "with its item filled in, over the limit of "
+                    f"{self.settings.max_prompt_chars:,}; have the planner give shorter items, "
+                    "or map over the text itself, which is cut into chunks"
+                )
+            else:
+                advice = (
+                    "with its dependencies' outputs filled in, over the limit of "
+                    f"{self.settings.max_prompt_chars:,}; have the dependencies answer shorter "
+                    "(max_tokens) or reference fewer of them"
+                )
+            error = f"agent {agent_id!r}: its prompt is {req.prompt_chars:,} characters {advice}"
             await self._persist(
                 repo.mark_agent_failed(
                     self.job_id, agent_id, error=error, reason="prompt_too_large"

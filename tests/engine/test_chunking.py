@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.engine import chunking
-from app.engine.chunking import Chunk, chunk_text, count_tokens
+from app.engine.chunking import Chunk, chunk_text, count_chunks, count_tokens
 
 PROPERTY_SETTINGS = settings(max_examples=500, deadline=None)
 
@@ -357,3 +357,32 @@ def test_estimate_monotone_and_cut_bounds(text: str, data: st.DataObject) -> Non
 def test_one_character_costs_one_to_four_tokens(character: str) -> None:
     tokens = count_tokens(character)
     assert (0 if character == " " else 1) <= tokens <= 4
+
+
+@given(text=st.text(max_size=400), chunk=st.integers(2, 40), data=st.data())
+def test_count_chunks_agrees_with_chunk_text_and_stops_past_its_limit(
+    text: str, chunk: int, data: st.DataObject
+) -> None:
+    overlap = data.draw(st.integers(0, chunk - 1))
+    n = len(chunk_text(text, chunk_tokens=chunk, overlap_tokens=overlap))
+    assert count_chunks(text, chunk_tokens=chunk, overlap_tokens=overlap) == n
+    limit = data.draw(st.integers(0, 50))
+    assert count_chunks(text, chunk_tokens=chunk, overlap_tokens=overlap, limit=limit) == min(
+        n, limit + 1
+    )
+
+
+def test_counting_a_huge_text_into_tiny_chunks_stops_early(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = chunking._chunk_end
+    cut = {"n": 0}
+
+    def counted(text: str, start: int, budget: int) -> int:
+        cut["n"] += 1
+        return real(text, start, budget)
+
+    monkeypatch.setattr(chunking, "_chunk_end", counted)
+    text = "字" * 3_000_000  # about 280,000 chunks of 16 tokens
+    assert count_chunks(text, chunk_tokens=16, limit=1000) == 1001
+    assert cut["n"] <= 1002  # it stopped after the 1,001st chunk, not at the end

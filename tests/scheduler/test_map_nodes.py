@@ -826,3 +826,24 @@ async def test_a_job_whose_run_keeps_crashing_is_failed_not_retried_for_ever(
     assert done["status"] == "failed"
     assert done["error"].startswith("the job's run failed 8 times in a row (StoreWriteError")
     assert len(fake_upstream.calls) == 8  # one call per run; then it stopped
+
+
+async def test_a_list_item_too_large_for_a_prompt_is_refused_at_submit(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    body = {
+        "context": {"xs": ["short", "word " * 240_000]},
+        "agents": [{"id": "m", "map": {"over": "context.xs"}, "task": "Do {{item}}"}],
+    }
+    resp = await service.client.post("/jobs", json=body)
+    assert resp.status_code == 422
+    (problem,) = resp.json()["detail"]
+    assert problem["type"] == "prompt_too_large"
+    assert problem["msg"] == (
+        "agent 'm': its prompt would be 1,200,003 characters once the context and its "
+        "largest item (item 1) are filled in, over the limit of 1,000,000"
+    )
+    body["agents"][0]["task"] = "Look."  # the item appended instead: still too large
+    assert (await service.client.post("/jobs", json=body)).status_code == 422
+    body["context"]["xs"][1] = "word " * 1000
+    assert (await service.client.post("/jobs", json=body)).status_code == 201
