@@ -3,6 +3,7 @@ view (a terminal) or as one plain line per state change (a pipe, a log, CI)."""
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -236,7 +237,8 @@ def _ids(ids: dict[str, None], *, recent_first: bool, limit: int = 12) -> str:
 def render(state: JobState, url: str) -> RenderableType:
     total = max(state.total, 1)
     bar = ProgressBar(total=total, completed=state.done, width=None)
-    percent = 100.0 * state.done / total
+    # Rounded down: 100 % only once every agent has finished.
+    percent = math.floor(100.0 * state.done / total)
     head = Table.grid(expand=True, padding=(0, 1))
     head.add_column(ratio=1)
     head.add_column(justify="right", no_wrap=True)

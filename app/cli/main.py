@@ -470,3 +470,7 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id or pref
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":  # python -m app.cli.main works like python -m app.cli
+    main()

@@ -123,10 +123,12 @@ def show_job(console: Console, job: dict[str, Any], *, all_agents: bool = False)
         table.add_column("error", overflow="fold", ratio=1)
     for a in shown:
         latency = a.get("latency_ms")
+        # Ids, names and models are the user's text: never read as rich markup
+        # ("parts[merge1.0]" would otherwise vanish as a style tag).
         cells: list[str | Text] = [
-            a["id"],
+            Text(a["id"]),
             styled(a["status"]),
-            str(a.get("model", "")),
+            Text(str(a.get("model", ""))),
             str(a.get("attempts", 0)),
             number(a.get("total_tokens")),
             cost(a.get("cost_usd")) if a.get("cost_usd") is not None else "-",
@@ -219,8 +221,8 @@ def show_jobs(console: Console, page: dict[str, Any]) -> None:
         table.add_column("error", no_wrap=True, overflow="ellipsis")
     for job in rows:
         cells: list[str | Text] = [
-            job["id"],
-            job.get("name", ""),
+            Text(job["id"]),
+            Text(str(job.get("name", ""))),
             styled(job["status"]),
             number(job.get("agents_total")),
             when(job.get("created_at")),

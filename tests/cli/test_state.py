@@ -191,3 +191,25 @@ def test_a_follow_that_starts_late_counts_known_sub_agents_once() -> None:
     s.apply(ev(1, "job.queued", agents=2))
     s.apply(ev(2, "agent.expanded", "parts", count=2, kind="map", agents=["parts[0]", "parts[1]"]))
     assert s.total == 4
+
+
+def test_ids_names_and_models_are_shown_as_written_never_as_markup() -> None:
+    from app.cli.views import show_job, show_jobs
+
+    console = Console(record=True, width=200, color_system=None)
+    job = {
+        "id": "j1",
+        "name": "weird [/bold] name",
+        "status": "completed",
+        "counts": {"completed": 2, "total": 2},
+        "usage": {},
+        "agents": [
+            {"id": "r[merge1.0]", "status": "completed", "model": "[red]m", "attempts": 1},
+            {"id": "r", "status": "completed", "model": "m", "attempts": 1},
+        ],
+    }
+    show_job(console, job, all_agents=True)
+    show_jobs(console, {"data": [job | {"agents_total": 2}], "next_cursor": None})
+    text = console.export_text()
+    assert "r[merge1.0]" in text and "[red]m" in text
+    assert "weird [/bold] name" in text
