@@ -467,10 +467,15 @@ async def list_agents(
     status_: Annotated[AgentStatus | None, Query(alias="status")] = None,
     kind: Annotated[AgentKind | None, Query()] = None,
     parent: Annotated[
-        str | None, Query(max_length=100, description="Only the sub-agents of this agent.")
+        str | None,
+        Query(
+            max_length=100,
+            pattern=r"^[^\x00]*$",
+            description="Only the sub-agents of this agent.",
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-    cursor: Annotated[str | None, Query(max_length=24, pattern=r"^\d{1,9}\.-?\d{1,12}$")] = None,
+    cursor: Annotated[str | None, Query(max_length=20, pattern=r"^\d{1,9}\.-?\d{1,9}$")] = None,
 ) -> AgentPage:
     """The job's agents in listing order (submission order, each map node's items and each
     reducer's merge steps right after it), a page at a time, optionally filtered: e.g. the

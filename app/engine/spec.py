@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+# Stored in indexed text columns, which PostgreSQL refuses a NUL in.
+NO_NUL = r"^[^\x00]*$"
 
 _T = TypeVar("_T")
 
@@ -54,6 +56,7 @@ class AgentDefaults(BaseModel):
         default=None,
         min_length=1,
         max_length=200,
+        pattern=NO_NUL,
         description=(
             "Model name sent upstream. On the job: the default for every agent; on an agent: "
             "overrides the job's. Unset everywhere means the service's default model."
@@ -283,7 +286,11 @@ class JobSpec(AgentDefaults):
     )
 
     name: str = Field(
-        default="job", min_length=1, max_length=200, description="Human-readable job name."
+        default="job",
+        min_length=1,
+        max_length=200,
+        pattern=NO_NUL,
+        description="Human-readable job name.",
     )
     max_concurrency: int = Field(
         default=16,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 
 from app.config import Settings
 from app.engine.graph import Graph, validate_graph
@@ -31,6 +32,10 @@ MAX_CRASHES = 8
 # models at most (model names come from requests; the first ones used are kept).
 LIMIT_SAVE_INTERVAL_S = 10.0
 MAX_SAVED_LIMITS = 200
+LIMIT_RESAVE_S = 3600.0
+# A run that lived this long before it crashed made progress: its crash count starts over,
+# so separate outages in a long job do not add up to MAX_CRASHES.
+CRASH_COUNT_RESET_S = 300.0
 
 
 class Scheduler:
@@ -47,8 +52,10 @@ class Scheduler:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.running = False
         self._crashes: dict[str, int] = {}
+        self._launched_at: dict[str, float] = {}
         self._recoveries: set[asyncio.Task[None]] = set()
         self._saved_limits: dict[str, repo.LearnedLimit] = {}
+        self._saved_at: dict[str, float] = {}
         self._limit_saver: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -67,21 +74,30 @@ class Scheduler:
                     extra={"limits": {m: round(v.limit, 1) for m, v in self.gates.learned.items()}},
                 )
             self._saved_limits = dict(self.gates.learned)
-        self._limit_saver = asyncio.create_task(self._save_limits_periodically())
         for job_id in await self.store.read(repo.unfinished_job_ids):
             await self._resume(job_id)
+        self._limit_saver = asyncio.create_task(self._save_limits_periodically())
 
     async def save_learned_limits(self) -> None:
-        """Write the models' limits that changed since the last save."""
+        """Write the models' limits that changed since the last save, and those not written
+        for an hour (so a limit that holds steady is not forgotten), dropping saved limits
+        too old to be used."""
+        now = time.monotonic()
         current = self.gates.learned_limits()
         changed = {
             m: v
             for m, v in list(current.items())[:MAX_SAVED_LIMITS]
             if self._saved_limits.get(m) != v
+            or now - self._saved_at.get(m, -LIMIT_RESAVE_S) >= LIMIT_RESAVE_S
         }
         if changed:
-            await self.store.write(repo.save_model_limits(changed))
+            await self.store.write(
+                repo.save_model_limits(
+                    changed, forget_older_than_s=self.settings.model_limit_memory_s
+                )
+            )
             self._saved_limits.update(changed)
+            self._saved_at.update(dict.fromkeys(changed, now))
 
     async def _save_limits_periodically(self) -> None:
         while True:
@@ -166,6 +182,7 @@ class Scheduler:
             metrics=self.metrics,
         )
         self.runs[job_id] = run
+        self._launched_at[job_id] = time.monotonic()
         task = asyncio.create_task(
             run.run(resumed=resumed, cancel_requested=cancel_requested), name=f"job:{job_id}"
         )
@@ -176,10 +193,14 @@ class Scheduler:
         self.runs.pop(job_id, None)
         self.tasks.pop(job_id, None)
         if task.cancelled() or task.exception() is None:
+            self._launched_at.pop(job_id, None)
             self._crashes.pop(job_id, None)
             return
         exc = task.exception()
         log.error("job run crashed", exc_info=exc, extra={"job_id": job_id})
+        lived = time.monotonic() - self._launched_at.pop(job_id, time.monotonic())
+        if lived >= CRASH_COUNT_RESET_S:
+            self._crashes.pop(job_id, None)
         if self.running:
             crashes = self._crashes[job_id] = self._crashes.get(job_id, 0) + 1
             if crashes >= MAX_CRASHES:

@@ -599,13 +599,23 @@ class LearnedLimit:
     slow_start: bool
 
 
-def save_model_limits(limits: dict[str, LearnedLimit]) -> Any:
-    """Remember each model's learned concurrency limit (insert or replace)."""
+# Saved limits older than this are never used; `timedelta` cannot go much further anyway.
+_MAX_MEMORY_S = 10 * 365 * 86_400.0
+
+
+def save_model_limits(
+    limits: dict[str, LearnedLimit], *, forget_older_than_s: float | None = None
+) -> Any:
+    """Remember each model's learned concurrency limit (insert or replace), and forget
+    the saved limits older than `forget_older_than_s`."""
 
     def op(tx: Tx) -> None:
+        now = utcnow()
+        if forget_older_than_s is not None and forget_older_than_s > 0:
+            cutoff = now - timedelta(seconds=min(forget_older_than_s, _MAX_MEMORY_S))
+            tx.conn.execute(delete(model_limits_t).where(model_limits_t.c.updated_at < cutoff))
         if not limits:
             return
-        now = utcnow()
         known = {
             r.model
             for r in tx.conn.execute(
@@ -630,7 +640,7 @@ def save_model_limits(limits: dict[str, LearnedLimit]) -> Any:
 
 def load_model_limits(conn: Connection, *, max_age_s: float) -> dict[str, LearnedLimit]:
     """The limits learned within the last `max_age_s` seconds, by model."""
-    since = utcnow() - timedelta(seconds=max_age_s)
+    since = utcnow() - timedelta(seconds=min(max_age_s, _MAX_MEMORY_S))
     rows = conn.execute(select(model_limits_t).where(model_limits_t.c.updated_at >= since)).all()
     return {r.model: LearnedLimit(float(r.concurrency_limit), bool(r.slow_start)) for r in rows}
 

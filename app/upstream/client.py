@@ -131,8 +131,19 @@ async def call_chat(client: AsyncOpenAI, req: AgentRequest) -> CallResult:
         output=clean_text(choice.message.content or ""),
         # Stored in a 32-character column; an odd upstream must not break the write.
         finish_reason=str(choice.finish_reason)[:32] if choice.finish_reason else None,
-        prompt_tokens=usage.prompt_tokens if usage else None,
-        completion_tokens=usage.completion_tokens if usage else None,
-        total_tokens=usage.total_tokens if usage else None,
+        prompt_tokens=_count(usage.prompt_tokens) if usage else None,
+        completion_tokens=_count(usage.completion_tokens) if usage else None,
+        total_tokens=_count(usage.total_tokens) if usage else None,
         latency_ms=latency_ms,
     )
+
+
+# Token counts are stored in 32-bit columns; a count outside them is not believable.
+_MAX_COUNT = 2**31 - 1
+
+
+def _count(value: Any) -> int | None:
+    """A usage count as reported, or None when it is not a plausible one."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_COUNT:
+        return None
+    return value

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import pytest
 
 from app.scheduler.gates import Gates
 from app.scheduler.limits import Outcome
@@ -106,3 +107,36 @@ async def test_idle_model_gates_are_dropped_and_come_back_with_their_limit(
     busy.concurrency.release(permit, Outcome.ok)
     now["t"] = 1300.0
     assert set(gates.evict_idle(600)) == {"client-chosen-name", "busy-model"}
+
+
+async def test_saved_limits_too_old_to_use_are_forgotten_and_steady_ones_are_kept_fresh(
+    tmp_path: Path, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.scheduler import scheduler as scheduler_module
+
+    async for svc in start_service(make_settings(tmp_path, model_limit_memory_s=3600)):
+        store = svc.app.state.services.store
+        scheduler = svc.app.state.services.scheduler
+        await store.write(
+            repo.save_model_limits({"gone": repo.LearnedLimit(9.0, slow_start=False)})
+        )
+        await store.write(
+            lambda tx: tx.conn.execute(
+                repo.model_limits_t.update().values(updated_at=utcnow() - timedelta(hours=2))
+            )
+        )
+        scheduler.gates.for_model(ModelInfo(name="steady"))
+        await scheduler.save_learned_limits()  # first save of "steady"; "gone" is dropped
+        rows = await store.read(lambda c: c.execute(repo.model_limits_t.select()).all())
+        assert [r.model for r in rows] == ["steady"]
+        first = rows[0].updated_at
+        await scheduler.save_learned_limits()  # unchanged, saved just now: not rewritten
+        rows = await store.read(lambda c: c.execute(repo.model_limits_t.select()).all())
+        assert rows[0].updated_at == first
+        monkeypatch.setattr(scheduler_module, "LIMIT_RESAVE_S", 0.0)
+        await scheduler.save_learned_limits()  # unchanged but due: rewritten
+        rows = await store.read(lambda c: c.execute(repo.model_limits_t.select()).all())
+        assert rows[0].updated_at > first
+    huge = make_settings(tmp_path, model_limit_memory_s=1e300)
+    async for svc in start_service(huge):  # "for ever" still loads what was saved
+        assert "steady" in svc.app.state.services.scheduler.gates.learned

@@ -847,3 +847,40 @@ async def test_a_list_item_too_large_for_a_prompt_is_refused_at_submit(
     assert (await service.client.post("/jobs", json=body)).status_code == 422
     body["context"]["xs"][1] = "word " * 1000
     assert (await service.client.post("/jobs", json=body)).status_code == 201
+
+
+async def test_unbelievable_usage_counts_are_not_stored(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    def huge(req: dict[str, Any], _n: int) -> httpx2.Response | None:
+        body = completion_body("fine")
+        body["usage"] = {"prompt_tokens": 2**40, "completion_tokens": 5, "total_tokens": -1}
+        return httpx2.Response(200, json=body)
+
+    fake_upstream.script = huge
+    job = await service.submit({"agents": [{"id": "a", "task": "x"}]})
+    done = await service.wait(job["id"])
+    assert done["status"] == "completed"
+    a = await agent(service, job["id"], "a")
+    assert a["attempts"] == 1  # stored at once: never a crash and a second (paid) call
+    assert a["usage"] is None or a["usage"]["completion_tokens"] == 5
+    assert len(fake_upstream.calls) == 1
+
+
+async def test_text_no_database_can_look_up_is_refused_plainly(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    job = await service.submit(list_job("continue", n=2))
+    await service.wait(job["id"])
+    base = f"/jobs/{job['id']}"
+    assert (
+        await service.client.get(base + "/agents", params={"parent": "m\x00"})
+    ).status_code == 422
+    far = await service.client.get(base + "/agents", params={"cursor": "1.999999999999"})
+    assert far.status_code == 422
+    assert (await service.client.get(base + "%00")).status_code == 404
+    assert (await service.client.get(base + "/agents/m%00")).status_code == 404
+    bad_name = await service.client.post("/jobs", json={**list_job("continue"), "name": "a\x00"})
+    assert bad_name.status_code == 422
+    bad_model = await service.client.post("/jobs", json={**list_job("continue"), "model": "m\x00"})
+    assert bad_model.status_code == 422
