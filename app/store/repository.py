@@ -10,6 +10,8 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from app.events.types import EventType
 from app.store.models import (
@@ -616,24 +618,31 @@ def save_model_limits(
             tx.conn.execute(delete(model_limits_t).where(model_limits_t.c.updated_at < cutoff))
         if not limits:
             return
-        known = {
-            r.model
-            for r in tx.conn.execute(
-                select(model_limits_t.c.model).where(model_limits_t.c.model.in_(list(limits)))
-            )
-        }
-        for model, learned in limits.items():
-            values = {
-                "concurrency_limit": learned.limit,
-                "slow_start": learned.slow_start,
-                "updated_at": now,
-            }
-            if model in known:
-                tx.conn.execute(
-                    update(model_limits_t).where(model_limits_t.c.model == model).values(**values)
-                )
-            else:
-                tx.conn.execute(insert(model_limits_t).values(model=model, **values))
+        # One upsert (both dialects have INSERT … ON CONFLICT), so two replicas saving the
+        # same model at once cannot collide.
+        dialect = tx.conn.dialect.name
+        upsert = pg_insert if dialect == "postgresql" else sqlite_insert
+        stmt = upsert(model_limits_t)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[model_limits_t.c.model],
+            set_={
+                "concurrency_limit": stmt.excluded.concurrency_limit,
+                "slow_start": stmt.excluded.slow_start,
+                "updated_at": stmt.excluded.updated_at,
+            },
+        )
+        tx.conn.execute(
+            stmt,
+            [
+                {
+                    "model": model,
+                    "concurrency_limit": learned.limit,
+                    "slow_start": learned.slow_start,
+                    "updated_at": now,
+                }
+                for model, learned in limits.items()
+            ],
+        )
 
     return op
 

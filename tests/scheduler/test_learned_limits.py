@@ -3,6 +3,7 @@ shutdown, and a restarted service starts from it instead of probing the upstream
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -140,3 +141,29 @@ async def test_saved_limits_too_old_to_use_are_forgotten_and_steady_ones_are_kep
     huge = make_settings(tmp_path, model_limit_memory_s=1e300)
     async for svc in start_service(huge):  # "for ever" still loads what was saved
         assert "steady" in svc.app.state.services.scheduler.gates.learned
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_saving_a_limit_inserts_then_updates_on_both_databases(
+    tmp_path: Path, fake_upstream: FakeUpstream, backend: str, request: pytest.FixtureRequest
+) -> None:
+    url = (
+        f"sqlite:///{tmp_path}/limits.db"
+        if backend == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    async for svc in start_service(make_settings(tmp_path, database_url=url)):
+        store = svc.app.state.services.store
+        first = {"a": repo.LearnedLimit(10.0, True), "b": repo.LearnedLimit(3.0, False)}
+        await store.write(repo.save_model_limits(first))
+        # In one batch: an update of "a" and a new "c", as two replicas might write them.
+        await asyncio.gather(
+            store.write(repo.save_model_limits({"a": repo.LearnedLimit(12.5, False)})),
+            store.write(repo.save_model_limits({"c": repo.LearnedLimit(7.0, True)})),
+        )
+        loaded = await store.read(lambda c: repo.load_model_limits(c, max_age_s=60))
+        assert loaded == {
+            "a": repo.LearnedLimit(12.5, False),
+            "b": repo.LearnedLimit(3.0, False),
+            "c": repo.LearnedLimit(7.0, True),
+        }
