@@ -85,6 +85,9 @@ class Metrics:
             "swarm_store_pending_writes", "Writes queued for the single writer.", registry=r
         )
 
+    # Set once a model outside the registry has had a gate (its series is "other").
+    other_models_seen: bool = False
+
     def model_label(self, model: str) -> str:
         return model if model in self.known_models else OTHER_MODEL
 

@@ -100,11 +100,13 @@ async def prometheus_metrics(services: ServicesDep) -> Response:
             others[0] += snap.in_flight
             others[1] = max(others[1], snap.limit)
             others[2] += snap.waiting
+            m.other_models_seen = True
             continue
         m.in_flight.labels(name).set(snap.in_flight)
         m.concurrency_limit.labels(name).set(snap.limit)
         m.waiting.labels(name).set(snap.waiting)
-    if any(others):
+    # Once shown, the series stay current (zeros once those models' gates are dropped).
+    if m.other_models_seen:
         m.in_flight.labels(OTHER_MODEL).set(others[0])
         m.concurrency_limit.labels(OTHER_MODEL).set(others[1])
         m.waiting.labels(OTHER_MODEL).set(others[2])

@@ -167,3 +167,17 @@ async def test_saving_a_limit_inserts_then_updates_on_both_databases(
             "b": repo.LearnedLimit(3.0, False),
             "c": repo.LearnedLimit(7.0, True),
         }
+
+
+async def test_the_other_models_gauges_go_to_zero_when_their_gates_are_dropped(
+    service: Any, fake_upstream: FakeUpstream
+) -> None:
+    job = await service.submit(
+        {"model": "someones-own-model", "agents": [{"id": "a", "task": "x"}]}
+    )
+    await service.wait(job["id"])
+    text = (await service.client.get("/metrics")).text
+    assert 'swarm_model_concurrency_limit{model="other"} 16.0' in text
+    assert service.app.state.services.scheduler.gates.evict_idle(0) == ["someones-own-model"]
+    text = (await service.client.get("/metrics")).text
+    assert 'swarm_model_concurrency_limit{model="other"} 0.0' in text
