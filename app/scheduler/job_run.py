@@ -269,7 +269,9 @@ class JobRun:
                 outcome = self.state.mark_failed(agent_id, self.policy)
                 if outcome.cancelled:
                     self._fail_fast_reason = f"agent {agent_id!r} failed (fail_fast)"
+        # Nodes whose sub-agents may all have ended already: settled once all are restored.
         waiting_maps: list[MapRun] = []
+        waiting_reduces: list[ReduceRun] = []
         for a in self.graph.ids:
             if self.state.status(a) is not NodeStatus.ready or by_id[a].status in (
                 AgentStatus.completed,
@@ -283,10 +285,9 @@ class JobRun:
                 if mr.failing:
                     # Its remaining items would be paid for and thrown away: skip them.
                     first = mr.failed[0] if mr.failed else "an item"
-                    await self._drop_pending(
+                    mr.ended += await self._drop_pending(
                         mr.subs, f"{first!r} failed, so map node {mr.node!r} fails"
                     )
-                    mr.ended = len(mr.subs) - sum(1 for s in mr.subs if s in self._subs_unfinished)
                 self.ready.extend(s for s in mr.subs if s in self._subs_unfinished)
                 waiting_maps.append(mr)
             elif rr is not None and rr.levels:
@@ -304,14 +305,13 @@ class JobRun:
                 rr.pending = sum(1 for s in level if s in self._subs_unfinished)
                 self.ready.extend(s for s in level if s in self._subs_unfinished)
                 if rr.pending == 0:
-                    waiting_maps.append(MapRun(a, []))  # settled below
+                    waiting_reduces.append(rr)
             else:
                 self.ready.append(a)
         for mr in waiting_maps:
-            if mr.node in self.reduce_runs and mr.node not in self.graph.maps:
-                await self._reduce_level_ended(self.reduce_runs[mr.node])
-            else:
-                await self._after_item_ended(mr)
+            await self._after_item_ended(mr)
+        for rr in waiting_reduces:
+            await self._reduce_level_ended(rr)
 
     def _restore_sub(self, row: Any) -> None:
         parent = self.agents[row.parent_id]
@@ -469,9 +469,8 @@ class JobRun:
         if sub is not None:
             await self._sub_ended(sub, outcome)
             return
-        if agent_id in self.graph.maps and outcome.completed:
-            self._set_map_output(agent_id)
-        elif outcome.completed:
+        # (A map node never completes here: its last item's end completes it.)
+        if outcome.completed:
             self.outputs[agent_id] = DepOutput(agent_id, outcome.output)
         await self._node_ended(agent_id, outcome.completed, outcome.error)
 
@@ -516,27 +515,26 @@ class JobRun:
                 mr.failed.append(sub.id)
                 if self.policy is FailurePolicy.skip_dependents and not mr.failing:
                     mr.failing = True
-                    await self._drop_pending(
+                    mr.ended += await self._drop_pending(
                         mr.subs, f"{sub.id!r} failed, so map node {mr.node!r} fails"
                     )
-                    mr.ended += sum(1 for s in mr.subs if s in self._dropped)
             await self._after_item_ended(mr)
         else:
             rr = self.reduce_runs[sub.parent]
             rr.pending -= 1
             if not outcome.completed and rr.failed is None:
                 rr.failed = sub.id
-                pending = [s for s in rr.levels[-1] if s in self._subs_unfinished]
-                await self._drop_pending(pending, f"merge step {sub.id!r} failed")
-                rr.pending -= sum(1 for s in pending if s in self._dropped)
+                rr.pending -= await self._drop_pending(
+                    rr.levels[-1], f"merge step {sub.id!r} failed"
+                )
             if rr.pending <= 0:
                 await self._reduce_level_ended(rr)
 
-    async def _drop_pending(self, ids: list[str], reason: str) -> None:
-        """Skip the queued (not running) sub-agents among `ids`."""
+    async def _drop_pending(self, ids: list[str], reason: str) -> int:
+        """Skip the queued (not running) sub-agents among `ids`; returns how many."""
         dropped = [s for s in ids if s in self._subs_unfinished and s not in self.running]
         if not dropped:
-            return
+            return 0
         self._dropped.update(dropped)
         self._subs_unfinished.difference_update(dropped)
         for s in dropped:
@@ -544,6 +542,7 @@ class JobRun:
         await self.store.write(
             repo.mark_agents_ended(self.job_id, dropped, AgentStatus.skipped, reason)
         )
+        return len(dropped)
 
     async def _after_item_ended(self, mr: MapRun) -> None:
         """Finish the map node once all its items have ended."""
@@ -718,8 +717,7 @@ class JobRun:
         self._register(subs)
         mr = self.map_runs[node] = MapRun(node, [s.id for s in subs])
         if not subs:
-            await self._after_item_ended(mr)
-            return AgentOutcome(node, True, expanded=True)
+            await self._after_item_ended(mr)  # nothing to wait for: complete it now
         return AgentOutcome(node, True, expanded=True)
 
     def _register(self, subs: list[Sub]) -> None:
@@ -1010,10 +1008,9 @@ class JobRun:
                 try:
                     parse_plan(outcome.output, plan_paths)
                 except PlanError as exc:
-                    wasted.add(outcome, info.cost(outcome.prompt_tokens, outcome.completion_tokens))
-                    self.spent_usd += (
-                        info.cost(outcome.prompt_tokens, outcome.completion_tokens) or 0.0
-                    )
+                    paid = info.cost(outcome.prompt_tokens, outcome.completion_tokens)
+                    wasted.add(outcome, paid)
+                    self.spent_usd += paid or 0.0
                     outcome = UpstreamFailure(
                         FailureReason.invalid_plan,
                         f"agent {agent_id!r} is the planner of map node(s) "
