@@ -25,7 +25,13 @@ from app.api.schemas import (
     RetryRecord,
     Usage,
 )
-from app.engine.graph import Graph, GraphValidationError, mappable_items, validate_graph
+from app.engine.graph import (
+    Graph,
+    GraphValidationError,
+    MapPlan,
+    mappable_items,
+    validate_graph,
+)
 from app.engine.spec import JobSpec, ResolvedAgent
 from app.engine.templates import MapItem, RefKind, format_value, lookup_context, scan_refs
 from app.errors import ConflictError, NotFoundError, TooManyRequestsError, UnprocessableError
@@ -178,7 +184,9 @@ def _body_hash(spec: JobSpec) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _check_prompt_sizes(spec: JobSpec, agents: list[ResolvedAgent], limit: int) -> None:
+def _check_prompt_sizes(
+    spec: JobSpec, graph: Graph, agents: list[ResolvedAgent], limit: int
+) -> None:
     """What the templates make of the context is known now: refuse prompts that would
     exceed the limit before any of them runs (outputs of dependencies come on top)."""
     sizes: dict[str, int] = {}
@@ -197,7 +205,8 @@ def _check_prompt_sizes(spec: JobSpec, agents: list[ResolvedAgent], limit: int) 
     problems = []
     for i, agent in enumerate(agents):
         size = rendered_size(agent.task) + rendered_size(agent.system_prompt)
-        item, item_size = _largest_list_item(spec, agent)
+        plan = graph.maps.get(agent.id)
+        item, item_size = (None, 0) if plan is None else _largest_list_item(spec, plan, agent)
         what = "the context is filled in"
         if item is not None:
             size += item_size
@@ -221,13 +230,14 @@ def _check_prompt_sizes(spec: JobSpec, agents: list[ResolvedAgent], limit: int) 
 _ITEM_BLOCK_CHARS = 64
 
 
-def _largest_list_item(spec: JobSpec, agent: ResolvedAgent) -> tuple[int | None, int]:
+def _largest_list_item(
+    spec: JobSpec, plan: MapPlan, agent: ResolvedAgent
+) -> tuple[int | None, int]:
     """For a map over a list in the context: the item whose rendering in the task is the
     longest, and that length (the task's {{item…}} references, or the appended block)."""
-    if agent.map is None or not agent.map.over.strip().strip("{}").strip().startswith("context."):
+    if plan.source_agent is not None:
         return None, 0
-    path = tuple(agent.map.over.strip().strip("{}").strip()[len("context.") :].split("."))
-    items = mappable_items(lookup_context(spec.context, path))
+    items = mappable_items(lookup_context(spec.context, plan.context_path))
     if not items:
         return None, 0
     refs = [r for r in scan_refs(agent.task)[0] if r.kind is RefKind.item]
@@ -370,7 +380,7 @@ async def submit_job(
     _check_routes(services, resolved, model)
     if spec.budget_usd is not None:
         _check_prices(services, resolved, model)
-    await asyncio.to_thread(_check_prompt_sizes, spec, resolved, settings.max_prompt_chars)
+    await asyncio.to_thread(_check_prompt_sizes, spec, graph, resolved, settings.max_prompt_chars)
     _check_chunk_windows(services, spec, graph, resolved, model)
     spec_json = await asyncio.to_thread(_storable_json, spec)
     new = repo.new_job(
