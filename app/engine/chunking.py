@@ -286,6 +286,13 @@ def chunk_text(
 
     Raises ``TypeError`` for arguments of the wrong type and ``ValueError`` unless
     ``chunk_tokens >= 1`` and ``0 <= overlap_tokens < chunk_tokens``."""
+    _check_args(text, chunk_tokens, overlap_tokens)
+    spans = list(_spans(text, chunk_tokens, overlap_tokens))
+    count = len(spans)
+    return [Chunk(i, count, text[s:e], s, e) for i, (s, e) in enumerate(spans)]
+
+
+def _check_args(text: str, chunk_tokens: int, overlap_tokens: int) -> None:
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, not {type(text).__name__}")
     for name, value in (("chunk_tokens", chunk_tokens), ("overlap_tokens", overlap_tokens)):
@@ -300,9 +307,6 @@ def chunk_text(
             f"overlap_tokens must be less than chunk_tokens, got overlap_tokens="
             f"{overlap_tokens} with chunk_tokens={chunk_tokens}"
         )
-    spans = list(_spans(text, chunk_tokens, overlap_tokens))
-    count = len(spans)
-    return [Chunk(i, count, text[s:e], s, e) for i, (s, e) in enumerate(spans)]
 
 
 def count_chunks(
@@ -311,7 +315,7 @@ def count_chunks(
     """How many chunks ``chunk_text`` makes of ``text`` with these settings; with ``limit``,
     it stops counting past it (returns ``limit + 1`` for "more than ``limit``"), so a text
     that would make far too many chunks costs no more than ``limit`` of them to refuse."""
-    chunk_text("", chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens)  # checks
+    _check_args(text, chunk_tokens, overlap_tokens)
     n = 0
     for _ in _spans(text, chunk_tokens, overlap_tokens):
         n += 1
