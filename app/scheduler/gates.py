@@ -79,7 +79,7 @@ class Gates:
                 and limiter.in_flight == 0
                 and limiter.waiting == 0
             ):
-                self.learned[name] = LearnedLimit(limiter.limit, limiter.in_slow_start)
+                self.learned[name] = _learned(gate)
                 del self.models[name]
                 dropped.append(name)
         while len(self.learned) > MAX_LEARNED:
@@ -88,10 +88,11 @@ class Gates:
 
     def learned_limits(self) -> dict[str, LearnedLimit]:
         """What each model's limiter has learned, for the next start of the service."""
-        return {
-            name: LearnedLimit(gate.concurrency.limit, gate.concurrency.in_slow_start)
-            for name, gate in self.models.items()
-        }
+        return {name: _learned(gate) for name, gate in self.models.items()}
+
+
+def _learned(gate: ModelGate) -> LearnedLimit:
+    return LearnedLimit(gate.concurrency.limit, gate.concurrency.in_slow_start)
 
 
 def estimate_tokens(system_prompt: str | None, prompt: str, max_tokens: int | None) -> int:

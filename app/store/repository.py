@@ -248,12 +248,7 @@ def mark_agent_retrying(
         if rate_limited:
             values["rate_limited"] = agents_t.c.rate_limited + 1
         if spent:
-            values.update(
-                prompt_tokens=spent.prompt_tokens,
-                completion_tokens=spent.completion_tokens,
-                total_tokens=spent.total_tokens,
-                cost_usd=spent.cost_usd,
-            )
+            values.update(spent.columns())
         tx.conn.execute(
             update(agents_t)
             .where(agents_t.c.job_id == job_id, agents_t.c.agent_id == agent_id)
@@ -329,10 +324,16 @@ class Spent:
     cost_usd: float | None = None
 
     def __bool__(self) -> bool:
-        return any(
-            v is not None
-            for v in (self.prompt_tokens, self.completion_tokens, self.total_tokens, self.cost_usd)
-        )
+        return any(v is not None for v in self.columns().values())
+
+    def columns(self) -> dict[str, Any]:
+        """The agent row's columns these values go in."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "cost_usd": self.cost_usd,
+        }
 
 
 def mark_agent_failed(
@@ -345,12 +346,7 @@ def mark_agent_failed(
             "finished_at": utcnow(),
         }
         if spent:
-            values.update(
-                prompt_tokens=spent.prompt_tokens,
-                completion_tokens=spent.completion_tokens,
-                total_tokens=spent.total_tokens,
-                cost_usd=spent.cost_usd,
-            )
+            values.update(spent.columns())
         tx.update_agent(job_id, agent_id, values)
         tx.emit(job_id, EventType.agent_failed, agent_id, error=error, reason=reason)
 
