@@ -257,6 +257,12 @@ async def bound_for(
     }
 
 
+def add_ratios(run: dict[str, Any]) -> None:
+    """The run's makespan ÷ its lower bound, and ÷ the ideal ready-queue schedule."""
+    run["ratio"] = round(run["makespan_s"] / run["lower_bound"]["value_s"], 4)
+    run["ratio_to_ideal"] = round(run["makespan_s"] / run["ideal_ready_queue_s"], 4)
+
+
 # ------------------------------------------------------------------------------- makespan
 
 
@@ -321,8 +327,7 @@ async def scenario_makespan(ctx: Ctx) -> dict[str, Any]:
                     run.update(base.as_dict())
                 run["simulator"] = sim_summary(await sim.stats())
                 run.update(await bound_for(sim, job, c))
-                run["ratio"] = round(run["makespan_s"] / run["lower_bound"]["value_s"], 4)
-                run["ratio_to_ideal"] = round(run["makespan_s"] / run["ideal_ready_queue_s"], 4)
+                add_ratios(run)
                 ctx.log(
                     f"  makespan {run['makespan_s']:.2f}s, bound "
                     f"{run['lower_bound']['value_s']:.2f}s, ratio {run['ratio']:.3f}"
@@ -412,8 +417,7 @@ async def scenario_map(ctx: Ctx) -> dict[str, Any]:
                 start=started,
                 end=started + run["makespan_s"],
             )
-            run["ratio"] = round(run["makespan_s"] / run["lower_bound"]["value_s"], 4)
-            run["ratio_to_ideal"] = round(run["makespan_s"] / run["ideal_ready_queue_s"], 4)
+            add_ratios(run)
             ctx.log(
                 f"  makespan {run['makespan_s']:.2f}s, bound "
                 f"{run['lower_bound']['value_s']:.2f}s, ratio {run['ratio']:.3f}, ideal "
