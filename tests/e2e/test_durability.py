@@ -106,11 +106,16 @@ def test_sigterm_lets_calls_in_flight_finish_then_resumes_the_rest(tmp_path: Pat
             }
             job_id = client.post("/jobs", json=body).json()["id"]
             deadline = time.monotonic() + 10
-            while client.get(f"/jobs/{job_id}").json()["counts"]["running"] < 5:
+            # An agent is `running` a moment before its call reaches the upstream: wait
+            # until the simulator itself has the calls in flight.
+            while (
+                client.get(f"/jobs/{job_id}").json()["counts"]["running"] < 5
+                or httpx2.get(f"{sim.url}/_sim/stats").json()["in_flight"] < 5
+            ):
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
-        in_flight = httpx2.get(f"{sim.url}/_sim/stats").json()["in_flight"]
-        requests_before = httpx2.get(f"{sim.url}/_sim/stats").json()["requests"]
+        stats = httpx2.get(f"{sim.url}/_sim/stats").json()
+        in_flight, requests_before = stats["in_flight"], stats["requests"]
         started = time.monotonic()
         svc.proc.send_signal(signal.SIGTERM)
         svc.proc.wait(timeout=30)
