@@ -32,13 +32,13 @@ from app.engine.graph import (
     mappable_items,
     validate_graph,
 )
+from app.engine.lifecycle import AgentKind, AgentStatus, JobStatus
 from app.engine.spec import JobSpec, ResolvedAgent
 from app.engine.templates import MapItem, RefKind, format_value, lookup_context, scan_refs
 from app.errors import ConflictError, NotFoundError, TooManyRequestsError, UnprocessableError
 from app.scheduler.limits import TokenBucket
 from app.store import repository as repo
 from app.store.ids import new_job_id
-from app.store.models import AgentKind, AgentStatus, JobStatus
 from app.upstream.pool import NoRouteError
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=AUTH_RESPONSES)

@@ -12,10 +12,11 @@ from app.api.auth import AUTH_RESPONSES, TenantDep
 from app.api.deps import ServicesDep
 from app.api.jobs import JOB_NOT_FOUND
 from app.api.schemas import AgentCounts, JobMetrics, LatencyStats, Usage
+from app.engine.lifecycle import JobStatus
 from app.errors import NotFoundError
 from app.metrics import OTHER_MODEL
 from app.store import repository as repo
-from app.store.models import JobStatus, utcnow
+from app.store.models import utcnow
 
 router = APIRouter(tags=["metrics"])
 

@@ -9,10 +9,10 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
+from app.engine.lifecycle import JobStatus
 from app.events.bus import EventBus, StoredEvent
 from app.events.types import TERMINAL_JOB_EVENTS
 from app.store import repository as repo
-from app.store.models import JobStatus
 from app.store.store import Store
 
 # Events read from the database per query while replaying.

@@ -22,6 +22,7 @@ from typing import Any
 from app.config import Settings
 from app.engine.chunking import count_tokens
 from app.engine.graph import DagState, Graph, NodeStatus
+from app.engine.lifecycle import AgentKind, AgentStatus, JobStatus
 from app.engine.mapping import (
     PlanError,
     context_items,
@@ -52,7 +53,6 @@ from app.metrics import Metrics
 from app.scheduler.gates import Gates, estimate_tokens
 from app.scheduler.limits import Outcome
 from app.store import repository as repo
-from app.store.models import AgentKind, AgentStatus, JobStatus
 from app.store.store import Store
 from app.upstream.client import AgentRequest, CallResult, call_chat
 from app.upstream.errors import FailureReason, UpstreamFailure, classify

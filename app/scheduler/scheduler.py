@@ -10,12 +10,12 @@ import time
 
 from app.config import Settings
 from app.engine.graph import Graph, validate_graph
+from app.engine.lifecycle import JobStatus
 from app.engine.spec import JobSpec
 from app.metrics import Metrics
 from app.scheduler.gates import Gates
 from app.scheduler.job_run import JobRun
 from app.store import repository as repo
-from app.store.models import JobStatus
 from app.store.store import Store
 from app.upstream.pool import UpstreamPool
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import StrEnum
 
 from sqlalchemy import Column, Index, MetaData, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+from app.engine.lifecycle import AgentKind, AgentStatus, JobStatus
 
 # Named constraints: SQLite batch migrations can only alter constraints that have names.
 SQLModel.metadata.naming_convention = {
@@ -23,47 +24,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class JobStatus(StrEnum):
-    queued = "queued"  # accepted and stored, not yet picked up by the scheduler
-    running = "running"  # at least one agent may be in flight
-    completed = "completed"  # every agent completed
-    failed = "failed"  # some agent failed (or was skipped because of a failure)
-    cancelled = "cancelled"  # cancelled by a user, or stopped by its budget
-
-    @property
-    def finished(self) -> bool:
-        return self in FINISHED_JOB_STATUSES
-
-
-FINISHED_JOB_STATUSES = frozenset({JobStatus.completed, JobStatus.failed, JobStatus.cancelled})
-
-
-class AgentStatus(StrEnum):
-    pending = "pending"  # waiting for dependencies or a free slot
-    running = "running"  # a call is in flight or waiting out a back-off before the next
-    completed = "completed"  # has an output
-    failed = "failed"  # retries exhausted or a non-retryable error
-    skipped = "skipped"  # not run because a dependency failed
-    cancelled = "cancelled"  # not run (or aborted) by a cancel, fail_fast or the budget
-
-
-FINISHED_AGENT_STATUSES = frozenset(
-    {AgentStatus.completed, AgentStatus.failed, AgentStatus.skipped, AgentStatus.cancelled}
-)
-
-
 DEFAULT_TENANT = "default"
 
 # Agent ids: a submitted id has at most 64 characters; the sub-agents of a map node or a
 # hierarchical reduce add a suffix ("[123]", "[merge2.17]").
 AGENT_ID_MAX = 100
-
-
-class AgentKind(StrEnum):
-    agent = "agent"  # submitted: one chat completion
-    map = "map"  # submitted map node: its output is the list of its items' outputs
-    item = "item"  # created at run time: one item of a map node
-    merge = "merge"  # created at run time: one step of an agent's hierarchical reduce
 
 
 class Job(SQLModel, table=True):

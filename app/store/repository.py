@@ -13,18 +13,9 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from app.engine.lifecycle import FINISHED_JOB_STATUSES, AgentKind, AgentStatus, JobStatus
 from app.events.types import EventType
-from app.store.models import (
-    FINISHED_JOB_STATUSES,
-    Agent,
-    AgentKind,
-    AgentStatus,
-    Event,
-    Job,
-    JobStatus,
-    ModelLimit,
-    utcnow,
-)
+from app.store.models import Agent, Event, Job, ModelLimit, utcnow
 from app.store.writer import Refused, Tx
 from app.text import clean_text
 

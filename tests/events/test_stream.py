@@ -9,12 +9,12 @@ from typing import Any
 import httpx2
 import pytest
 
+from app.engine.lifecycle import JobStatus
 from app.events.bus import EventBus
 from app.events.stream import StreamClosed, job_events
 from app.store import migrate
 from app.store import repository as repo
 from app.store.ids import new_job_id
-from app.store.models import JobStatus
 from app.store.store import Store
 from tests.conftest import FakeUpstream, Service
 from tests.sse import parse

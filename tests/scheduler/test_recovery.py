@@ -92,9 +92,9 @@ async def test_a_job_cancelled_before_its_run_starts_stays_cancelled(
     service: Service, fake_upstream: FakeUpstream
 ) -> None:
     from app.engine.graph import validate_graph
+    from app.engine.lifecycle import JobStatus
     from app.engine.spec import JobSpec
     from app.store.ids import new_job_id
-    from app.store.models import JobStatus
 
     services = service.app.state.services
     spec = JobSpec.model_validate({"agents": [{"id": "a", "task": "x"}]})

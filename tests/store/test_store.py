@@ -10,11 +10,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
+from app.engine.lifecycle import JobStatus
 from app.events.bus import EventBus
 from app.store import migrate
 from app.store import repository as repo
 from app.store.ids import new_job_id
-from app.store.models import JobStatus, metadata
+from app.store.models import metadata
 from app.store.store import Store
 
 

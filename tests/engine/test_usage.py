@@ -1,0 +1,43 @@
+from app.engine.lifecycle import AgentStatus, JobStatus, agent_may_enter, job_may_enter
+from app.engine.usage import Usage
+
+
+def test_adding_keeps_what_is_known() -> None:
+    a = Usage(10, 5, 15, None)
+    b = Usage(None, None, None, 0.25)
+    assert a + b == Usage(10, 5, 15, 0.25)
+    assert a + a == Usage(20, 10, 30, None)
+    assert Usage() + Usage() == Usage()
+
+
+def test_empty_usage_is_false() -> None:
+    assert not Usage()
+    assert Usage(cost_usd=0.0)
+    assert Usage(0, 0, 0)
+
+
+def test_columns_and_tokens() -> None:
+    u = Usage(1, 2, 3, 0.5)
+    assert u.columns() == {
+        "prompt_tokens": 1,
+        "completion_tokens": 2,
+        "total_tokens": 3,
+        "cost_usd": 0.5,
+    }
+    assert u.tokens() == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    assert u.priced(None).cost_usd is None
+
+
+def test_finished_agents_never_change() -> None:
+    for new in AgentStatus:
+        for old in (AgentStatus.completed, AgentStatus.failed, AgentStatus.skipped):
+            assert not agent_may_enter(new, old)
+    assert agent_may_enter(AgentStatus.running, AgentStatus.running)
+    assert not agent_may_enter(AgentStatus.pending, AgentStatus.running)
+
+
+def test_finished_jobs_never_change() -> None:
+    for new in JobStatus:
+        for old in (JobStatus.completed, JobStatus.failed, JobStatus.cancelled):
+            assert not job_may_enter(new, old)
+    assert not job_may_enter(JobStatus.completed, JobStatus.queued)
