@@ -37,19 +37,11 @@ class UnprocessableError(ServiceError):
     status_code = 422
 
 
-class PayloadTooLargeError(ServiceError):
-    status_code = 413
-
-
 class TooManyRequestsError(ServiceError):
     status_code = 429
 
     def __init__(self, detail: str, *, retry_after_s: float) -> None:
         super().__init__(detail, headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))})
-
-
-class UnavailableError(ServiceError):
-    status_code = 503
 
 
 def _safe_errors(errors: Any) -> list[dict[str, Any]]:

@@ -6,16 +6,14 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from dataclasses import dataclass
-from datetime import datetime
 
-from sqlalchemy import insert, select, update
-
+from app.store import api_keys
+from app.store.api_keys import AmbiguousKeyError, KeyInfo
 from app.store.db import make_throwaway_engine
 from app.store.ids import new_job_id
-from app.store.models import ApiKey, utcnow
+from app.store.models import utcnow
 
-keys_t = ApiKey.__table__  # type: ignore[attr-defined]
+__all__ = ["AmbiguousKeyError", "KeyInfo", "create_key", "hash_key", "list_keys", "revoke_key"]
 
 KEY_PREFIX = "swarm_"
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -23,16 +21,6 @@ TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class KeyInfo:
-    id: str
-    tenant: str
-    name: str
-    prefix: str
-    created_at: datetime
-    revoked_at: datetime | None
 
 
 def create_key(
@@ -60,16 +48,7 @@ def create_key(
     engine = make_throwaway_engine(database_url)
     try:
         with engine.begin() as conn:
-            conn.execute(
-                insert(keys_t).values(
-                    id=info.id,
-                    tenant=tenant,
-                    name=info.name,
-                    key_hash=hash_key(key),
-                    prefix=info.prefix,
-                    created_at=info.created_at,
-                )
-            )
+            api_keys.insert_key(conn, info, hash_key(key))
     finally:
         engine.dispose()
     return key, info
@@ -79,23 +58,9 @@ def list_keys(database_url: str, tenant: str | None = None) -> list[KeyInfo]:
     engine = make_throwaway_engine(database_url)
     try:
         with engine.connect() as conn:
-            q = select(
-                keys_t.c.id,
-                keys_t.c.tenant,
-                keys_t.c.name,
-                keys_t.c.prefix,
-                keys_t.c.created_at,
-                keys_t.c.revoked_at,
-            ).order_by(keys_t.c.created_at)
-            if tenant is not None:
-                q = q.where(keys_t.c.tenant == tenant)
-            return [KeyInfo(*row) for row in conn.execute(q)]
+            return api_keys.list_keys(conn, tenant)
     finally:
         engine.dispose()
-
-
-class AmbiguousKeyError(ValueError):
-    """A prefix that matches several active keys: give the key's id instead."""
 
 
 def revoke_key(database_url: str, key_id: str) -> bool:
@@ -104,22 +69,6 @@ def revoke_key(database_url: str, key_id: str) -> bool:
     engine = make_throwaway_engine(database_url)
     try:
         with engine.begin() as conn:
-            active = keys_t.c.revoked_at.is_(None)
-            ids = [
-                r.id
-                for r in conn.execute(
-                    select(keys_t.c.id).where(
-                        (keys_t.c.id == key_id) | (keys_t.c.prefix == key_id), active
-                    )
-                )
-            ]
-            if len(ids) > 1:
-                raise AmbiguousKeyError(
-                    f"{key_id!r} matches {len(ids)} active keys; revoke by id (keys list)"
-                )
-            if not ids:
-                return False
-            conn.execute(update(keys_t).where(keys_t.c.id == ids[0]).values(revoked_at=utcnow()))
-            return True
+            return api_keys.revoke_key(conn, key_id)
     finally:
         engine.dispose()

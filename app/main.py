@@ -9,13 +9,15 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI
 
-from app.api import events, health, jobs, metrics_routes, upstream
+from app.api import health, metrics_routes, upstream
 from app.api.auth import Authenticator
 from app.api.deps import Services
 from app.api.limits import BodySizeLimit
 from app.config import Environment, Settings, get_settings
 from app.errors import install_handlers
 from app.events.bus import EventBus
+from app.jobs import router as jobs
+from app.jobs import stream
 from app.logging_setup import configure_logging, log_events
 from app.metrics import Metrics
 from app.scheduler.scheduler import Scheduler
@@ -118,7 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_handlers(app)
     app.include_router(jobs.router)
-    app.include_router(events.router)
+    app.include_router(stream.router)
     app.include_router(metrics_routes.router)
     app.include_router(health.router)
     app.include_router(upstream.router)

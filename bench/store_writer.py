@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from app.events.bus import EventBus
+from app.store import jobs as job_store
 from app.store import migrate
 from app.store import repository as repo
 from app.store.ids import new_job_id
 from app.store.store import Store
 
 
-def _job(n: int) -> repo.NewJob:
-    return repo.new_job(
+def _job(n: int) -> job_store.NewJob:
+    return job_store.new_job(
         job_id=new_job_id(),
         tenant="bench",
         name="bench",
@@ -47,7 +48,7 @@ async def run_once(url: str, n: int, batch_max: int) -> dict[str, Any]:
     store = Store(url, EventBus(), batch_max=batch_max)
     await store.start()
     try:
-        job_id, _ = await store.write(repo.create_job(_job(n)))
+        job_id, _ = await store.write(job_store.create_job(_job(n)))
         completion = repo.Completion(
             output="x" * 400,
             finish_reason="stop",

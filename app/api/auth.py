@@ -11,11 +11,11 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 
 from app.config import AuthMode, Settings
 from app.errors import ServiceError
-from app.keys import hash_key, keys_t
+from app.keys import hash_key
+from app.store import api_keys
 from app.store.models import DEFAULT_TENANT
 from app.store.store import Store
 
@@ -53,26 +53,11 @@ class Authenticator:
         async with self._lock:
             if not force and time.monotonic() - self._loaded_at < self.settings.auth_cache_s:
                 return
-
-            def read(conn: Any) -> dict[str, str]:
-                rows = conn.execute(
-                    select(keys_t.c.key_hash, keys_t.c.tenant).where(keys_t.c.revoked_at.is_(None))
-                )
-                return {r.key_hash: r.tenant for r in rows}
-
-            self._keys = await self.store.read(read)
+            self._keys = await self.store.read(api_keys.active_key_tenants)
             self._loaded_at = time.monotonic()
 
     async def _lookup(self, digest: str) -> str | None:
-        def read(conn: Any) -> str | None:
-            row = conn.execute(
-                select(keys_t.c.tenant).where(
-                    keys_t.c.key_hash == digest, keys_t.c.revoked_at.is_(None)
-                )
-            ).first()
-            return None if row is None else str(row.tenant)
-
-        tenant = await self.store.read(read)
+        tenant = await self.store.read(lambda c: api_keys.tenant_of_key(c, digest))
         if tenant is not None:
             self._keys[digest] = tenant
         return tenant

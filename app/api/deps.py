@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -11,8 +12,9 @@ from fastapi import Depends, Request
 from app.api.auth import Authenticator
 from app.config import Settings
 from app.events.bus import EventBus
+from app.jobs.admission import Admission
+from app.jobs.service import JobsService
 from app.metrics import Metrics
-from app.scheduler.limits import TokenBucket
 from app.scheduler.scheduler import Scheduler
 from app.store.store import Store
 from app.upstream.pool import UpstreamPool
@@ -28,11 +30,14 @@ class Services:
     upstream_label: str
     metrics: Metrics
     auth: Authenticator
-    # Per tenant: a bucket of submits (rate limit on POST /jobs).
-    submit_buckets: dict[str, TokenBucket] = field(default_factory=dict)
     # GET /upstream: one check at a time, its answer reused briefly (time, answer).
     upstream_check_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     upstream_check_cache: list[tuple[float, Any]] = field(default_factory=list)
+
+    @cached_property
+    def jobs(self) -> JobsService:
+        """The jobs feature, built on first use (it lives as long as these services)."""
+        return JobsService(self.store, self.scheduler, Admission(self.settings, self.upstreams))
 
 
 def get_services(request: Request) -> Services:
@@ -41,3 +46,10 @@ def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_jobs(request: Request) -> JobsService:
+    return get_services(request).jobs
+
+
+JobsDep = Annotated[JobsService, Depends(get_jobs)]

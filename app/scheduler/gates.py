@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from app.config import Settings
 from app.engine.chunking import count_tokens
 from app.scheduler.limits import AdaptiveLimiter, FairLimiter, RateLimits
-from app.store.repository import LearnedLimit
+from app.store.model_limits import LearnedLimit
 from app.upstream.registry import ModelInfo
 
 # Output tokens assumed for the tpm estimate of a call that sets no max_tokens.

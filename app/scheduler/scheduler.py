@@ -15,7 +15,8 @@ from app.engine.spec import JobSpec
 from app.metrics import Metrics
 from app.scheduler.gates import Gates
 from app.scheduler.job_run import JobRun
-from app.store import repository as repo
+from app.store import jobs as job_store
+from app.store import model_limits
 from app.store.store import Store
 from app.upstream.pool import UpstreamPool
 
@@ -54,7 +55,7 @@ class Scheduler:
         self._crashes: dict[str, int] = {}
         self._launched_at: dict[str, float] = {}
         self._recoveries: set[asyncio.Task[None]] = set()
-        self._saved_limits: dict[str, repo.LearnedLimit] = {}
+        self._saved_limits: dict[str, model_limits.LearnedLimit] = {}
         self._saved_at: dict[str, float] = {}
         self._limit_saver: asyncio.Task[None] | None = None
 
@@ -64,7 +65,7 @@ class Scheduler:
         if memory > 0:
             try:
                 self.gates.learned = await self.store.read(
-                    lambda c: repo.load_model_limits(c, max_age_s=memory)
+                    lambda c: model_limits.load_model_limits(c, max_age_s=memory)
                 )
             except Exception:
                 log.exception("cannot read the learned model limits; starting without them")
@@ -74,7 +75,7 @@ class Scheduler:
                     extra={"limits": {m: round(v.limit, 1) for m, v in self.gates.learned.items()}},
                 )
             self._saved_limits = dict(self.gates.learned)
-        for job_id in await self.store.read(repo.unfinished_job_ids):
+        for job_id in await self.store.read(job_store.unfinished_job_ids):
             await self._resume(job_id)
         self._limit_saver = asyncio.create_task(self._save_limits_periodically())
 
@@ -92,7 +93,7 @@ class Scheduler:
         }
         if changed:
             await self.store.write(
-                repo.save_model_limits(
+                model_limits.save_model_limits(
                     changed, forget_older_than_s=self.settings.model_limit_memory_s
                 )
             )
@@ -114,7 +115,7 @@ class Scheduler:
             self.gates.evict_idle()
 
     async def _resume(self, job_id: str) -> None:
-        row = await self.store.read(lambda c: repo.get_job(c, job_id))
+        row = await self.store.read(lambda c: job_store.get_job(c, job_id))
         if row is None or JobStatus(row.status).finished or job_id in self.runs:
             return
         try:
@@ -131,7 +132,7 @@ class Scheduler:
             # One unreadable row must never keep the service (and every other job) down.
             log.error("cannot resume job", exc_info=exc, extra={"job_id": job_id})
             await self.store.write(
-                repo.end_unfinished_job(
+                job_store.end_unfinished_job(
                     job_id,
                     JobStatus.failed,
                     f"the stored job can no longer be read ({type(exc).__name__}); "
@@ -234,7 +235,7 @@ class Scheduler:
             "it was stopped"
         )
         try:
-            await self.store.write(repo.end_unfinished_job(job_id, JobStatus.failed, reason))
+            await self.store.write(job_store.end_unfinished_job(job_id, JobStatus.failed, reason))
         except Exception:
             log.exception("failing a crashing job failed", extra={"job_id": job_id})
 
@@ -246,7 +247,7 @@ class Scheduler:
             run.cancel("cancelled by request")
             return
         await self.store.write(
-            repo.end_unfinished_job(job_id, JobStatus.cancelled, "cancelled by request")
+            job_store.end_unfinished_job(job_id, JobStatus.cancelled, "cancelled by request")
         )
 
     async def wait_idle(self, job_id: str) -> None:

@@ -160,7 +160,8 @@ class Tx:
             )
 
 
-WriteOp = Callable[[Tx], T]
+# An operation returns its answer, or a Refused that the caller gets raised instead.
+WriteOp = Callable[[Tx], T | Refused]
 _Item = tuple[Callable[[Tx], Any], "asyncio.Future[Any]"]
 
 

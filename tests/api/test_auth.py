@@ -247,7 +247,8 @@ def test_keys_made_elsewhere_are_listed_by_digest_and_prefixes_must_be_unique(
 ) -> None:
     from sqlalchemy import create_engine, update
 
-    from app.keys import AmbiguousKeyError, keys_t, list_keys
+    from app.keys import AmbiguousKeyError, list_keys
+    from app.store.tables import api_keys_t as keys_t
 
     url = f"sqlite:///{tmp_path}/k.db"
     migrate.upgrade(url)

@@ -9,7 +9,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from app.api.metrics_routes import latency_stats
+from app.jobs.service import latency_stats
 from app.logging_setup import JsonFormatter
 from tests.conftest import UPSTREAM_KEY, FakeUpstream, Service
 

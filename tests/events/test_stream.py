@@ -11,7 +11,8 @@ import pytest
 
 from app.engine.lifecycle import JobStatus
 from app.events.bus import EventBus
-from app.events.stream import StreamClosed, job_events
+from app.jobs.stream import StreamClosed, job_events
+from app.store import jobs as job_store
 from app.store import migrate
 from app.store import repository as repo
 from app.store.ids import new_job_id
@@ -80,8 +81,8 @@ async def test_bad_resume_points_and_unknown_jobs_are_4xx(service: Service) -> N
     assert (await service.client.get("/jobs/nope/events")).status_code == 404
 
 
-def _new_job() -> repo.NewJob:
-    return repo.new_job(
+def _new_job() -> job_store.NewJob:
+    return job_store.new_job(
         job_id=new_job_id(),
         tenant="default",
         name="s",
@@ -115,7 +116,7 @@ def _started(job_id: str, i: int) -> Any:
 
 async def test_no_gap_and_no_duplicate_where_replay_meets_live(store: Any) -> None:
     st, bus = store
-    job_id, _ = await st.write(repo.create_job(_new_job()))
+    job_id, _ = await st.write(job_store.create_job(_new_job()))
     for i in range(10):
         await st.write(_started(job_id, i))
     seen: list[int] = []
@@ -137,7 +138,7 @@ async def test_no_gap_and_no_duplicate_where_replay_meets_live(store: Any) -> No
 @pytest.mark.small_queue
 async def test_a_slow_subscriber_is_cut_off_and_resumes_without_loss(store: Any) -> None:
     st, bus = store
-    job_id, _ = await st.write(repo.create_job(_new_job()))
+    job_id, _ = await st.write(job_store.create_job(_new_job()))
     stream = job_events(st, bus, job_id, 0)
     first = await anext(stream)
     assert first.seq == 1
@@ -160,7 +161,7 @@ async def test_the_terminal_event_committed_at_the_seam_is_sent(
     """The job finishes between the last replay page and the status check: the stream
     must still send everything up to the terminal event, then close."""
     st, bus = store
-    job_id, _ = await st.write(repo.create_job(_new_job()))
+    job_id, _ = await st.write(job_store.create_job(_new_job()))
     finished = {"done": False}
 
     async def finish_now() -> None:
@@ -184,7 +185,7 @@ async def test_the_terminal_event_committed_at_the_seam_is_sent(
 
 async def test_a_resume_point_past_the_end_closes_with_the_job(store: Any) -> None:
     st, bus = store
-    job_id, _ = await st.write(repo.create_job(_new_job()))
+    job_id, _ = await st.write(job_store.create_job(_new_job()))
     stream = job_events(st, bus, job_id, 1000)
     task = asyncio.ensure_future(anext(stream, None))
     await asyncio.sleep(0.05)

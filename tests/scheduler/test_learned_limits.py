@@ -13,7 +13,7 @@ import pytest
 
 from app.scheduler.gates import Gates
 from app.scheduler.limits import Outcome
-from app.store import repository as repo
+from app.store import model_limits, tables
 from app.store.models import utcnow
 from app.upstream.registry import ModelInfo
 from tests.conftest import FakeUpstream, make_settings, start_service
@@ -52,7 +52,7 @@ async def test_a_restarted_service_starts_from_the_limit_the_last_one_learned(
     async for second in start_service(settings):
         scheduler = second.app.state.services.scheduler
         saved = scheduler.gates.learned["kimi-k2.5"]
-        assert saved == repo.LearnedLimit(learned_here, slow_start=False)
+        assert saved == model_limits.LearnedLimit(learned_here, slow_start=False)
         assert K / 2 <= saved.limit <= 2 * K
         limiter = scheduler.gates.for_model(ModelInfo(name="kimi-k2.5")).concurrency
         assert limiter.limit == saved.limit and not limiter.in_slow_start
@@ -70,11 +70,13 @@ async def test_old_or_disabled_memories_are_not_used(
     async for first in start_service(settings):
         store = first.app.state.services.store
         await store.write(
-            repo.save_model_limits({"kimi-k2.5": repo.LearnedLimit(40.0, slow_start=False)})
+            model_limits.save_model_limits(
+                {"kimi-k2.5": model_limits.LearnedLimit(40.0, slow_start=False)}
+            )
         )
         await store.write(
             lambda tx: tx.conn.execute(
-                repo.model_limits_t.update().values(updated_at=utcnow() - timedelta(hours=2))
+                tables.model_limits_t.update().values(updated_at=utcnow() - timedelta(hours=2))
             )
         )
     async for fresh in start_service(make_settings(tmp_path, model_limit_memory_s=3 * 3600)):
@@ -119,24 +121,26 @@ async def test_saved_limits_too_old_to_use_are_forgotten_and_steady_ones_are_kep
         store = svc.app.state.services.store
         scheduler = svc.app.state.services.scheduler
         await store.write(
-            repo.save_model_limits({"gone": repo.LearnedLimit(9.0, slow_start=False)})
+            model_limits.save_model_limits(
+                {"gone": model_limits.LearnedLimit(9.0, slow_start=False)}
+            )
         )
         await store.write(
             lambda tx: tx.conn.execute(
-                repo.model_limits_t.update().values(updated_at=utcnow() - timedelta(hours=2))
+                tables.model_limits_t.update().values(updated_at=utcnow() - timedelta(hours=2))
             )
         )
         scheduler.gates.for_model(ModelInfo(name="steady"))
         await scheduler.save_learned_limits()  # first save of "steady"; "gone" is dropped
-        rows = await store.read(lambda c: c.execute(repo.model_limits_t.select()).all())
+        rows = await store.read(lambda c: c.execute(tables.model_limits_t.select()).all())
         assert [r.model for r in rows] == ["steady"]
         first = rows[0].updated_at
         await scheduler.save_learned_limits()  # unchanged, saved just now: not rewritten
-        rows = await store.read(lambda c: c.execute(repo.model_limits_t.select()).all())
+        rows = await store.read(lambda c: c.execute(tables.model_limits_t.select()).all())
         assert rows[0].updated_at == first
         monkeypatch.setattr(scheduler_module, "LIMIT_RESAVE_S", 0.0)
         await scheduler.save_learned_limits()  # unchanged but due: rewritten
-        rows = await store.read(lambda c: c.execute(repo.model_limits_t.select()).all())
+        rows = await store.read(lambda c: c.execute(tables.model_limits_t.select()).all())
         assert rows[0].updated_at > first
     huge = make_settings(tmp_path, model_limit_memory_s=1e300)
     async for svc in start_service(huge):  # "for ever" still loads what was saved
@@ -154,18 +158,25 @@ async def test_saving_a_limit_inserts_then_updates_on_both_databases(
     )
     async for svc in start_service(make_settings(tmp_path, database_url=url)):
         store = svc.app.state.services.store
-        first = {"a": repo.LearnedLimit(10.0, True), "b": repo.LearnedLimit(3.0, False)}
-        await store.write(repo.save_model_limits(first))
+        first = {
+            "a": model_limits.LearnedLimit(10.0, True),
+            "b": model_limits.LearnedLimit(3.0, False),
+        }
+        await store.write(model_limits.save_model_limits(first))
         # In one batch: an update of "a" and a new "c", as two replicas might write them.
         await asyncio.gather(
-            store.write(repo.save_model_limits({"a": repo.LearnedLimit(12.5, False)})),
-            store.write(repo.save_model_limits({"c": repo.LearnedLimit(7.0, True)})),
+            store.write(
+                model_limits.save_model_limits({"a": model_limits.LearnedLimit(12.5, False)})
+            ),
+            store.write(
+                model_limits.save_model_limits({"c": model_limits.LearnedLimit(7.0, True)})
+            ),
         )
-        loaded = await store.read(lambda c: repo.load_model_limits(c, max_age_s=60))
+        loaded = await store.read(lambda c: model_limits.load_model_limits(c, max_age_s=60))
         assert loaded == {
-            "a": repo.LearnedLimit(12.5, False),
-            "b": repo.LearnedLimit(3.0, False),
-            "c": repo.LearnedLimit(7.0, True),
+            "a": model_limits.LearnedLimit(12.5, False),
+            "b": model_limits.LearnedLimit(3.0, False),
+            "c": model_limits.LearnedLimit(7.0, True),
         }
 
 

@@ -41,10 +41,10 @@ def fail_when(
 
 
 async def events_of(service: Service, job_id: str) -> list[dict[str, Any]]:
-    from app.store import repository as repo
+    from app.store import events as event_store
 
     store = service.app.state.services.store
-    rows = await store.read(lambda c: repo.events_after(c, job_id, 0, 10_000))
+    rows = await store.read(lambda c: event_store.events_after(c, job_id, 0, 10_000))
     return [{"seq": r.seq, "type": r.type, "agent_id": r.agent_id} for r in rows]
 
 

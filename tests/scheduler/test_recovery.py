@@ -10,7 +10,9 @@ import pytest
 
 from app.config import Settings
 from app.scheduler import scheduler as scheduler_module
+from app.store import jobs as job_store
 from app.store import repository as repo
+from app.store import tables
 from tests.conftest import FakeUpstream, Service, make_settings, start_service
 
 
@@ -52,9 +54,11 @@ async def test_cancel_ends_a_job_that_no_run_is_driving(
     # Make it look unfinished with no run (as after a crash of its run).
     store = service.app.state.services.store
     await store.write(
-        lambda tx: tx.conn.execute(repo.jobs_t.update().values(status="running", finished_at=None))
+        lambda tx: tx.conn.execute(
+            tables.jobs_t.update().values(status="running", finished_at=None)
+        )
     )
-    await store.write(lambda tx: tx.conn.execute(repo.agents_t.update().values(status="pending")))
+    await store.write(lambda tx: tx.conn.execute(tables.agents_t.update().values(status="pending")))
     resp = await service.client.post(f"/jobs/{job['id']}/cancel")
     assert resp.status_code == 202
     done = (await service.client.get(f"/jobs/{job['id']}")).json()
@@ -75,8 +79,8 @@ async def test_an_unreadable_stored_job_fails_alone_and_the_service_starts(
         bad_id = bad["id"]
         await store.write(
             lambda tx, j=bad_id: tx.conn.execute(
-                repo.jobs_t.update()
-                .where(repo.jobs_t.c.id == j)
+                tables.jobs_t.update()
+                .where(tables.jobs_t.c.id == j)
                 .values(status="running", spec_json="{not json")
             )
         )
@@ -99,7 +103,7 @@ async def test_a_job_cancelled_before_its_run_starts_stays_cancelled(
     services = service.app.state.services
     spec = JobSpec.model_validate({"agents": [{"id": "a", "task": "x"}]})
     job_id = new_job_id()
-    new = repo.new_job(
+    new = job_store.new_job(
         job_id=job_id,
         tenant="default",
         name="late",
@@ -107,7 +111,7 @@ async def test_a_job_cancelled_before_its_run_starts_stays_cancelled(
         agents=[("a", "kimi-k2.5", ())],
         spec_json=spec.model_dump_json(),
     )
-    await services.store.write(repo.create_job(new))
+    await services.store.write(job_store.create_job(new))
     # The cancel lands first (no run exists yet), then the run is launched.
     await services.scheduler.cancel(job_id)
     services.scheduler.submit(

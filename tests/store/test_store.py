@@ -10,8 +10,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from app.engine.lifecycle import JobStatus
+from app.engine.lifecycle import AgentStatus, JobStatus
 from app.events.bus import EventBus
+from app.store import events as event_store
+from app.store import jobs as job_store
 from app.store import migrate
 from app.store import repository as repo
 from app.store.ids import new_job_id
@@ -38,8 +40,8 @@ def test_migrations_agree_with_models(database_url: str) -> None:
     assert {"jobs", "agents", "events", "alembic_version"} <= tables
 
 
-def _new_job(n_agents: int) -> repo.NewJob:
-    return repo.new_job(
+def _new_job(n_agents: int) -> job_store.NewJob:
+    return job_store.new_job(
         job_id=new_job_id(),
         tenant="default",
         name="load",
@@ -57,7 +59,7 @@ async def test_a_thousand_agents_finishing_at_once_never_lock_the_database(
     await store.start()
     try:
         new = _new_job(1000)
-        job_id, created = await store.write(repo.create_job(new))
+        job_id, created = await store.write(job_store.create_job(new))
         assert created
         sub = bus.subscribe(job_id)
 
@@ -87,7 +89,7 @@ async def test_a_thousand_agents_finishing_at_once_never_lock_the_database(
         async def reader() -> int:
             reads = 0
             for _ in range(50):
-                totals = await store.read(lambda c: repo.job_totals(c, job_id))
+                totals = await store.read(lambda c: job_store.job_totals(c, job_id))
                 assert sum(totals.counts.values()) == 1000
                 reads += 1
             return reads
@@ -96,14 +98,14 @@ async def test_a_thousand_agents_finishing_at_once_never_lock_the_database(
             *(finish(i) for i in range(1000)), *(reader() for _ in range(4))
         )
         assert sum(r for r in results if isinstance(r, int)) == 200
-        totals = await store.read(lambda c: repo.job_totals(c, job_id))
-        assert totals.counts["completed"] == 1000
-        assert totals.total_tokens == 5000
-        assert totals.cost_usd == pytest.approx(1.0)
+        totals = await store.read(lambda c: job_store.job_totals(c, job_id))
+        assert totals.counts[AgentStatus.completed] == 1000
+        assert totals.usage.total_tokens == 5000
+        assert totals.usage.cost_usd == pytest.approx(1.0)
         # Batched: far fewer transactions than operations.
         assert store.writer.batches < store.writer.ops / 5
 
-        events = await store.read(lambda c: repo.events_after(c, job_id, 0, 5000))
+        events = await store.read(lambda c: event_store.events_after(c, job_id, 0, 5000))
         assert [e.seq for e in events] == list(range(1, 2002))
         # What a subscriber saw from the moment it subscribed (after job.queued) is
         # exactly what was stored, in the same order.
@@ -127,16 +129,16 @@ async def test_a_failing_operation_does_not_spoil_its_batch(tmp_path: Path) -> N
         dup = _new_job(1)
         dup.row["id"] = good[0].row["id"]  # primary-key clash with a job in the same batch
         outcomes = await asyncio.gather(
-            *(store.write(repo.create_job(g)) for g in good),
-            store.write(repo.create_job(dup)),
+            *(store.write(job_store.create_job(g)) for g in good),
+            store.write(job_store.create_job(dup)),
             return_exceptions=True,
         )
         assert all(isinstance(o, tuple) and o[1] for o in outcomes[:5])
         assert isinstance(outcomes[5], Exception)
         for g in good:
-            row = await store.read(lambda c, j=g.row["id"]: repo.get_job(c, j))
+            row = await store.read(lambda c, j=g.row["id"]: job_store.get_job(c, j))
             assert row is not None
-            assert await store.read(lambda c, j=g.row["id"]: repo.last_seq(c, j)) == 1
+            assert await store.read(lambda c, j=g.row["id"]: event_store.last_seq(c, j)) == 1
     finally:
         await store.close()
 
@@ -147,15 +149,15 @@ async def test_delete_refuses_unfinished_jobs(tmp_path: Path) -> None:
     store = Store(url, EventBus())
     await store.start()
     try:
-        job_id, _ = await store.write(repo.create_job(_new_job(3)))
-        with pytest.raises(repo.JobStillRunningError):
-            await store.write(repo.delete_job(job_id))
+        job_id, _ = await store.write(job_store.create_job(_new_job(3)))
+        with pytest.raises(job_store.JobStillRunningError):
+            await store.write(job_store.delete_job(job_id))
         await store.write(repo.mark_job_finished(job_id, JobStatus.cancelled, "test"))
-        await store.write(repo.delete_job(job_id))
-        assert await store.read(lambda c: repo.get_job(c, job_id)) is None
-        assert await store.read(lambda c: repo.events_after(c, job_id, 0)) == []
-        with pytest.raises(repo.JobNotFoundError):
-            await store.write(repo.delete_job(job_id))
+        await store.write(job_store.delete_job(job_id))
+        assert await store.read(lambda c: job_store.get_job(c, job_id)) is None
+        assert await store.read(lambda c: event_store.events_after(c, job_id, 0)) == []
+        with pytest.raises(job_store.JobNotFoundError):
+            await store.write(job_store.delete_job(job_id))
     finally:
         await store.close()
 
@@ -190,11 +192,11 @@ async def test_an_expected_refusal_does_not_roll_back_its_batch(tmp_path: Path) 
     try:
         jobs = [_new_job(1) for _ in range(50)]
         outcomes = await asyncio.gather(
-            *(store.write(repo.create_job(j)) for j in jobs),
-            store.write(repo.delete_job("no-such-job")),
+            *(store.write(job_store.create_job(j)) for j in jobs),
+            store.write(job_store.delete_job("no-such-job")),
             return_exceptions=True,
         )
-        assert isinstance(outcomes[-1], repo.JobNotFoundError)
+        assert isinstance(outcomes[-1], job_store.JobNotFoundError)
         assert all(isinstance(o, tuple) for o in outcomes[:-1])
         # All of it in one or two transactions, not replayed one by one.
         assert store.writer.batches <= 3

@@ -1,0 +1,276 @@
+"""Every check a submit passes before anything is stored, where it needs the settings or
+the model registry: the tenant's submit rate, the graph's limits, routes, prices, prompt
+sizes, chunk windows and what can be stored; and the digest of a request's meaning."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from app.config import Settings
+from app.engine.graph import Graph, GraphValidationError, MapPlan, mappable_items, validate_graph
+from app.engine.spec import JobSpec, ResolvedAgent
+from app.engine.templates import MapItem, RefKind, format_value, lookup_context, scan_refs
+from app.errors import UnprocessableError
+from app.jobs.errors import TooManySubmits
+from app.scheduler.limits import TokenBucket
+from app.upstream.pool import NoRouteError, UpstreamPool
+
+# How deep `context` and `metadata` may nest. Deeper JSON cannot be read back by the
+# parser that restores jobs after a restart (its limit is 200), and no prompt needs it.
+MAX_JSON_DEPTH = 64
+# Problems reported at most per check: enough to fix a batch, never a huge response.
+MAX_PROBLEMS = 20
+# What the appended <item index="…" count="…"> block adds around an item, at most.
+_ITEM_BLOCK_CHARS = 64
+
+Problem = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A job that passed every check: what the store and the scheduler need of it."""
+
+    spec: JobSpec
+    graph: Graph
+    model: str  # the job's default model
+    agents: list[ResolvedAgent]
+    spec_json: str  # the spec as stored
+
+
+class Admission:
+    """The submit-time checks; owns the per-tenant submit buckets."""
+
+    def __init__(self, settings: Settings, upstreams: UpstreamPool) -> None:
+        self.settings = settings
+        self.upstreams = upstreams
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def take_submit(self, tenant: str) -> None:
+        """Per-tenant submit rate: a bucket of two seconds' worth, refilled continuously."""
+        rate = self.settings.tenant_submits_per_s
+        bucket = self._buckets.get(tenant)
+        if bucket is None:
+            bucket = self._buckets[tenant] = TokenBucket(
+                rate_per_s=rate, capacity=max(1.0, 2 * rate)
+            )
+        wait = bucket.try_take(1)
+        if wait > 0:
+            raise TooManySubmits(rate, wait)
+
+    async def admit(self, spec: JobSpec) -> Admitted:
+        """Validate the job against the graph rules and this service's limits, models and
+        prices. The work proportional to the body (up to SWARM_MAX_REQUEST_BYTES) runs in
+        a worker thread, so a large submit never stalls the event loop."""
+        settings = self.settings
+        try:
+            graph = await asyncio.to_thread(
+                functools.partial(
+                    validate_graph,
+                    spec,
+                    max_agents=settings.max_agents_per_job,
+                    max_map_items=settings.max_map_items,
+                    max_map_items_per_job=settings.max_map_items_per_job,
+                )
+            )
+        except GraphValidationError as exc:
+            raise UnprocessableError(exc.detail()) from None
+        model = spec.model or settings.default_model
+        agents = spec.resolved_agents()
+        self._check_routes(agents, model)
+        if spec.budget_usd is not None:
+            self._check_prices(agents, model)
+        await asyncio.to_thread(check_prompt_sizes, spec, graph, agents, settings.max_prompt_chars)
+        self._check_chunk_windows(spec, graph, agents, model)
+        spec_json = await asyncio.to_thread(storable_json, spec)
+        return Admitted(spec=spec, graph=graph, model=model, agents=agents, spec_json=spec_json)
+
+    def _check_routes(self, agents: list[ResolvedAgent], default: str) -> None:
+        """Every model the job uses must have an upstream, or nothing is stored."""
+        problems: list[Problem] = []
+        seen: dict[str, str | None] = {}
+        for i, agent in enumerate(agents):
+            model = agent.model or default
+            if model not in seen:
+                try:
+                    self.upstreams.route(model)
+                    seen[model] = None
+                except NoRouteError as exc:
+                    seen[model] = str(exc)
+            if seen[model] is not None:
+                loc = ["body", "agents", i, "model"] if agent.model else ["body", "model"]
+                problems.append({"loc": loc, "msg": seen[model], "type": "no_upstream"})
+                if len(problems) >= MAX_PROBLEMS:
+                    break
+        if problems:
+            raise UnprocessableError(problems)
+
+    def _check_prices(self, agents: list[ResolvedAgent], default: str) -> None:
+        """A budget can only be enforced in money: every model must have a price."""
+        registry = self.upstreams.registry
+        unpriced = sorted(
+            {
+                m
+                for m in (a.model or default for a in agents)
+                if registry.get(m).input_usd_per_mtok is None
+                or registry.get(m).output_usd_per_mtok is None
+            }
+        )
+        if unpriced:
+            raise UnprocessableError(
+                [
+                    {
+                        "loc": ["body", "budget_usd"],
+                        "type": "budget_without_prices",
+                        "msg": "budget_usd needs a price for every model, and these have none: "
+                        + ", ".join(unpriced)
+                        + " (set their prices in the models file)",
+                    }
+                ]
+            )
+
+    def _check_chunk_windows(
+        self, spec: JobSpec, graph: Graph, agents: list[ResolvedAgent], default: str
+    ) -> None:
+        """A chunk, its task and the room for the answer must fit the map node's model."""
+        problems: list[Problem] = []
+        for i, agent in enumerate(agents):
+            plan = graph.maps.get(agent.id)
+            if plan is None or plan.known_items is None or plan.source_agent is not None:
+                continue
+            if not isinstance(lookup_context(spec.context, plan.context_path), str):
+                continue
+            info = self.upstreams.registry.get(agent.model or default)
+            window = info.context_window
+            needed = plan.chunk_tokens + (agent.max_tokens or 0)
+            if window is not None and needed > window:
+                problems.append(
+                    {
+                        "loc": ["body", "agents", i, "map", "chunk_tokens"],
+                        "type": "map.chunk_too_large",
+                        "msg": f"map node {agent.id!r}: chunks of {plan.chunk_tokens:,} tokens"
+                        + (f" plus max_tokens {agent.max_tokens:,}" if agent.max_tokens else "")
+                        + f" do not fit the {window:,}-token window of {info.name}; lower "
+                        "chunk_tokens",
+                    }
+                )
+        if problems:
+            raise UnprocessableError(problems)
+
+
+def request_hash(spec: JobSpec) -> str:
+    """A digest of the request's meaning: key order and whitespace do not change it."""
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a JSON value, without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
+def storable_json(spec: JobSpec) -> str:
+    """The spec as stored; a job the service could not read back after a restart is a 422
+    now rather than a failure then."""
+    for field in ("context", "metadata"):
+        if json_depth(getattr(spec, field)) > MAX_JSON_DEPTH:
+            raise UnprocessableError(
+                [
+                    {
+                        "loc": ["body", field],
+                        "type": "too_deep",
+                        "msg": f"{field} nests more than {MAX_JSON_DEPTH} levels deep",
+                    }
+                ]
+            )
+    try:
+        return spec.model_dump_json()
+    except ValueError as exc:  # e.g. a lone surrogate, which JSON cannot carry as UTF-8
+        raise UnprocessableError(
+            [
+                {
+                    "loc": ["body"],
+                    "type": "unencodable",
+                    "msg": "the job contains text that cannot be stored as UTF-8 "
+                    f"({type(exc).__name__})",
+                }
+            ]
+        ) from None
+
+
+def check_prompt_sizes(
+    spec: JobSpec, graph: Graph, agents: list[ResolvedAgent], limit: int
+) -> None:
+    """What the templates make of the context is known now: refuse prompts that would
+    exceed the limit before any of them runs (outputs of dependencies come on top)."""
+    sizes: dict[str, int] = {}
+
+    def rendered_size(text: str | None) -> int:
+        if not text:
+            return 0
+        size = len(text)
+        for ref in scan_refs(text)[0]:
+            if ref.kind is RefKind.context and ref.key is not None:
+                if ref.key not in sizes:
+                    sizes[ref.key] = len(format_value(lookup_context(spec.context, ref.path)))
+                size += sizes[ref.key] - len(ref.raw)
+        return size
+
+    problems: list[Problem] = []
+    for i, agent in enumerate(agents):
+        size = rendered_size(agent.task) + rendered_size(agent.system_prompt)
+        plan = graph.maps.get(agent.id)
+        item, item_size = (None, 0) if plan is None else _largest_list_item(spec, plan, agent)
+        what = "the context is filled in"
+        if item is not None:
+            size += item_size
+            what = f"the context and its largest item (item {item}) are filled in"
+        if size > limit:
+            problems.append(
+                {
+                    "loc": ["body", "agents", i, "task"],
+                    "type": "prompt_too_large",
+                    "msg": f"agent {agent.id!r}: its prompt would be {size:,} characters once "
+                    f"{what}, over the limit of {limit:,}",
+                }
+            )
+            if len(problems) >= MAX_PROBLEMS:
+                break
+    if problems:
+        raise UnprocessableError(problems)
+
+
+def _largest_list_item(
+    spec: JobSpec, plan: MapPlan, agent: ResolvedAgent
+) -> tuple[int | None, int]:
+    """For a map over a list in the context: the item whose rendering in the task is the
+    longest, and that length (the task's {{item…}} references, or the appended block)."""
+    if plan.source_agent is not None:
+        return None, 0
+    items = mappable_items(lookup_context(spec.context, plan.context_path))
+    if not items:
+        return None, 0
+    refs = [r for r in scan_refs(agent.task)[0] if r.kind is RefKind.item]
+    best, best_size = None, -1
+    for k, value in enumerate(items):
+        item = MapItem(index=k, count=len(items), value=value)
+        if refs:
+            size = sum(len(item.render(r.path)) - len(r.raw) for r in refs)
+        else:
+            size = len(item.render()) + _ITEM_BLOCK_CHARS
+        if size > best_size:
+            best, best_size = k, size
+    return best, max(best_size, 0)

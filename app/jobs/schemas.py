@@ -1,0 +1,222 @@
+"""Response bodies of the jobs API, read from the store's records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from app.api.schemas import ResponseModel, UtcDateTime
+from app.engine import usage
+from app.engine.lifecycle import AgentKind, AgentStatus, JobStatus
+from app.engine.spec import FailurePolicy
+from app.store.agents import AgentSummary as AgentSummaryRecord
+from app.store.jobs import JobRecord, JobTotals
+
+
+class AgentCounts(ResponseModel):
+    pending: int = 0
+    running: int = 0
+    completed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    cancelled: int = 0
+    total: int = 0
+
+    @classmethod
+    def of(cls, totals: JobTotals) -> AgentCounts:
+        return cls(**{str(s): n for s, n in totals.counts.items()}, total=totals.agents)
+
+
+class Usage(ResponseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _unreported_is_zero(cls, value: Any) -> Any:
+        return 0 if value is None else value
+
+    @classmethod
+    def of(cls, used: usage.Usage) -> Usage:
+        return cls.model_validate(used)
+
+
+class AgentSummary(ResponseModel):
+    id: str
+    kind: AgentKind = Field(
+        AgentKind.agent,
+        description="'agent' or 'map' (submitted), 'item' (one item of a map node) or 'merge' "
+        "(a step of an agent's hierarchical reduce), the last two created at run time.",
+    )
+    parent: str | None = Field(
+        None, description="For an item or merge step: the agent that created it."
+    )
+    status: AgentStatus
+    model: str
+    depends_on: list[str]
+    attempts: int
+    total_tokens: int | None = None
+    cost_usd: float | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+
+
+class JobPublic(ResponseModel):
+    id: str
+    name: str
+    status: JobStatus = Field(description="queued, running, completed, failed or cancelled")
+    model: str = Field(description="The job's default model (agents may override it).")
+    failure_policy: FailurePolicy
+    max_concurrency: int
+    budget_usd: float | None
+    metadata: dict[str, Any]
+    error: str | None = Field(None, description="Why the job failed or was cancelled.")
+    counts: AgentCounts
+    usage: Usage
+    cost_usd: float | None = Field(
+        None, description="Spent so far; null when no agent's model has a known price."
+    )
+    cost_complete: bool = Field(
+        True, description="False when some agent's model has no known price (not counted)."
+    )
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None
+    finished_at: UtcDateTime | None
+    agents: list[AgentSummary] | None = Field(
+        None, description="One row per agent, in submission order (omitted with agents=false)."
+    )
+
+    @classmethod
+    def of(
+        cls, job: JobRecord, totals: JobTotals, agents: list[AgentSummaryRecord] | None
+    ) -> JobPublic:
+        return cls(
+            id=job.id,
+            name=job.name,
+            status=job.status,
+            model=job.model,
+            failure_policy=FailurePolicy(job.failure_policy),
+            max_concurrency=job.max_concurrency,
+            budget_usd=job.budget_usd,
+            metadata=job.metadata,
+            error=job.error,
+            counts=AgentCounts.of(totals),
+            usage=Usage.of(totals.usage),
+            cost_usd=totals.usage.cost_usd,
+            cost_complete=totals.cost_complete,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            agents=None if agents is None else [AgentSummary.model_validate(a) for a in agents],
+        )
+
+
+class AgentPage(ResponseModel):
+    data: list[AgentSummary]
+    next_cursor: str | None = Field(
+        None, description="Pass as ?cursor= to get the next page; null on the last."
+    )
+
+
+class JobListItem(ResponseModel):
+    id: str
+    name: str
+    status: JobStatus
+    model: str
+    agents_total: int
+    metadata: dict[str, Any]
+    error: str | None
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None
+    finished_at: UtcDateTime | None
+
+
+class JobPage(ResponseModel):
+    data: list[JobListItem]
+    next_cursor: str | None = Field(
+        None, description="Pass as ?cursor= to get the next (older) page; null on the last."
+    )
+
+
+class RetryRecord(ResponseModel):
+    attempt: int = Field(description="The attempt that failed.")
+    reason: str = Field(description="rate_limited, timeout, connection, server_error, …")
+    error: str
+    delay_s: float = Field(description="How long the agent waited before the next attempt.")
+    ts: UtcDateTime
+
+
+class AgentDetail(ResponseModel):
+    job_id: str
+    id: str
+    kind: AgentKind = Field(
+        AgentKind.agent, description="agent, map, item or merge (see AgentSummary)."
+    )
+    parent: str | None = Field(
+        None, description="For an item or merge step: the agent that created it."
+    )
+    item: Any = Field(
+        None,
+        description="For an item: {index, count, value, chunk} (a chunk's value holds its "
+        "index, number, count, text and start/end offsets in the text); for a merge step: "
+        "its level, group, inputs and max_tokens.",
+    )
+    status: AgentStatus
+    model: str
+    depends_on: list[str]
+    system_prompt: str | None = Field(None, description="The system message as sent.")
+    prompt: str | None = Field(None, description="The rendered task (user message) as sent.")
+    output: str | None
+    finish_reason: str | None
+    usage: Usage | None
+    cost_usd: float | None
+    attempts: int = Field(description="Calls made to the upstream for this agent.")
+    rate_limited: int = Field(description="Attempts answered with 429.")
+    latency_ms: float | None = Field(None, description="Duration of the successful call.")
+    last_error: str | None
+    retries: list[RetryRecord] = Field(
+        default_factory=list, description="Each failed attempt that was retried, in order."
+    )
+    started_at: UtcDateTime | None
+    finished_at: UtcDateTime | None
+
+
+class JobResults(ResponseModel):
+    job_id: str
+    status: JobStatus
+    complete: bool = Field(description="True when every agent completed.")
+    results: dict[str, str] = Field(description="Outputs of completed agents, by agent id.")
+
+
+class CancelAccepted(ResponseModel):
+    id: str
+    status: JobStatus
+    detail: str
+
+
+class LatencyStats(ResponseModel):
+    count: int = Field(description="Successful calls measured.")
+    avg_ms: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+    max_ms: float | None
+
+
+class JobMetrics(ResponseModel):
+    job_id: str
+    status: JobStatus
+    counts: AgentCounts
+    usage: Usage
+    cost_usd: float | None
+    latency: LatencyStats = Field(description="Durations of the agents' successful calls.")
+    calls: int = Field(description="Upstream calls made (all attempts of all agents).")
+    retries: int = Field(description="Calls beyond each agent's first.")
+    rate_limited: int = Field(description="Calls answered with 429.")
+    wall_time_s: float | None = Field(
+        None, description="From start to finish (to now while running)."
+    )
+    agents_per_second: float | None = Field(
+        None, description="Completed agents per second of wall time."
+    )

@@ -1,0 +1,264 @@
+"""The jobs feature's rules: submit, get, list, cancel and delete jobs, and read their
+agents, results and figures. Store refusals become the feature's errors here, once."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+from typing import TypeVar
+
+from sqlalchemy import Connection
+
+from app.engine.lifecycle import AgentKind, AgentStatus, JobStatus
+from app.engine.spec import JobSpec
+from app.errors import ServiceError
+from app.jobs import errors
+from app.jobs.admission import Admission, request_hash
+from app.jobs.schemas import (
+    AgentCounts,
+    AgentDetail,
+    AgentPage,
+    AgentSummary,
+    CancelAccepted,
+    JobListItem,
+    JobMetrics,
+    JobPage,
+    JobPublic,
+    JobResults,
+    LatencyStats,
+    RetryRecord,
+    Usage,
+)
+from app.scheduler.scheduler import Scheduler
+from app.store import agents as agent_store
+from app.store import events as event_store
+from app.store import jobs as job_store
+from app.store.agents import CallStats, ListedAgent
+from app.store.ids import new_job_id
+from app.store.jobs import JobStoreError, JobTotals, StoredJob
+from app.store.models import utcnow
+from app.store.store import Store
+from app.store.writer import WriteOp
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job: JobPublic
+    created: bool  # False: a repeated submit with the same Idempotency-Key and body
+
+
+class JobsService:
+    def __init__(self, store: Store, scheduler: Scheduler, admission: Admission) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.admission = admission
+
+    async def submit(self, spec: JobSpec, tenant: str, idempotency_key: str | None) -> Submitted:
+        """Validate and store a job graph, then hand it to the scheduler."""
+        body_hash = await asyncio.to_thread(request_hash, spec) if idempotency_key else None
+        if idempotency_key:
+            # A retry of an accepted submit gets its job back before any limit applies.
+            prior = await self.store.read(
+                lambda c: job_store.find_idempotent(c, tenant, idempotency_key)
+            )
+            if prior is not None:
+                if prior.request_hash != body_hash:
+                    raise errors.IdempotencyConflict(prior.id)
+                return Submitted(await self.get(tenant, prior.id, with_agents=False), False)
+        self.admission.take_submit(tenant)
+        admitted = await self.admission.admit(spec)
+        new = job_store.new_job(
+            job_id=new_job_id(),
+            tenant=tenant,
+            name=spec.name,
+            model=admitted.model,
+            agents=[(a.id, a.model or admitted.model, a.depends_on) for a in admitted.agents],
+            failure_policy=str(spec.failure_policy),
+            max_concurrency=spec.max_concurrency,
+            budget_usd=spec.budget_usd,
+            spec_json=admitted.spec_json,
+            metadata=spec.metadata,
+            idempotency_key=idempotency_key,
+            request_hash=body_hash,
+            map_nodes=admitted.graph.maps.keys(),
+        )
+        max_active = self.admission.settings.tenant_max_active_jobs
+        job_id, created = await self._write(job_store.create_job(new, max_active=max_active))
+        if created:
+            self.scheduler.submit(job_id, spec, admitted.graph, tenant=tenant, model=admitted.model)
+        return Submitted(await self.get(tenant, job_id, with_agents=False), created)
+
+    async def require(self, tenant: str, job_id: str) -> StoredJob:
+        """The tenant's job, or JobNotFound."""
+        return await self.store.read(lambda c: _owned_job(c, tenant, job_id))
+
+    async def get(self, tenant: str, job_id: str, *, with_agents: bool) -> JobPublic:
+        def read(conn: Connection) -> JobPublic:
+            job = _owned_job(conn, tenant, job_id)
+            agents = agent_store.agent_summaries(conn, job_id) if with_agents else None
+            return JobPublic.of(job, job_store.job_totals(conn, job_id), agents)
+
+        return await self.store.read(read)
+
+    async def list(
+        self, tenant: str, *, status: JobStatus | None, limit: int, cursor: str | None
+    ) -> JobPage:
+        """Jobs newest first; `cursor` is the last job id of the previous page."""
+        rows = await self.store.read(
+            lambda c: job_store.list_jobs(
+                c, tenant=tenant, status=status, limit=limit + 1, before=cursor
+            )
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return JobPage(
+            data=[JobListItem.model_validate(r) for r in rows],
+            next_cursor=rows[-1].id if more and rows else None,
+        )
+
+    async def agents(
+        self,
+        tenant: str,
+        job_id: str,
+        *,
+        status: AgentStatus | None,
+        kind: AgentKind | None,
+        parent: str | None,
+        limit: int,
+        cursor: str | None,
+    ) -> AgentPage:
+        """A page of the job's agents in listing order; `cursor` is "position.sub_order"
+        of the last agent of the previous page."""
+        after = None
+        if cursor is not None:
+            position, sub = cursor.split(".")
+            after = (int(position), int(sub))
+
+        def read(conn: Connection) -> list[ListedAgent]:
+            _owned_job(conn, tenant, job_id)
+            return agent_store.list_agents(
+                conn, job_id, status=status, kind=kind, parent=parent, limit=limit + 1, after=after
+            )
+
+        rows = await self.store.read(read)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return AgentPage(
+            data=[AgentSummary.model_validate(r) for r in rows],
+            next_cursor=rows[-1].cursor if more and rows else None,
+        )
+
+    async def agent(self, tenant: str, job_id: str, agent_id: str) -> AgentDetail:
+
+        def read(conn: Connection) -> AgentDetail:
+            _owned_job(conn, tenant, job_id)
+            row = agent_store.get_agent(conn, job_id, agent_id)
+            if row is None:
+                raise errors.AgentNotFound()
+            retries = event_store.agent_retries(conn, job_id, agent_id)
+            detail = AgentDetail.model_validate(row)
+            return detail.model_copy(
+                update={"retries": [RetryRecord.model_validate(r) for r in retries]}
+            )
+
+        return await self.store.read(read)
+
+    async def results(self, tenant: str, job_id: str) -> JobResults:
+        """Outputs of the completed agents, by agent id (partial while the job runs)."""
+
+        def read(conn: Connection) -> tuple[StoredJob, list[tuple[str, str]]]:
+            return _owned_job(conn, tenant, job_id), agent_store.completed_outputs(conn, job_id)
+
+        job, outputs = await self.store.read(read)
+        return JobResults(
+            job_id=job_id,
+            status=job.status,
+            complete=len(outputs) == job.agents_total,
+            results=dict(outputs),
+        )
+
+    async def metrics(self, tenant: str, job_id: str) -> JobMetrics:
+
+        def read(conn: Connection) -> tuple[StoredJob, JobTotals, CallStats]:
+            job = _owned_job(conn, tenant, job_id)
+            return job, job_store.job_totals(conn, job_id), agent_store.call_stats(conn, job_id)
+
+        job, totals, calls = await self.store.read(read)
+        wall: float | None = None
+        if job.started_at is not None:
+            end = job.finished_at or utcnow()
+            wall = max((end - job.started_at).total_seconds(), 0.0)
+        completed = totals.counts[AgentStatus.completed]
+        return JobMetrics(
+            job_id=job_id,
+            status=job.status,
+            counts=AgentCounts.of(totals),
+            usage=Usage.of(totals.usage),
+            cost_usd=totals.usage.cost_usd,
+            latency=latency_stats(calls.latencies_ms),
+            calls=calls.attempts,
+            retries=calls.attempts - calls.agents_called,
+            rate_limited=calls.rate_limited,
+            wall_time_s=None if wall is None else round(wall, 3),
+            agents_per_second=round(completed / wall, 3) if wall else None,
+        )
+
+    async def cancel(self, tenant: str, job_id: str) -> CancelAccepted:
+        """Flag the job and stop its run; the job ends `cancelled`."""
+        current = await self._write(job_store.request_cancel(job_id, tenant))
+        if current.finished:
+            raise errors.JobAlreadyFinished(current)
+        await self.scheduler.cancel(job_id)
+        return CancelAccepted(id=job_id, status=current, detail="cancellation requested")
+
+    async def delete(self, tenant: str, job_id: str) -> None:
+        """Remove a finished job, its agents and its events."""
+        await self._write(job_store.delete_job(job_id, tenant))
+
+    async def _write(self, op: WriteOp[T]) -> T:
+        try:
+            return await self.store.write(op)
+        except JobStoreError as exc:
+            raise _service_error(exc) from None
+
+
+def _owned_job(conn: Connection, tenant: str, job_id: str) -> StoredJob:
+    job = job_store.get_job(conn, job_id, tenant)
+    if job is None:
+        raise errors.JobNotFound()
+    return job
+
+
+def _service_error(exc: JobStoreError) -> ServiceError:
+    """What a store refusal means to the caller."""
+    if isinstance(exc, job_store.JobNotFoundError):
+        return errors.JobNotFound()
+    if isinstance(exc, job_store.JobStillRunningError):
+        return errors.JobStillRunning(exc.job_id, exc.status)
+    if isinstance(exc, job_store.IdempotencyConflictError):
+        return errors.IdempotencyConflict(exc.job_id)
+    if isinstance(exc, job_store.TooManyActiveJobsError):
+        return errors.TooManyActiveJobs(exc.active, exc.limit)
+    raise TypeError(f"unhandled store refusal {exc!r}")
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted, non-empty list."""
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def latency_stats(values: list[float]) -> LatencyStats:
+    if not values:
+        return LatencyStats(count=0, avg_ms=None, p50_ms=None, p95_ms=None, max_ms=None)
+    values = sorted(values)
+    return LatencyStats(
+        count=len(values),
+        avg_ms=round(sum(values) / len(values), 3),
+        p50_ms=round(_percentile(values, 0.50), 3),
+        p95_ms=round(_percentile(values, 0.95), 3),
+        max_ms=round(values[-1], 3),
+    )

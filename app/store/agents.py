@@ -1,0 +1,215 @@
+"""Reads of the agents table: summaries, pages, one agent in full, outputs, call counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from app.engine.lifecycle import AgentKind, AgentStatus
+from app.engine.usage import Usage
+from app.store.tables import AGENT_ORDER, agents_t, loads
+
+
+@dataclass(frozen=True)
+class AgentSummary:
+    """An agent as listed, with `depends_on` decoded."""
+
+    id: str
+    kind: AgentKind
+    parent: str | None
+    status: AgentStatus
+    model: str
+    depends_on: list[str]
+    attempts: int
+    total_tokens: int | None
+    cost_usd: float | None
+    latency_ms: float | None
+    error: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> AgentSummary:
+        return cls(**_summary_values(row))
+
+
+@dataclass(frozen=True)
+class ListedAgent(AgentSummary):
+    """A summary with its place in the listing order, for the next page's cursor."""
+
+    position: int
+    sub_order: int
+
+    @property
+    def cursor(self) -> str:
+        return f"{self.position}.{self.sub_order}"
+
+    @classmethod
+    def from_row(cls, row: Any) -> ListedAgent:
+        return cls(**_summary_values(row), position=row.position, sub_order=row.sub_order)
+
+
+def _summary_values(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.agent_id,
+        "kind": AgentKind(row.kind),
+        "parent": row.parent_id,
+        "status": AgentStatus(row.status),
+        "model": row.model,
+        "depends_on": loads(row.depends_on_json, []),
+        "attempts": row.attempts,
+        "total_tokens": row.total_tokens,
+        "cost_usd": row.cost_usd,
+        "latency_ms": row.latency_ms,
+        "error": row.last_error,
+    }
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    """One agent in full, JSON columns decoded; `usage` is None until a call reported it."""
+
+    job_id: str
+    id: str
+    kind: AgentKind
+    parent: str | None
+    item: Any
+    status: AgentStatus
+    model: str
+    depends_on: list[str]
+    system_prompt: str | None
+    prompt: str | None
+    output: str | None
+    finish_reason: str | None
+    usage: Usage | None
+    cost_usd: float | None
+    attempts: int
+    rate_limited: int
+    latency_ms: float | None
+    last_error: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> AgentRecord:
+        usage = (
+            None
+            if row.total_tokens is None
+            else Usage(row.prompt_tokens, row.completion_tokens, row.total_tokens, row.cost_usd)
+        )
+        return cls(
+            job_id=row.job_id,
+            id=row.agent_id,
+            kind=AgentKind(row.kind),
+            parent=row.parent_id,
+            item=loads(row.item_json, None),
+            status=AgentStatus(row.status),
+            model=row.model,
+            depends_on=loads(row.depends_on_json, []),
+            system_prompt=row.system_prompt,
+            prompt=row.prompt,
+            output=row.output,
+            finish_reason=row.finish_reason,
+            usage=usage,
+            cost_usd=row.cost_usd,
+            attempts=row.attempts,
+            rate_limited=row.rate_limited,
+            latency_ms=row.latency_ms,
+            last_error=row.last_error,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+        )
+
+
+@dataclass(frozen=True)
+class CallStats:
+    attempts: int  # calls made, all agents
+    agents_called: int  # agents with at least one call
+    rate_limited: int  # attempts answered with 429
+    latencies_ms: list[float]  # the successful call of each completed agent
+
+
+_SUMMARY_COLS = (
+    agents_t.c.agent_id,
+    agents_t.c.kind,
+    agents_t.c.parent_id,
+    agents_t.c.status,
+    agents_t.c.model,
+    agents_t.c.depends_on_json,
+    agents_t.c.attempts,
+    agents_t.c.total_tokens,
+    agents_t.c.cost_usd,
+    agents_t.c.latency_ms,
+    agents_t.c.last_error,
+)
+
+
+def agent_summaries(conn: Connection, job_id: str) -> list[AgentSummary]:
+    rows = conn.execute(
+        select(*_SUMMARY_COLS).where(agents_t.c.job_id == job_id).order_by(*AGENT_ORDER)
+    ).all()
+    return [AgentSummary.from_row(r) for r in rows]
+
+
+def list_agents(
+    conn: Connection,
+    job_id: str,
+    *,
+    status: AgentStatus | None = None,
+    kind: AgentKind | None = None,
+    parent: str | None = None,
+    limit: int,
+    after: tuple[int, int] | None = None,
+) -> list[ListedAgent]:
+    """A page of the job's agents in listing order, filtered; `after` is the (position,
+    sub_index) of the last row of the previous page."""
+    order = func.coalesce(agents_t.c.sub_index, -1)
+    q = select(*_SUMMARY_COLS, agents_t.c.position, order.label("sub_order")).where(
+        agents_t.c.job_id == job_id
+    )
+    if status is not None:
+        q = q.where(agents_t.c.status == status)
+    if kind is not None:
+        q = q.where(agents_t.c.kind == kind)
+    if parent is not None:
+        q = q.where(agents_t.c.parent_id == parent)
+    if after is not None:
+        position, sub = after
+        q = q.where(
+            (agents_t.c.position > position) | ((agents_t.c.position == position) & (order > sub))
+        )
+    rows = conn.execute(q.order_by(*AGENT_ORDER).limit(limit)).all()
+    return [ListedAgent.from_row(r) for r in rows]
+
+
+def get_agent(conn: Connection, job_id: str, agent_id: str) -> AgentRecord | None:
+    row = conn.execute(
+        select(agents_t).where(agents_t.c.job_id == job_id, agents_t.c.agent_id == agent_id)
+    ).first()
+    return None if row is None else AgentRecord.from_row(row)
+
+
+def completed_outputs(conn: Connection, job_id: str) -> list[tuple[str, str]]:
+    rows = conn.execute(
+        select(agents_t.c.agent_id, agents_t.c.output)
+        .where(agents_t.c.job_id == job_id, agents_t.c.status == AgentStatus.completed)
+        .order_by(*AGENT_ORDER)
+    ).all()
+    return [(r.agent_id, r.output or "") for r in rows]
+
+
+def call_stats(conn: Connection, job_id: str) -> CallStats:
+    row = conn.execute(
+        select(
+            func.coalesce(func.sum(agents_t.c.attempts), 0),
+            func.count().filter(agents_t.c.attempts > 0),
+            func.coalesce(func.sum(agents_t.c.rate_limited), 0),
+        ).where(agents_t.c.job_id == job_id)
+    ).one()
+    latencies = conn.execute(
+        select(agents_t.c.latency_ms).where(
+            agents_t.c.job_id == job_id, agents_t.c.latency_ms.is_not(None)
+        )
+    ).scalars()
+    return CallStats(int(row[0]), int(row[1]), int(row[2]), [float(x) for x in latencies])
