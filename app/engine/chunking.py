@@ -1,112 +1,6 @@
-"""Token counting and document chunking for map nodes: ``count_tokens`` and ``chunk_text``.
-
-This module owns two pure functions and nothing else (no I/O, no state, no imports outside
-the standard library):
-
-- ``count_tokens(text, model=None)``: a conservative, offline estimate of how many tokens a
-  model's tokenizer spends on ``text``. It is meant to be >= the real count, so that prompts
-  built from it stay inside a context window.
-- ``chunk_text(text, chunk_tokens=..., overlap_tokens=..., model=None)``: ``text`` cut into
-  ordered ``Chunk``s, each at most ``chunk_tokens`` by ``count_tokens``, preferring paragraph,
-  then line, sentence, clause and word boundaries, with an optional overlap.
-
-Why an estimate
----------------
-No exact tokenizer can be used here. tiktoken downloads its encodings at run time, and this
-service's machines reach package registries only. Packages that bundle encodings exist (the
-cl100k file alone, or cl100k/o200k/Llama-3/Qwen in a 4 MB native wheel), but an exact
-tokenizer is exact for one model family only: the built-in models (gpt-4.1, Claude, Gemini,
-DeepSeek, Kimi) use five different tokenizers, and Claude's and Gemini's current ones are not
-published at all. So one documented estimate serves every model, and it errs on the high side.
-
-The estimate
-------------
-Costs are added up in twelfths of a token and rounded up once at the end:
-
-- Words: 10/12 per run of letters (ASCII letters and non-ASCII characters, between spaces,
-  digits and ASCII punctuation), plus 2/12 per ASCII letter. A one-letter word is 1 token,
-  four letters 1.5, seven letters 2, thirteen letters 3.
-- Digits: 1 each, plus 1 per run of digits (some tokenizers split numbers into single digits
-  and give the space before a number its own token).
-- ASCII punctuation, line breaks, tabs and other control characters: 1 each.
-- Spaces: a single space is free (tokenizers attach it to the next word); a run of 2 or more
-  costs 1, plus 1 per 8 spaces.
-- Long unbroken ASCII runs (base64, hashes, URLs): 6 more per 24 consecutive printable,
-  non-space ASCII characters; random strings tokenize far worse than words.
-- Other characters, per character, by script (the UTF-8 lead byte picks the class):
-  Cyrillic (U+0400-053F) 2/3; Latin-1 punctuation and symbols, IPA and combining marks,
-  general punctuation (U+2000-207F) and U+F000-FFFF (fullwidth forms) 1; Greek, Hebrew,
-  Arabic 1.25; U+3000-3FFF (CJK punctuation, kana, Bopomofo) 1.25; Han and Hangul
-  (U+4000-DFFF) 1.5; accented Latin letters (U+00C0-027F), Armenian and other symbols
-  (U+2080-2FFF) 2; U+0800-0FFF (Devanagari to Tibetan) 2.25; U+1000-1FFF (Georgian,
-  Ethiopic, Khmer, Myanmar, precomposed Vietnamese letters, ...), private use and everything
-  outside the BMP (emoji, rare Han) 3. So one character costs at most 4 tokens (3 + its word).
-
-Basis and measured error: the rules were fitted against five real byte-level BPE tokenizers,
-run offline from packages (tiktoken's cl100k_base with its encoding file bundled, checked
-against tiktoken's published hash; o200k_base, Llama-3 and Qwen3 from a bundled-vocabulary
-package that reproduced cl100k exactly on every sample; and a legacy 65k-token Claude
-vocabulary), on text found on a Debian machine: GNU licence texts, Markdown, Python source,
-gettext translations in 28 languages, CPython's CJK codec test texts, JSON, numeric tables
-and random strings. Ratio estimate / real for the worst sample (about 3,000 characters) of
-each kind, over cl100k, o200k, Llama-3 and Qwen3 (legacy Claude in brackets):
-
-- English prose and Markdown 1.37-1.55 (1.31); Python source 1.30-1.43 (1.25); JSON 1.41.
-- Chinese 1.17-1.81 (1.25), Japanese 1.37-1.86 (1.38), Korean 1.53-2.06 (1.31).
-- German, French, Spanish, Italian, Portuguese 1.18-1.51 (1.01); Czech, Polish, Turkish
-  1.10-1.52 (0.89-1.06); Russian, Ukrainian, Bulgarian 1.18-2.12 (1.13); Vietnamese 1.68.
-- Greek, Arabic, Persian, Hebrew 1.30-3.06 (1.06); Indic scripts, Thai, Georgian, Armenian,
-  Khmer, Amharic 1.01-6.2 (1.00): older tokenizers spend up to a token per UTF-8 byte on
-  these scripts and o200k far less, so the estimate is loose for modern models there.
-- Numeric tables 1.35-2.48; single digits between spaces 1.00; random base64 1.08-1.17.
-
-Known limits (where it under-counts): random letter strings and gibberish words (0.5-0.7; no
-estimate short of a token per byte covers them), random rare Han or Hangul (0.57-0.93; the
-rare-character HKSCS and Johab samples of CPython reach 0.83 on cl100k), random symbols of
-many scripts (0.88), Polish on the legacy Claude vocabulary (0.89); and tokenizers that could
-not be measured: Claude's current one is unpublished and reported to spend 10-35% more
-tokens than OpenAI's, which the English margin absorbs but the tight cases above may not;
-Gemini's is not published either. Callers should keep headroom below a context window (for
-the answer anyway). ``model`` is accepted so that per-family factors can be added later;
-today every model gets this same estimate.
-
-Cost of the estimate: a few ``bytes.translate`` / ``bytes.count`` passes over the UTF-8
-bytes, about 15 ms per MB of English and 35 ms per MB of Chinese.
-
-Chunking
---------
-``chunk_text`` works on the same costs. Cut points ("boundaries") are the positions right
-after a blank line (paragraph), a line break, a sentence end (``.``, ``!``, ``?`` followed
-by whitespace, or the CJK full stop U+3002 and fullwidth U+FF01 / U+FF1F / U+FF61), a clause
-mark (``,;:`` followed by whitespace, or U+FF0C, U+3001, U+FF1B, U+FF1A), and, finest, any
-whitespace or the gap between two Han or kana characters. Each chunk is filled greedily
-with whole paragraphs; if that reaches less than half the budget, the paragraph that did
-not fit is added line by line, then sentence by sentence, clause by clause, word by word.
-The chunk ends at the last boundary that fits; a word is cut inside (a "forced" cut, as far
-as the budget allows) only when not even one boundary fits. No boundary splits a run that
-the estimate would count less when split, so the pieces' costs add up to at least the
-chunk's; a forced cut charges each cut what it can hide (a token inside a run of spaces, 6
-inside a long ASCII run), so those chunks fit too.
-
-Guarantees (tested with hypothesis in ``tests/engine/test_chunking.py``):
-
-- ``text[c.start:c.end] == c.text``; chunks are in order, non-empty, and cover the text;
-  ``index`` runs 0..``count``-1 and ``count`` is the number of chunks.
-- ``count_tokens(c.text) <= chunk_tokens`` for every chunk, except a chunk of exactly one
-  character that alone costs more; a character costs at most 4 tokens, so this happens only
-  with ``chunk_tokens`` <= 3 (a Han character alone is 3 tokens, a digit 2).
-- Overlap: each chunk after the first starts after the previous chunk's start and no later
-  than its end, and ``count_tokens(text[next.start:prev.end]) <= overlap_tokens``. The start
-  is the first boundary, of the coarsest kind that keeps at least half the characters of the
-  longest overlap that fits; if the overlap window holds no boundary, a character position.
-  If after the overlap not one more character would fit (tiny budgets), that chunk starts
-  at the previous chunk's end instead.
-- Work grows linearly with the text. 5 MB on a 2-core machine, chunk_tokens 6000 with
-  overlap 200: about 0.15 s for English prose or Python source, 0.3 s for Chinese, 0.6 s for
-  text with no whitespace at all (a base64 blob, unpunctuated Chinese). A chunk costs some
-  50 microseconds of overhead, so very small budgets take longer (200-token chunks with
-  overlap 50: 1-2 s for 5 MB of prose, 3-4 s for a blob).
-"""
+"""Token counting and document chunking for map nodes: ``count_tokens`` and ``chunk_text``,
+pure functions. The estimate's rules, their measured error and the chunking guarantees are
+in docs/chunking.md."""
 
 from __future__ import annotations
 
@@ -226,10 +120,10 @@ def _units(text: str) -> int:
     return units
 
 
-def count_tokens(text: str, model: str | None = None) -> int:
-    """A conservative estimate of the tokens ``text`` costs a model (see the module docstring
-    for the rules, their basis and their limits). ``model`` is reserved for per-family
-    factors; today every model gets the same estimate. Empty text is 0 tokens."""
+def count_tokens(text: str) -> int:
+    """A conservative estimate of the tokens ``text`` costs a model, the same for every model
+    (docs/chunking.md gives the rules, their basis and their limits). Empty text is 0
+    tokens."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, not {type(text).__name__}")
     return -(-_units(text) // UNITS_PER_TOKEN)
@@ -276,13 +170,11 @@ _BOUNDARY_PATTERNS: Final = (
 )
 
 
-def chunk_text(
-    text: str, *, chunk_tokens: int, overlap_tokens: int = 0, model: str | None = None
-) -> list[Chunk]:
+def chunk_text(text: str, *, chunk_tokens: int, overlap_tokens: int = 0) -> list[Chunk]:
     """Cut ``text`` into ordered chunks of at most ``chunk_tokens`` tokens (``count_tokens``),
     consecutive chunks sharing at most ``overlap_tokens`` tokens of text. Prefers paragraph,
     then line, sentence, clause and word boundaries; cuts inside a word only when nothing
-    else fits. See the module docstring for the exact guarantees. Empty text gives ``[]``.
+    else fits. docs/chunking.md states the exact guarantees. Empty text gives ``[]``.
 
     Raises ``TypeError`` for arguments of the wrong type and ``ValueError`` unless
     ``chunk_tokens >= 1`` and ``0 <= overlap_tokens < chunk_tokens``."""
@@ -431,7 +323,7 @@ def _boundaries(
 
 
 def _chunk_end(text: str, start: int, budget: int) -> int:
-    """Where the chunk that begins at ``start`` ends (> start): see the module docstring."""
+    """Where the chunk that begins at ``start`` ends (> start): see docs/chunking.md."""
     n = len(text)
     pos, used, limit = start, 0, n
     # Ends past `reach` cannot fit. The first bound comes from length alone (a piece of k

@@ -117,9 +117,7 @@ class Graph:
     keeps each agent's depends_on order; ``dependents`` lists each agent's direct dependents
     in submission order. ``topo_order`` lists every dependency before its dependents and,
     among valid orders, stays as close to submission order as a depth-first walk allows: if
-    the submission order is already topological, ``topo_order == ids``. ``depth`` is the
-    length of the longest dependency chain below an agent (0 for agents without
-    dependencies); ``levels[d]`` holds the agents of depth ``d`` in submission order.
+    the submission order is already topological, ``topo_order == ids``.
     """
 
     ids: tuple[str, ...]
@@ -127,8 +125,6 @@ class Graph:
     deps: dict[str, tuple[str, ...]]
     dependents: dict[str, tuple[str, ...]]
     topo_order: tuple[str, ...]
-    depth: dict[str, int]
-    levels: tuple[tuple[str, ...], ...]
     # Map nodes by id, and for each agent whose output a map node fans out over, those
     # map nodes (its output must then be a list of the right shape).
     maps: Mapping[str, MapPlan] = field(default_factory=lambda: MappingProxyType({}))
@@ -285,8 +281,6 @@ def validate_graph(
         deps=graph.deps,
         dependents=graph.dependents,
         topo_order=graph.topo_order,
-        depth=graph.depth,
-        levels=graph.levels,
         maps=MappingProxyType(maps),
         plan_sources=MappingProxyType({k: tuple(v) for k, v in sources.items()}),
     )
@@ -750,22 +744,12 @@ def _build_graph(
     for i, deps in enumerate(dep_idx):
         for d in deps:
             dependents[d].append(ids[i])
-    depth_idx = [0] * len(agents)
-    for i in order:
-        deps = dep_idx[i]
-        if deps:
-            depth_idx[i] = 1 + max(depth_idx[d] for d in deps)
-    levels: list[list[str]] = [[] for _ in range(max(depth_idx) + 1)]
-    for i, agent_id in enumerate(ids):
-        levels[depth_idx[i]].append(agent_id)
     return Graph(
         ids=ids,
         index=index,
         deps={a.id: tuple(a.depends_on) for a in agents},
         dependents={ids[i]: tuple(ds) for i, ds in enumerate(dependents)},
         topo_order=tuple(ids[i] for i in order),
-        depth={ids[i]: d for i, d in enumerate(depth_idx)},
-        levels=tuple(tuple(level) for level in levels),
     )
 
 

@@ -305,7 +305,6 @@ def test_count_tokens_basics() -> None:
     assert count_tokens("hello world") == 4  # 2 words x 10/12 + 10 letters x 2/12 = 40/12
     assert count_tokens("7") == 2  # the digit, and the number's own token
     assert count_tokens("\U0001f680") == 4  # the dearest single character
-    assert count_tokens("abc", model="gpt-4.1") == count_tokens("abc")
     assert count_tokens("\ud800") == count_tokens("\u4e00")  # a lone surrogate is counted
     with pytest.raises(TypeError, match="text must be a str"):
         count_tokens(None)  # type: ignore[arg-type]

@@ -53,8 +53,6 @@ def test_brief_example_accepted() -> None:
         "extract_entities": ("summary",),
         "summary": (),
     }
-    assert graph.depth == {"extract_metadata": 0, "extract_entities": 0, "summary": 1}
-    assert graph.levels == (("extract_metadata", "extract_entities"), ("summary",))
     assert graph.index == {"extract_metadata": 0, "extract_entities": 1, "summary": 2}
 
 
@@ -64,7 +62,6 @@ def test_topo_order_deterministic_and_close_to_submission() -> None:
     graph = validate_graph(spec, max_agents=10)
     assert graph.topo_order == ("a", "b", "c", "d", "e")
     assert validate_graph(spec, max_agents=10) == graph
-    assert graph.levels == (("a", "e"), ("b", "c"), ("d",))
 
 
 def test_exactly_max_agents_accepted() -> None:
@@ -88,15 +85,12 @@ def test_long_chain_and_wide_fan_in() -> None:
     chain = job(*(agent(f"c{i}", *([f"c{i - 1}"] if i else [])) for i in reversed(range(n))))
     graph = validate_graph(chain, max_agents=n)
     assert graph.topo_order == tuple(f"c{i}" for i in range(n))
-    assert graph.depth[f"c{n - 1}"] == n - 1
-    assert len(graph.levels) == n
 
     sources = [agent(f"s{i}") for i in range(n - 1)]
     sink = agent("sink", *(f"s{i}" for i in range(n - 1)))
     graph = validate_graph(job(sink, *sources), max_agents=n)
     assert graph.topo_order[-1] == "sink"
     assert len(graph.dependents["s0"]) == 1
-    assert graph.levels[1] == ("sink",)
 
 
 def test_long_cycle_found_without_recursion() -> None:
