@@ -22,7 +22,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"  # loopback only
 START_TIMEOUT_S = 60.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
-_LISTENING = re.compile(r"simulator listening on (http://\S+)")
+# What the simulator prints once it serves (its only line on stdout).
+SIMULATOR_LISTENING = re.compile(r"simulator listening on (http://\S+)")
+
+
+def simulator_command(*args: str) -> list[str]:
+    """The one way to run the simulator as a subprocess (benchmarks and tests): loopback, a
+    free port, and "simulator listening on URL" printed once it serves."""
+    return [sys.executable, "-m", "app.simulator", "--host", HOST, "--port", "0", *args]
 
 
 def free_port() -> int:
@@ -96,32 +103,33 @@ class Simulator:
         await _stop(self.proc)
 
 
-async def start_simulator(http: aiohttp.ClientSession, *args: str) -> Simulator:
+async def spawn_simulator(
+    *args: str, timeout_s: float = START_TIMEOUT_S
+) -> tuple[asyncio.subprocess.Process, str]:
+    """Start the simulator (it exits with this process) and wait until it serves: the
+    process, and its base URL."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app.simulator",
-        "--host",
-        HOST,
-        "--port",
-        "0",
-        "--exit-with-parent",
-        *args,
+        *simulator_command("--exit-with-parent", *args),
         cwd=REPO_ROOT,
         env=child_env(),
         stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
     try:
-        line = (await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)).decode()
+        line = (await asyncio.wait_for(proc.stdout.readline(), timeout_s)).decode()
     except BaseException:
         await _stop(proc)
         raise
-    match = _LISTENING.search(line)
+    match = SIMULATOR_LISTENING.search(line)
     if match is None:
         await _stop(proc)
         raise RuntimeError(f"unexpected simulator output: {line!r}")
-    return Simulator(proc, match.group(1), http, tuple(args))
+    return proc, match.group(1)
+
+
+async def start_simulator(http: aiohttp.ClientSession, *args: str) -> Simulator:
+    proc, url = await spawn_simulator(*args)
+    return Simulator(proc, url, http, tuple(args))
 
 
 @dataclass

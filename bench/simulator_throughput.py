@@ -1,11 +1,12 @@
 """Throughput of the upstream simulator: N chat completions at fixed concurrency, zero latency.
 
-Starts ``python -m app.simulator --port 0`` as a subprocess and drives it with the official SDK
-(``--driver sdk``, default; ``sdk-aiohttp`` swaps in the SDK's aiohttp transport) or a bare
-aiohttp client (``--driver aiohttp``: shows how far the server goes when the client is not the
-bottleneck). Flags the script does not know are passed to the simulator. From the repo root:
+Starts the simulator as a subprocess (``bench.procs.spawn_simulator``) and drives it with the
+official SDK (``--driver sdk``, default; ``sdk-aiohttp`` swaps in the SDK's aiohttp
+transport) or a bare aiohttp client (``--driver aiohttp``: shows how far the server goes when
+the client is not the bottleneck). Flags the script does not know are passed to the
+simulator. From the repo root:
 
-    .venv/bin/python bench/simulator_throughput.py --requests 20000 --concurrency 100
+    .venv/bin/python -m bench.simulator_throughput --requests 20000 --concurrency 100
 """
 
 from __future__ import annotations
@@ -14,38 +15,16 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from bench.procs import spawn_simulator
+
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "benchmark prompt"}]
-
-
-async def start_simulator(extra: list[str]) -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app.simulator",
-        "--port",
-        "0",
-        "--latency-base-ms",
-        "0",
-        "--exit-with-parent",
-        *extra,
-        cwd=REPO_ROOT,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
-    if not line.startswith("simulator listening on "):
-        raise RuntimeError(f"unexpected simulator output: {line!r}")
-    return proc, line.removeprefix("simulator listening on ")
 
 
 async def run_sdk(
@@ -110,7 +89,7 @@ async def main() -> None:
     parser.add_argument("--warmup", type=int, default=500)
     args, extra = parser.parse_known_args()  # unknown flags go to the simulator
 
-    proc, url = await start_simulator(extra)
+    proc, url = await spawn_simulator("--latency-base-ms", "0", *extra)
     try:
 
         async def run(total: int) -> list[float]:

@@ -34,8 +34,8 @@ runs 3 times and the median is reported (``pool-wait`` once per transport).
 The loop is uvloop by default, as under ``uvicorn`` (``--loop auto``) in the service. Client and
 simulator share the machine's cores, so zero-latency numbers are lower than a lone client's.
 
-    .venv/bin/python bench/transport.py --quick
-    .venv/bin/python bench/transport.py --out bench/results/transport.json
+    .venv/bin/python -m bench.transport --quick
+    .venv/bin/python -m bench.transport --out bench/results/transport.json
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ from openai import AsyncOpenAI
 
 from app.config import HttpTransport, Settings
 from app.upstream.client import build_upstream
+from bench.procs import spawn_simulator
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"  # the only address this script ever talks to
@@ -172,31 +173,8 @@ class Simulator:
 
 
 async def start_simulator(latency_args: list[str]) -> Simulator:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "app.simulator",
-        "--host",
-        HOST,
-        "--port",
-        "0",
-        "--exit-with-parent",
-        *latency_args,
-        cwd=REPO_ROOT,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    try:
-        line = (await asyncio.wait_for(proc.stdout.readline(), SIM_START_TIMEOUT_S)).decode()
-    except BaseException:
-        await stop_simulator(proc)
-        raise
-    prefix = f"simulator listening on http://{HOST}:"
-    if not line.startswith(prefix):
-        await stop_simulator(proc)
-        raise RuntimeError(f"unexpected simulator output: {line!r}")
-    port = int(line.strip().removeprefix(prefix))
-    return Simulator(proc=proc, url=f"http://{HOST}:{port}", port=port)
+    proc, url = await spawn_simulator(*latency_args, timeout_s=SIM_START_TIMEOUT_S)
+    return Simulator(proc=proc, url=url, port=int(url.rsplit(":", 1)[1]))
 
 
 async def stop_simulator(proc: asyncio.subprocess.Process) -> None:

@@ -16,7 +16,7 @@ from app.config import Settings
 from app.keys import create_key, revoke_key
 from app.main import InsecureStartError, create_app
 from app.store import migrate
-from tests.conftest import FakeUpstream, make_settings, start_service
+from tests.helpers.service import FakeUpstream, make_settings, start_service
 
 GRAPH = {"agents": [{"id": "a", "task": "x"}]}
 

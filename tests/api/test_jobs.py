@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx2
 
-from tests.conftest import UPSTREAM_KEY, FakeUpstream, Service, answer_for, completion_body
+from tests.helpers.service import UPSTREAM_KEY, FakeUpstream, Service, answer_for, completion_body
 
 DOC_ANALYSIS: dict[str, Any] = {
     "name": "doc-analysis",
@@ -300,7 +300,7 @@ async def test_the_upstream_key_appears_nowhere(
 async def test_prompts_over_the_size_limit_are_refused_before_running(
     tmp_path: Path, fake_upstream: FakeUpstream
 ) -> None:
-    from tests.conftest import make_settings, start_service
+    from tests.helpers.service import make_settings, start_service
 
     settings = make_settings(tmp_path, max_prompt_chars=5000)
     async for svc in start_service(settings):

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.config import Settings
-from tests.conftest import FakeUpstream, Service, make_settings, start_service
+from tests.helpers.service import FakeUpstream, Service, make_settings, start_service
 
 
 async def refused(service: Service, body: dict[str, Any]) -> list[dict[str, Any]]:

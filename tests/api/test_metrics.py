@@ -11,7 +11,7 @@ import pytest
 
 from app.jobs.service import latency_stats
 from app.logging_setup import JsonFormatter
-from tests.conftest import UPSTREAM_KEY, FakeUpstream, Service
+from tests.helpers.service import UPSTREAM_KEY, FakeUpstream, Service
 
 _seen: dict[str, int] = {}
 

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from tests.cli.conftest import EXAMPLES, assert_plain, run_cli
-from tests.sse import parse
+from tests.helpers.sse import parse
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.conftest import EXAMPLES, assert_plain, run_cli
-from tests.e2e.conftest import free_port
+from tests.helpers.processes import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -23,8 +23,8 @@ import pytest
 from app.keys import create_key
 from app.store import migrate
 from tests.cli.conftest import ROOT, assert_plain, cli_env, run_cli, swarmctl_command
-from tests.e2e.conftest import Proc, _child_env, free_port, start_simulator
-from tests.sse import parse
+from tests.helpers.processes import Proc, child_env, free_port, start_simulator
+from tests.helpers.sse import parse
 
 pytestmark = pytest.mark.e2e
 
@@ -42,7 +42,7 @@ def start_service_on(tmp: Path, port: int, db: Path, env: dict[str, str]) -> Pro
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,
-            env=_child_env(SWARM_DATABASE_URL=f"sqlite:///{db}", **env),
+            env=child_env(SWARM_DATABASE_URL=f"sqlite:///{db}", **env),
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

@@ -21,7 +21,7 @@ import httpx2
 import pytest
 from alembic.script import ScriptDirectory
 
-from tests.e2e.conftest import Proc, free_port, start_simulator
+from tests.helpers.processes import Proc, free_port, start_simulator
 
 pytestmark = pytest.mark.e2e
 

@@ -4,17 +4,15 @@ and no agent that completed is ever called again (checked against the simulator'
 from __future__ import annotations
 
 import signal
-import sqlite3
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
 
-from tests.e2e.conftest import Proc, start_service, start_simulator, wait_job
-from tests.e2e.test_seed_graphs import sim_requests
+from tests.helpers.e2e import agent_rows, calls_by_prompt, wait_for_completed
+from tests.helpers.processes import start_service, start_simulator, wait_job
 
 pytestmark = pytest.mark.e2e
 
@@ -25,28 +23,6 @@ def fan_out_job(n: int) -> dict[str, Any]:
         {"id": "merge", "task": "Merge the work items.", "depends_on": [f"w{i}" for i in range(10)]}
     )
     return {"name": "durable", "max_concurrency": 40, "agents": agents}
-
-
-def agent_rows(db: Path, job_id: str) -> dict[str, tuple[str, int, str | None]]:
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute(
-            "SELECT agent_id, status, attempts, prompt FROM agents WHERE job_id = ?", (job_id,)
-        ).fetchall()
-    return {r[0]: (r[1], r[2], r[3]) for r in rows}
-
-
-def wait_for_completed(client: httpx2.Client, job_id: str, at_least: int) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        counts = client.get(f"/jobs/{job_id}", params={"agents": "false"}).json()["counts"]
-        if counts["completed"] >= at_least:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the job made no progress")
-
-
-def calls_by_prompt(simulator: Proc) -> Counter[str]:
-    return Counter(r["messages"][-1]["content"] for r in sim_requests(simulator))
 
 
 def test_kill_9_mid_job_resumes_without_repeating_completed_agents(tmp_path: Path) -> None:

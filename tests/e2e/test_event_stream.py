@@ -10,8 +10,8 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.e2e.conftest import Proc, start_service, start_simulator
-from tests.sse import SSE, parse_lines
+from tests.helpers.processes import Proc, start_service, start_simulator
+from tests.helpers.sse import SSE, parse_lines
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,8 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.e2e.conftest import start_service, start_simulator, wait_job
-from tests.e2e.test_durability import agent_rows, calls_by_prompt, wait_for_completed
+from tests.helpers.e2e import agent_rows, calls_by_prompt, wait_for_completed
+from tests.helpers.processes import start_service, start_simulator, wait_job
 
 pytestmark = pytest.mark.e2e
 

@@ -16,8 +16,8 @@ import pytest
 
 from app.engine.chunking import chunk_text, count_tokens
 from app.upstream.registry import BUILTIN_MODELS
-from tests.e2e.conftest import ROOT, Proc, start_service, wait_job
-from tests.e2e.test_seed_graphs import agent, load, sim_requests
+from tests.helpers.e2e import agent, load, sim_requests
+from tests.helpers.processes import ROOT, Proc, start_service, wait_job
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ import pytest
 
 from app.keys import create_key
 from app.store import migrate
-from tests.e2e.conftest import ROOT, start_service, start_simulator, wait_job
+from tests.helpers.processes import ROOT, start_service, start_simulator, wait_job
 
 pytestmark = pytest.mark.e2e
 

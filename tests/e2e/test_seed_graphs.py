@@ -10,14 +10,10 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.e2e.conftest import ROOT, Proc, start_service, wait_job
+from tests.helpers.e2e import agent, load, sim_requests
+from tests.helpers.processes import Proc, start_service, wait_job
 
 pytestmark = pytest.mark.e2e
-
-
-def load(name: str) -> dict[str, Any]:
-    body: dict[str, Any] = json.loads((ROOT / "examples" / name).read_text())
-    return body
 
 
 def sim_tag(messages: list[dict[str, str]]) -> str:
@@ -26,27 +22,10 @@ def sim_tag(messages: list[dict[str, str]]) -> str:
     return "SIM-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def sim_requests(simulator: Proc) -> list[dict[str, Any]]:
-    """The simulator's whole request log, page by page."""
-    entries: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        page = httpx2.get(f"{simulator.url}/_sim/requests", params={"after": after}).json()
-        entries += page["data"]
-        if not page["data"]:
-            return entries
-        after = page["next_after"]
-
-
 def run_example(client: httpx2.Client, name: str) -> dict[str, Any]:
     resp = client.post("/jobs", json=load(name))
     assert resp.status_code == 201, resp.text
     return wait_job(client, resp.json()["id"])
-
-
-def agent(client: httpx2.Client, job_id: str, agent_id: str) -> dict[str, Any]:
-    body: dict[str, Any] = client.get(f"/jobs/{job_id}/agents/{agent_id}").json()
-    return body
 
 
 def test_document_analysis(service: Proc, simulator: Proc, client: httpx2.Client) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.e2e.conftest import start_service, start_simulator, wait_job
+from tests.helpers.processes import start_service, start_simulator, wait_job
 
 pytestmark = pytest.mark.e2e
 

@@ -17,8 +17,8 @@ from app.store import migrate
 from app.store import repository as repo
 from app.store.ids import new_job_id
 from app.store.store import Store
-from tests.conftest import FakeUpstream, Service
-from tests.sse import parse
+from tests.helpers.service import FakeUpstream, Service
+from tests.helpers.sse import parse
 
 GRAPH = {
     "agents": [

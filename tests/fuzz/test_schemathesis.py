@@ -15,7 +15,7 @@ from schemathesis import checks
 
 from app.keys import create_key
 from app.store import migrate
-from tests.e2e.conftest import ROOT, Proc, start_service, start_simulator
+from tests.helpers.processes import ROOT, Proc, start_service, start_simulator
 
 pytestmark = pytest.mark.e2e
 

@@ -21,7 +21,7 @@ from app.jobs.admission import (
 from app.jobs.errors import TooManySubmits
 from app.upstream.pool import UpstreamPool
 from app.upstream.registry import ModelRegistry
-from tests.conftest import UPSTREAM, make_settings
+from tests.helpers.service import UPSTREAM, make_settings
 
 
 def spec(**fields: Any) -> JobSpec:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from tests.conftest import FakeUpstream, Service, make_settings, start_service
+from tests.helpers.service import FakeUpstream, Service, make_settings, start_service
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from app.scheduler.limits import Outcome
 from app.store import model_limits, tables
 from app.store.models import utcnow
 from app.upstream.registry import ModelInfo
-from tests.conftest import FakeUpstream, make_settings, start_service
+from tests.helpers.service import FakeUpstream, make_settings, start_service
 
 K = 6  # the fake upstream's hidden concurrency cap
 

@@ -15,7 +15,7 @@ import httpx2
 import pytest
 
 from app.config import Settings
-from tests.conftest import (
+from tests.helpers.service import (
     FakeUpstream,
     Service,
     answer_for,

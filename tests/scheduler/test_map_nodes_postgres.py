@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from tests.conftest import make_settings
+from tests.helpers.service import make_settings
 from tests.scheduler.test_map_nodes import *  # noqa: F403  (the tests, with this settings)
 
 

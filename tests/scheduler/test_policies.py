@@ -8,7 +8,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.conftest import FakeUpstream, Service
+from tests.helpers.service import FakeUpstream, Service
 
 PIPELINE = {
     "agents": [
@@ -194,7 +194,7 @@ async def test_unknown_model_price_gives_null_cost(
 
 
 async def test_retry_after_is_waited_out(tmp_path: Any, fake_upstream: FakeUpstream) -> None:
-    from tests.conftest import make_settings, start_service
+    from tests.helpers.service import make_settings, start_service
 
     times: list[float] = []
 

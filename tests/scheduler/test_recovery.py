@@ -13,7 +13,7 @@ from app.scheduler import scheduler as scheduler_module
 from app.store import jobs as job_store
 from app.store import repository as repo
 from app.store import tables
-from tests.conftest import FakeUpstream, Service, make_settings, start_service
+from tests.helpers.service import FakeUpstream, Service, make_settings, start_service
 
 
 async def test_a_run_whose_write_failed_is_resumed_from_the_database(

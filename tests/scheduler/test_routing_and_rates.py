@@ -10,7 +10,7 @@ import pytest
 from pytest_httpx2 import HTTPXMock
 
 from app.config import Settings
-from tests.conftest import UPSTREAM, FakeUpstream, Service, make_settings, start_service
+from tests.helpers.service import UPSTREAM, FakeUpstream, Service, make_settings, start_service
 
 OTHER = "http://other-provider.test/v1"
 

@@ -23,8 +23,8 @@ from app.upstream import check as check_module
 from app.upstream.check import check_upstreams
 from app.upstream.pool import UpstreamPool
 from app.upstream.registry import BUILTIN_PROVIDERS, ModelRegistry
-from tests.conftest import UPSTREAM, UPSTREAM_KEY, Service, make_settings, start_service
-from tests.e2e.conftest import start_simulator
+from tests.helpers.processes import start_simulator
+from tests.helpers.service import UPSTREAM, UPSTREAM_KEY, Service, make_settings, start_service
 
 MODELS_URL = f"{UPSTREAM}/models"
 CHAT_URL = f"{UPSTREAM}/chat/completions"
