@@ -3,7 +3,6 @@ every problem) and ``DagState``, the scheduler's pure bookkeeping of which agent
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -11,6 +10,8 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from app.engine.chunking import count_chunks
+from app.engine.problems import did_you_mean as _suggest
+from app.engine.problems import show as _show
 from app.engine.spec import DEFAULT_CHUNK_TOKENS, AgentSpec, FailurePolicy, JobSpec, ResponseFormat
 from app.engine.templates import (
     AGENTS_PREFIX,
@@ -135,16 +136,6 @@ class Graph:
     plan_sources: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: MappingProxyType({})
     )
-
-
-def _show(value: str, limit: int = 80) -> str:
-    # User-supplied strings go into messages; keep a pathological one from bloating the 422.
-    return repr(value if len(value) <= limit else value[:limit] + "…")
-
-
-def _suggest(word: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return f"; did you mean {_show(close[0])}?" if close else ""
 
 
 def _list_keys(keys: Sequence[str]) -> str:
