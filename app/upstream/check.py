@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import openai
 
 from app.config import Settings
+from app.text import mask_fragments, secret_fragments
 from app.upstream.client import Upstream
 from app.upstream.errors import redact
 from app.upstream.pool import DEFAULT, NoRouteError, UpstreamPool
@@ -123,19 +124,15 @@ def safe_url(url: str) -> str:
 
 
 class _Masker:
-    """Masks every configured key wherever it appears (upstreams sometimes echo keys)."""
+    """Masks every configured key wherever it appears, whole or a run of 8 of its
+    characters (upstreams sometimes echo keys, or part of one)."""
 
     def __init__(self, secrets: Iterable[str | None]) -> None:
-        self.secrets = sorted(
-            {s for s in secrets if s and len(s) >= _MIN_SECRET_LEN and s != _PLACEHOLDER_KEY},
-            key=len,
-            reverse=True,
-        )
+        keys = {s for s in secrets if s and len(s) >= _MIN_SECRET_LEN and s != _PLACEHOLDER_KEY}
+        self.fragments = frozenset().union(*(secret_fragments(k) for k in keys))
 
     def __call__(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "[redacted]")
-        return text
+        return mask_fragments(text, self.fragments)
 
 
 def _upstream_said(exc: openai.APIStatusError) -> str:
