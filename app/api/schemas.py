@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_serializer
 
+from app.engine.money import Usd
+
 
 class _Model(BaseModel):
     @field_serializer("*", when_used="json", check_fields=False)
@@ -50,7 +52,7 @@ class AgentSummary(_Model):
     depends_on: list[str]
     attempts: int
     total_tokens: int | None = None
-    cost_usd: float | None = None
+    cost_usd: Usd | None = None
     latency_ms: float | None = None
     error: str | None = None
 
@@ -62,12 +64,12 @@ class JobPublic(_Model):
     model: str = Field(description="The job's default model (agents may override it).")
     failure_policy: str
     max_concurrency: int
-    budget_usd: float | None
+    budget_usd: Usd | None
     metadata: dict[str, Any]
     error: str | None = Field(None, description="Why the job failed or was cancelled.")
     counts: AgentCounts
     usage: Usage
-    cost_usd: float | None = Field(
+    cost_usd: Usd | None = Field(
         None, description="Spent so far; null when no agent's model has a known price."
     )
     cost_complete: bool = Field(
@@ -137,7 +139,7 @@ class AgentDetail(_Model):
     output: str | None
     finish_reason: str | None
     usage: Usage | None
-    cost_usd: float | None
+    cost_usd: Usd | None
     attempts: int = Field(description="Calls made to the upstream for this agent.")
     rate_limited: int = Field(description="Attempts answered with 429.")
     latency_ms: float | None = Field(None, description="Duration of the successful call.")
@@ -186,7 +188,7 @@ class JobMetrics(_Model):
     status: str
     counts: AgentCounts
     usage: Usage
-    cost_usd: float | None
+    cost_usd: Usd | None
     latency: LatencyStats = Field(description="Durations of the agents' successful calls.")
     calls: int = Field(description="Upstream calls made (all attempts of all agents).")
     retries: int = Field(description="Calls beyond each agent's first.")

@@ -18,6 +18,7 @@ from rich.text import Text
 from app.cli.client import DEFAULT_URL, CliError, SwarmClient
 from app.cli.follow import Follower, JobState
 from app.cli.views import show_job, show_jobs, show_summary, show_upstream
+from app.engine.money import round_usd_fields
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -267,7 +268,18 @@ def watch(
 
 
 def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    # Dollars to a billionth, as the API gives them (sums made here would carry float noise).
+    sys.stdout.write(json.dumps(round_usd_fields(value), indent=2, ensure_ascii=False) + "\n")
+
+
+def _event_json(raw: str) -> str:
+    """An event's data as one JSON line, its dollar figures rounded like the API's."""
+    if '_usd"' not in raw:
+        return raw
+    try:
+        return json.dumps(round_usd_fields(json.loads(raw)), ensure_ascii=False)
+    except ValueError:
+        return raw
 
 
 @app.command()
@@ -365,7 +377,7 @@ def events(
     with _ctx(ctx).client() as client:
         for event in client.events(job_id, after=after, on_drop=dropped, on_resume=resumed):
             if as_json:
-                sys.stdout.write(event.raw + "\n")
+                sys.stdout.write(_event_json(event.raw) + "\n")
             else:
                 sys.stdout.write(f"id: {event.seq}\nevent: {event.type}\ndata: {event.raw}\n\n")
             sys.stdout.flush()

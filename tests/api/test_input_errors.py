@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
+import httpx2
 import pytest
 
-from tests.conftest import Service
+from tests.conftest import FakeUpstream, Service, completion_body
 
 
 @pytest.mark.parametrize(
@@ -104,3 +106,26 @@ async def test_an_invalid_agent_id_says_which_characters_are_allowed(service: Se
         "(A-Z, a-z), a digit, '_', '.' or '-' (no spaces)"
     )
     assert "^[" not in problem["msg"]
+
+
+async def test_costs_are_given_to_a_billionth_of_a_dollar(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    # 1 prompt and 1 completion token of kimi-k2.5 cost 3.6000000000000003e-06 in floats.
+    fake_upstream.script = lambda _body, _n: httpx2.Response(
+        200, json=completion_body("ok", prompt_tokens=1, completion_tokens=1)
+    )
+    job = await service.submit({"agents": [{"id": f"a{i}", "task": "x"} for i in range(3)]})
+    await service.wait(job["id"])
+    texts = [
+        (await service.client.get(path)).text
+        for path in (
+            f"/jobs/{job['id']}",
+            f"/jobs/{job['id']}/metrics",
+            f"/jobs/{job['id']}/agents/a0",
+        )
+    ]
+    figures = [m for t in texts for m in re.findall(r'"cost_usd":\s*([-0-9.e+]+)', t)]
+    assert len(figures) >= 5
+    assert {float(f) for f in figures} == {3.6e-06, 1.08e-05}
+    assert all(len(f) <= 9 for f in figures), figures  # no …00000000000003 tail
