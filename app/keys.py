@@ -9,13 +9,14 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from app.store.db import make_throwaway_engine
 from app.store.ids import new_job_id
-from app.store.models import ApiKey, utcnow
+from app.store.models import ApiKey, Job, utcnow
 
 keys_t = ApiKey.__table__  # type: ignore[attr-defined]
+jobs_t = Job.__table__  # type: ignore[attr-defined]
 
 KEY_PREFIX = "swarm_"
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -121,5 +122,53 @@ def revoke_key(database_url: str, key_id: str) -> bool:
                 return False
             conn.execute(update(keys_t).where(keys_t.c.id == ids[0]).values(revoked_at=utcnow()))
             return True
+    finally:
+        engine.dispose()
+
+
+def count_active_keys(database_url: str) -> int:
+    """How many keys are not revoked (0: the service serves without authentication)."""
+    engine = make_throwaway_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            q = select(func.count()).select_from(keys_t).where(keys_t.c.revoked_at.is_(None))
+            return int(conn.execute(q).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def count_jobs(database_url: str, tenant: str) -> int:
+    engine = make_throwaway_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            q = select(func.count()).select_from(jobs_t).where(jobs_t.c.tenant == tenant)
+            return int(conn.execute(q).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def move_jobs(database_url: str, source: str, target: str) -> tuple[int, int]:
+    """Give every job of tenant ``source`` to tenant ``target``, in one transaction.
+
+    Returns (jobs moved, idempotency keys dropped): a moved job whose Idempotency-Key the
+    target already uses for a job of its own keeps its data but no longer answers repeats.
+    """
+    if not TENANT_PATTERN.match(target):
+        raise ValueError("tenant must match ^[A-Za-z0-9_.-]{1,64}$")
+    engine = make_throwaway_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            taken = select(jobs_t.c.idempotency_key).where(
+                jobs_t.c.tenant == target, jobs_t.c.idempotency_key.is_not(None)
+            )
+            dropped = conn.execute(
+                update(jobs_t)
+                .where(jobs_t.c.tenant == source, jobs_t.c.idempotency_key.in_(taken))
+                .values(idempotency_key=None)
+            ).rowcount
+            moved = conn.execute(
+                update(jobs_t).where(jobs_t.c.tenant == source).values(tenant=target)
+            ).rowcount
+            return int(moved), int(dropped)
     finally:
         engine.dispose()

@@ -444,7 +444,8 @@ def upstream(
 
 keys_app = typer.Typer(
     help="API keys of tenants, for the operator on the service's host: acts on the "
-    "service's database (SWARM_DATABASE_URL) directly, not over HTTP.",
+    "service's database (SWARM_DATABASE_URL, else ./data/swarm.db) directly, not over "
+    "HTTP, and says which database it used.",
     no_args_is_help=True,
 )
 app.add_typer(keys_app, name="keys")
@@ -478,6 +479,16 @@ def keys_list(
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id or prefix.")]) -> None:
     """Revoke a key: requests with it are refused within seconds."""
     _admin("revoke", key_id)
+
+
+@keys_app.command("move-jobs")
+def keys_move_jobs(
+    source: Annotated[str, typer.Option("--from", help="The tenant whose jobs to move.")],
+    target: Annotated[str, typer.Option("--to", help="The tenant to give them to.")],
+) -> None:
+    """Give every job of one tenant to another: e.g. the jobs made before the first key
+    (tenant 'default') to the tenant of that key."""
+    _admin("move-jobs", "--from", source, "--to", target)
 
 
 def main() -> None:
