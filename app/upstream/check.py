@@ -73,6 +73,8 @@ class UpstreamCheck:
     name: str
     base_url: str
     api_key_env: str | None
+    # Whether a key is sent: the variable is set (or the provider needs none).
+    api_key_set: bool
     simulator: bool
     status: CheckStatus
     probe: str | None
@@ -249,8 +251,11 @@ class _Checker:
                 "try again, and report it if it persists"
             )
         if simulator:
-            # The built-in simulator answers whatever model it is asked for.
+            # The built-in simulator answers whatever model it is asked for: what it offers
+            # is what it lists and every model routed to it, so the count and the ticks agree.
             res.offered_by_model = {r.model: True for r in routed}
+            if res.offered is not None:
+                res.offered = list(dict.fromkeys([*res.offered, *(r.wire for r in routed)]))
             res.advice.append(
                 "this is the built-in simulator (no upstream is configured): answers are "
                 "synthetic; set SWARM_UPSTREAM_BASE_URL and SWARM_UPSTREAM_API_KEY to call a "
@@ -271,6 +276,7 @@ class _Checker:
             name=name,
             base_url=url,
             api_key_env=self.key_env(name),
+            api_key_set=self.key_set(name),
             simulator=simulator,
             status=res.status,
             probe=res.probe,
