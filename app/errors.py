@@ -99,32 +99,32 @@ def _field_names(route: Any, loc: Sequence[Any]) -> list[str]:
     """The fields the body model accepts at ``loc`` (``("body", "agents", 0)`` → the agent's
     fields), or ``[]`` when the route or the place is not a model."""
     body_field = getattr(route, "body_field", None)
-    model: Any = body_field.field_info.annotation if body_field is not None else None
+    annotation: Any = body_field.field_info.annotation if body_field is not None else None
     for part in loc[1:]:
-        model = _model_in(model, part)
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
-    return []
+        annotation = _type_at(annotation, part)
+    model = _model_of(annotation)
+    return list(model.model_fields) if model is not None else []
 
 
-def _model_in(annotation: Any, part: Any) -> Any:
-    """The type found at ``part`` (a field name, or a list index) of ``annotation``."""
-    if isinstance(part, int):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return args[0] if args else None
-    for candidate in [annotation, *typing.get_args(annotation)]:
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The model in ``annotation`` (itself, or the X of ``X | None``)."""
+    for candidate in (annotation, *typing.get_args(annotation)):
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            fld = candidate.model_fields.get(str(part))
-            if fld is None:
-                return None
-            inner = fld.annotation
-            for arg in [inner, *typing.get_args(inner)]:
-                if typing.get_origin(arg) is list or (
-                    isinstance(arg, type) and issubclass(arg, BaseModel)
-                ):
-                    return arg
-            return inner
+            return candidate
     return None
+
+
+def _type_at(annotation: Any, part: Any) -> Any:
+    """The type at ``part`` of ``annotation``: a model's field by name, a list's item by
+    index; None when there is no such place."""
+    if isinstance(part, int):
+        for candidate in (annotation, *typing.get_args(annotation)):
+            if typing.get_origin(candidate) is list:
+                return typing.get_args(candidate)[0]
+        return None
+    model = _model_of(annotation)
+    field = model.model_fields.get(str(part)) if model is not None else None
+    return field.annotation if field is not None else None
 
 
 def _line_and_column(doc: Any, pos: Any) -> str:

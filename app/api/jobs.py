@@ -32,7 +32,7 @@ from app.engine.graph import (
     mappable_items,
     validate_graph,
 )
-from app.engine.spec import JOB_ID_PATTERN, JobSpec, ResolvedAgent
+from app.engine.spec import JobSpec, ResolvedAgent
 from app.engine.templates import MapItem, RefKind, format_value, lookup_context, scan_refs
 from app.errors import ConflictError, NotFoundError, TooManyRequestsError, UnprocessableError
 from app.scheduler.limits import TokenBucket
@@ -424,7 +424,7 @@ async def list_jobs(
     tenant: TenantDep,
     status_: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=26, pattern=JOB_ID_PATTERN)] = None,
+    cursor: Annotated[str | None, Query(max_length=26, pattern=r"^[0-9a-hjkmnp-tv-z]{26}$")] = None,
 ) -> JobPage:
     """Jobs, newest first. Follow `next_cursor` for older pages."""
     rows = await services.store.read(

@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_core import PydanticCustomError
 
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
-# A job id as app/store/ids.py makes them (26 characters of Crockford base32); the listing's
-# cursor is one.
+# A job id as app/store/ids.py makes them (26 characters of Crockford base32). The cursor of
+# GET /jobs is one: its Query pattern is this one, spelt out where the route is.
 JOB_ID_PATTERN = r"^[0-9a-hjkmnp-tv-z]{26}$"
 # Stored in indexed text columns, which PostgreSQL refuses a NUL in.
 NO_NUL = r"^[^\x00]*$"
