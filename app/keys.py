@@ -8,12 +8,23 @@ import re
 import secrets
 
 from app.store import api_keys
+from app.store import jobs as job_store
 from app.store.api_keys import AmbiguousKeyError, KeyInfo
 from app.store.db import make_throwaway_engine
 from app.store.ids import new_job_id
 from app.store.models import utcnow
 
-__all__ = ["AmbiguousKeyError", "KeyInfo", "create_key", "hash_key", "list_keys", "revoke_key"]
+__all__ = [
+    "AmbiguousKeyError",
+    "KeyInfo",
+    "count_active_keys",
+    "count_jobs",
+    "create_key",
+    "hash_key",
+    "list_keys",
+    "move_jobs",
+    "revoke_key",
+]
 
 KEY_PREFIX = "swarm_"
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -70,5 +81,37 @@ def revoke_key(database_url: str, key_id: str) -> bool:
     try:
         with engine.begin() as conn:
             return api_keys.revoke_key(conn, key_id)
+    finally:
+        engine.dispose()
+
+
+def count_active_keys(database_url: str) -> int:
+    """How many keys are not revoked (0: the service serves without authentication)."""
+    engine = make_throwaway_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return api_keys.count_active_keys(conn)
+    finally:
+        engine.dispose()
+
+
+def count_jobs(database_url: str, tenant: str) -> int:
+    engine = make_throwaway_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return job_store.count_tenant_jobs(conn, tenant)
+    finally:
+        engine.dispose()
+
+
+def move_jobs(database_url: str, source: str, target: str) -> tuple[int, int]:
+    """Give every job of tenant ``source`` to tenant ``target``, in one transaction.
+    Returns (jobs moved, idempotency keys dropped); see app.store.jobs.move_tenant_jobs."""
+    if not TENANT_PATTERN.match(target):
+        raise ValueError("tenant must match ^[A-Za-z0-9_.-]{1,64}$")
+    engine = make_throwaway_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            return job_store.move_tenant_jobs(conn, source, target)
     finally:
         engine.dispose()

@@ -1,7 +1,7 @@
 """Logging: plain text or one JSON object per line, and one line per job state change.
 
-Log lines carry `job_id` / `agent_id` as fields. Nothing here ever sees a secret: events
-carry redacted error messages, and settings are never logged.
+Log lines carry `job_id` / `agent_id` as fields. Events carry redacted error messages and
+settings are never logged; a filter on the handler masks any configured key regardless.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.events.bus import StoredEvent
+from app.text import SECRETS
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is a field.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -36,6 +37,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body, ensure_ascii=False, default=str)
 
 
+class RedactSecrets(logging.Filter):
+    """The last guard: a configured upstream key, whole or in part, never reaches a log line
+    (the message, its fields, or a traceback), whatever logged it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = SECRETS.mask(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        for key, value in vars(record).items():
+            if key not in _STANDARD and isinstance(value, str):
+                setattr(record, key, SECRETS.mask(value))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = SECRETS.mask(_FORMATTER.formatException(record.exc_info))
+        return True
+
+
+_FORMATTER = logging.Formatter()
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -53,6 +74,7 @@ class TextFormatter(logging.Formatter):
 def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RedactSecrets())
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_swarm", False):

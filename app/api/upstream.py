@@ -36,6 +36,10 @@ class UpstreamStatus(_Model):
     api_key_env: str | None = Field(
         description="The environment variable holding this upstream's key (never the key)."
     )
+    api_key_set: bool = Field(
+        description="Whether a key is sent to it: its variable is set (false for the built-in "
+        "simulator, which needs none)."
+    )
     simulator: bool = Field(
         description="This is the built-in simulator, started because no upstream is configured."
     )

@@ -18,6 +18,7 @@ from rich.text import Text
 from app.cli.client import DEFAULT_URL, CliError, SwarmClient
 from app.cli.follow import Follower, JobState
 from app.cli.views import show_job, show_jobs, show_summary, show_upstream
+from app.engine.money import round_usd_fields
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -267,7 +268,18 @@ def watch(
 
 
 def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    # Dollars to a billionth, as the API gives them (sums made here would carry float noise).
+    sys.stdout.write(json.dumps(round_usd_fields(value), indent=2, ensure_ascii=False) + "\n")
+
+
+def _event_json(raw: str) -> str:
+    """An event's data as one JSON line, its dollar figures rounded like the API's."""
+    if '_usd"' not in raw:
+        return raw
+    try:
+        return json.dumps(round_usd_fields(json.loads(raw)), ensure_ascii=False)
+    except ValueError:
+        return raw
 
 
 @app.command()
@@ -365,7 +377,7 @@ def events(
     with _ctx(ctx).client() as client:
         for event in client.events(job_id, after=after, on_drop=dropped, on_resume=resumed):
             if as_json:
-                sys.stdout.write(event.raw + "\n")
+                sys.stdout.write(_event_json(event.raw) + "\n")
             else:
                 sys.stdout.write(f"id: {event.seq}\nevent: {event.type}\ndata: {event.raw}\n\n")
             sys.stdout.flush()
@@ -432,7 +444,8 @@ def upstream(
 
 keys_app = typer.Typer(
     help="API keys of tenants, for the operator on the service's host: acts on the "
-    "service's database (SWARM_DATABASE_URL) directly, not over HTTP.",
+    "service's database (SWARM_DATABASE_URL, else ./data/swarm.db) directly, not over "
+    "HTTP, and says which database it used.",
     no_args_is_help=True,
 )
 app.add_typer(keys_app, name="keys")
@@ -466,6 +479,16 @@ def keys_list(
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id or prefix.")]) -> None:
     """Revoke a key: requests with it are refused within seconds."""
     _admin("revoke", key_id)
+
+
+@keys_app.command("move-jobs")
+def keys_move_jobs(
+    source: Annotated[str, typer.Option("--from", help="The tenant whose jobs to move.")],
+    target: Annotated[str, typer.Option("--to", help="The tenant to give them to.")],
+) -> None:
+    """Give every job of one tenant to another: e.g. the jobs made before the first key
+    (tenant 'default') to the tenant of that key."""
+    _admin("move-jobs", "--from", source, "--to", target)
 
 
 def main() -> None:

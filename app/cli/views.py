@@ -254,8 +254,13 @@ def show_upstream(console: Console, report: dict[str, Any]) -> None:
             f"  {latency:,.0f} ms" if isinstance(latency, int | float) else "",
             (extra, "dim"),
         )
-        if up.get("api_key_env"):
-            _line(console, ("    key from ", "dim"), str(up["api_key_env"]))
+        env = up.get("api_key_env")
+        if up.get("simulator") and not up.get("api_key_set"):
+            _line(console, ("    key ", "dim"), "none (the built-in simulator needs none)")
+        elif env and up.get("api_key_set", True):
+            _line(console, ("    key from ", "dim"), str(env))
+        elif env:
+            _line(console, ("    key ", "dim"), f"none: {env} is not set")
         models = up.get("models") or []
         if models:
             line = Text("    models ", style="dim")

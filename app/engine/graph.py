@@ -3,7 +3,6 @@ every problem) and ``DagState``, the scheduler's pure bookkeeping of which agent
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -11,6 +10,8 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from app.engine.chunking import count_chunks
+from app.engine.problems import did_you_mean as _suggest
+from app.engine.problems import show as _show
 from app.engine.spec import DEFAULT_CHUNK_TOKENS, AgentSpec, FailurePolicy, JobSpec, ResponseFormat
 from app.engine.templates import (
     AGENTS_PREFIX,
@@ -133,16 +134,6 @@ class Graph:
     )
 
 
-def _show(value: str, limit: int = 80) -> str:
-    # User-supplied strings go into messages; keep a pathological one from bloating the 422.
-    return repr(value if len(value) <= limit else value[:limit] + "…")
-
-
-def _suggest(word: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return f"; did you mean {_show(close[0])}?" if close else ""
-
-
 def _list_keys(keys: Sequence[str]) -> str:
     shown = ", ".join(_show(k, 40) for k in keys[:_MAX_LISTED_KEYS])
     more = len(keys) - _MAX_LISTED_KEYS
@@ -193,12 +184,14 @@ def validate_graph(
     """Check ``spec``'s graph and templates; return the ``Graph`` or raise
     ``GraphValidationError`` with every problem found.
 
-    Checks, in stages (a later stage runs only if the ones it relies on passed): the agent
+    Every problem is reported in one go; only a too-large or empty graph, or ids used
+    twice, stop the checks early (what follows would be meaningless). Checks: the agent
     count (1..max_agents); ids unique; depends_on entries known, not self, not repeated;
     template references in tasks and system prompts (agents referenced must be in
-    depends_on, context paths must exist, nothing malformed); then acyclicity, reporting
-    one concrete cycle; then map nodes (their source, its shape, the fan-out against
-    ``max_map_items`` per node and ``max_map_items_per_job`` in all, when known now).
+    depends_on, context paths must exist, nothing malformed); acyclicity over the
+    dependencies that name a known agent, reporting one concrete cycle; map nodes (their
+    source, its shape, the fan-out against ``max_map_items`` per node and
+    ``max_map_items_per_job`` in all, when known now).
     Iterative and O(agents + edges + template text + mapped text).
     """
     problems = _Problems()
@@ -244,17 +237,18 @@ def validate_graph(
     for i, agent in enumerate(agents):
         _check_agent_templates(i, agent, index, spec.context, problems)
 
-    if not (ids_ok and deps_ok):
-        # Cycle detection over duplicate or dangling ids would report nonsense.
+    if not ids_ok:
+        # With an id used twice, "depends on X" has no single meaning: a cycle or a map
+        # source found over such ids would be nonsense.
         problems.raise_if_any()
 
     ids = tuple(a.id for a in agents)
-    dep_idx = [[index[d] for d in a.depends_on] for a in agents]
+    # The edges already reported (unknown or self dependencies, repeats) are left out, so
+    # a cycle among the remaining ones is still reported in the same answer.
+    dep_idx = [_known_dependencies(agent, index) for agent in agents]
     order_or_cycle = _topo_sort(dep_idx)
     if isinstance(order_or_cycle, _Cycle):
         _report_cycle(order_or_cycle, agents, problems)
-    problems.raise_if_any()
-    assert isinstance(order_or_cycle, list)
     maps: dict[str, MapPlan] = {}
     for i, agent in enumerate(agents):
         if agent.map is not None:
@@ -270,6 +264,7 @@ def validate_graph(
             ProblemType.map_too_many_items,
         )
     problems.raise_if_any()
+    assert deps_ok and isinstance(order_or_cycle, list)
     graph = _build_graph(agents, ids, index, dep_idx, order_or_cycle)
     sources: dict[str, list[str]] = {}
     for plan in maps.values():
@@ -373,6 +368,8 @@ def _check_map(
             )
             return None
         if source not in index:
+            if source in agent.depends_on:
+                return None  # reported as an unknown dependency already
             problems.add(
                 (*loc, "over"),
                 f"{who} maps over {_show(m.over)}, but there is no agent {_show(source)}"
@@ -479,6 +476,15 @@ def _check_map(
     if len(items) > limit:
         too_many(f"{len(items):,}", "items of the list")
     return plan(context_path=path, known_items=len(items))
+
+
+def _known_dependencies(agent: AgentSpec, index: Mapping[str, int]) -> list[int]:
+    """The positions of ``agent``'s dependencies that name another agent, each once."""
+    positions: dict[int, None] = {}
+    for dep in agent.depends_on:
+        if dep != agent.id and dep in index:
+            positions.setdefault(index[dep], None)
+    return list(positions)
 
 
 def _check_depends_on(

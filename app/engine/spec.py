@@ -3,14 +3,18 @@ precedence that turns them into one agent's effective settings (``ResolvedAgent`
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+# A job id as app/store/ids.py makes them (26 characters of Crockford base32). The cursor of
+# GET /jobs is one: its Query pattern is this one, spelt out where the route is.
+JOB_ID_PATTERN = r"^[0-9a-hjkmnp-tv-z]{26}$"
 # Stored in indexed text columns, which PostgreSQL refuses a NUL in.
 NO_NUL = r"^[^\x00]*$"
 
@@ -24,6 +28,43 @@ def _json_number(value: Any) -> Any:
             "number_type", "Input should be a number, not {kind}", {"kind": type(value).__name__}
         )
     return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _storable_json_object(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    """Refuse a lone UTF-16 surrogate anywhere in a free-form object, in a key or a value:
+    JSON can carry one as an escape (``"\\ud800"``), but it cannot be stored or sent on as
+    UTF-8. Iterative, so a deeply nested object cannot exhaust the stack."""
+    stack: list[tuple[Any, str]] = [(value, str(info.field_name))]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and _SURROGATE.search(key):
+                    raise _unencodable(f"a key of {_ascii(where)}")
+                stack.append((child, f"{where}.{key}"))
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}[{k}]") for k, child in enumerate(item))
+        elif isinstance(item, str) and _SURROGATE.search(item):
+            raise _unencodable(f"the value at {_ascii(where)}")
+    return value
+
+
+def _ascii(path: str) -> str:
+    # The path itself may hold the surrogate (a key above the bad value): escape it.
+    shown = path.encode("ascii", "backslashreplace").decode()
+    return shown if len(shown) <= 200 else shown[:200] + "…"
+
+
+def _unencodable(what: str) -> PydanticCustomError:
+    return PydanticCustomError(
+        "unencodable",
+        "{what} holds a lone UTF-16 surrogate escape (such as \\ud800), which is not "
+        "valid Unicode and cannot be stored as UTF-8; remove it or pair it",
+        {"what": what},
+    )
 
 
 class FailurePolicy(StrEnum):
@@ -331,6 +372,7 @@ class JobSpec(AgentDefaults):
     _job_numbers_only = field_validator("max_concurrency", "budget_usd", mode="before")(
         _json_number
     )
+    _storable_objects = field_validator("context", "metadata")(_storable_json_object)
 
     def resolve(self, agent: AgentSpec) -> ResolvedAgent:
         """``agent``'s effective settings: its own value where set, else the job's."""

@@ -56,7 +56,7 @@ async def list_jobs(
     tenant: TenantDep,
     status_: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=26, pattern=r"^[0-9a-z]{1,26}$")] = None,
+    cursor: Annotated[str | None, Query(max_length=26, pattern=r"^[0-9a-hjkmnp-tv-z]{26}$")] = None,
 ) -> JobPage:
     """Jobs, newest first. Follow `next_cursor` for older pages."""
     return await jobs.list(tenant, status=status_, limit=limit, cursor=cursor)

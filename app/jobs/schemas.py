@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from app.api.schemas import ResponseModel, UtcDateTime
 from app.engine import usage
 from app.engine.lifecycle import AgentKind, AgentStatus, JobStatus
+from app.engine.money import Usd
 from app.engine.spec import FailurePolicy
 from app.store.agents import AgentSummary as AgentSummaryRecord
 from app.store.jobs import JobRecord, JobTotals
@@ -58,7 +59,7 @@ class AgentSummary(ResponseModel):
     depends_on: list[str]
     attempts: int
     total_tokens: int | None = None
-    cost_usd: float | None = None
+    cost_usd: Usd | None = None
     latency_ms: float | None = None
     error: str | None = None
 
@@ -70,12 +71,12 @@ class JobPublic(ResponseModel):
     model: str = Field(description="The job's default model (agents may override it).")
     failure_policy: FailurePolicy
     max_concurrency: int
-    budget_usd: float | None
+    budget_usd: Usd | None
     metadata: dict[str, Any]
     error: str | None = Field(None, description="Why the job failed or was cancelled.")
     counts: AgentCounts
     usage: Usage
-    cost_usd: float | None = Field(
+    cost_usd: Usd | None = Field(
         None, description="Spent so far; null when no agent's model has a known price."
     )
     cost_complete: bool = Field(
@@ -171,7 +172,7 @@ class AgentDetail(ResponseModel):
     output: str | None
     finish_reason: str | None
     usage: Usage | None
-    cost_usd: float | None
+    cost_usd: Usd | None
     attempts: int = Field(description="Calls made to the upstream for this agent.")
     rate_limited: int = Field(description="Attempts answered with 429.")
     latency_ms: float | None = Field(None, description="Duration of the successful call.")
@@ -209,7 +210,7 @@ class JobMetrics(ResponseModel):
     status: JobStatus
     counts: AgentCounts
     usage: Usage
-    cost_usd: float | None
+    cost_usd: Usd | None
     latency: LatencyStats = Field(description="Durations of the agents' successful calls.")
     calls: int = Field(description="Upstream calls made (all attempts of all agents).")
     retries: int = Field(description="Calls beyond each agent's first.")

@@ -19,6 +19,7 @@ from app.simulator.config import SimulatorConfig
 from app.simulator.server import start_server
 
 API_KEY_ENV = "SIMULATOR_API_KEY"  # lets callers keep the key out of the process list
+MODELS_FILE_ENV = "SWARM_MODELS_FILE"
 PARENT_POLL_S = 1.0
 
 
@@ -45,6 +46,9 @@ def parse_config(argv: Sequence[str] | None = None) -> SimulatorConfig:
         values.pop("exit_with_parent", None)
     if "api_key" not in values and os.environ.get(API_KEY_ENV):
         values["api_key"] = os.environ[API_KEY_ENV]
+    if "models_file" not in values and os.environ.get(MODELS_FILE_ENV):
+        # Started by the service (or beside it): the same registry, the same windows.
+        values["models_file"] = os.environ[MODELS_FILE_ENV]
     try:
         return SimulatorConfig.model_validate(values)
     except ValidationError as exc:

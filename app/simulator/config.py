@@ -5,12 +5,30 @@ Every field maps 1:1 to a kebab-case CLI flag (``latency_base_ms`` -> ``--latenc
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from app.upstream.registry import ModelRegistry, RegistryFileError
+
 # Fields that only make sense at start-up; ``POST /_sim/config`` rejects them.
-STARTUP_ONLY_FIELDS = frozenset({"host", "port", "exit_with_parent"})
+STARTUP_ONLY_FIELDS = frozenset({"host", "port", "exit_with_parent", "models_file"})
+# The window of a model the registry does not describe (the smallest of the built-in ones).
+FALLBACK_CONTEXT_WINDOW = 131_072
+
+
+@lru_cache(maxsize=8)
+def registry_models(models_file: str | None) -> tuple[tuple[str, ...], dict[str, int]]:
+    """The model names the service's registry knows (as sent upstream) and their windows."""
+    registry = ModelRegistry.load(models_file)
+    # The names the service sends a default upstream (OpenAI-compatible, like this one):
+    # a model with a provider goes by our name, one without by its upstream name.
+    sent = (
+        info.wire_name if info.provider is None else info.name
+        for info in (registry.get(n) for n in registry.names())
+    )
+    return tuple(dict.fromkeys(sent)), registry.context_windows()
 
 
 def _split_pair(value: Any) -> Any:
@@ -48,7 +66,17 @@ class SimulatorConfig(BaseModel):
     models: tuple[str, ...] | None = Field(
         None, description="Comma list of accepted models; unset accepts any model."
     )
-    context_window: int = Field(131072, ge=1, description="Prompt + max_tokens limit.")
+    context_window: int | None = Field(
+        None,
+        ge=1,
+        description="Prompt + max_tokens limit for every model; unset: each model's window "
+        f"from the model registry ({FALLBACK_CONTEXT_WINDOW} for a model it does not know).",
+    )
+    models_file: str | None = Field(
+        None,
+        description="The service's models file (also read from $SWARM_MODELS_FILE): its models "
+        "are listed and its windows applied; unset: the built-in registry.",
+    )
 
     concurrency_cap: int | None = Field(None, ge=1, description="Max in-flight chat requests.")
     rpm_cap: int | None = Field(None, ge=1, description="Max chat requests per rolling minute.")
@@ -78,6 +106,26 @@ class SimulatorConfig(BaseModel):
             names = tuple(n.strip() for n in value.split(",") if n.strip())
             return names or None
         return value
+
+    @field_validator("models_file")
+    @classmethod
+    def _readable_models_file(cls, value: str | None) -> str | None:
+        if value:
+            try:
+                ModelRegistry.load(value)
+            except RegistryFileError as exc:
+                raise ValueError(str(exc)) from None
+        return value or None
+
+    def window_for(self, model: str) -> int:
+        """The prompt + max_tokens limit of ``model`` on this simulator."""
+        if self.context_window is not None:
+            return self.context_window
+        return registry_models(self.models_file)[1].get(model, FALLBACK_CONTEXT_WINDOW)
+
+    def listed_models(self) -> tuple[str, ...]:
+        """What ``GET /v1/models`` lists: the accepted models, else the registry's."""
+        return self.models or registry_models(self.models_file)[0]
 
     @field_validator("api_key", mode="before")
     @classmethod

@@ -22,7 +22,6 @@ from app.simulator.state import RPM_WINDOW_S, SimState
 
 STATE_KEY = web.AppKey("simulator_state", SimState)
 
-DEFAULT_MODELS = ("kimi-k2.5", "deepseek-v3.2", "gpt-4.1")
 MAX_BODY_BYTES = 64 * 1024 * 1024  # context-overflow tests send prompts past aiohttp's 1 MiB
 HANG_POLL_S = 0.1  # how quickly a hung handler notices that its client went away
 STREAM_SLICES = 8  # latency is spread over at most this many writes, to bound timer overhead
@@ -231,7 +230,7 @@ def _check_request(
         isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
     ):
         return _bad_request("max_tokens must be an integer >= 1.", "max_tokens")
-    limit = cfg.context_window
+    limit = cfg.window_for(model)
     if max_tokens is None:
         if prompt_tokens > limit:
             message = (
@@ -464,7 +463,7 @@ async def _models(request: web.Request) -> web.Response:
     rejection = _auth_error(state, request)
     if rejection is not None:
         return rejection
-    names = state.config.models or DEFAULT_MODELS
+    names = state.config.listed_models()
     data = [
         {"id": name, "object": "model", "created": 1700000000, "owned_by": "simulator"}
         for name in names

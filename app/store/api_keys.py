@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 
 from app.store.models import utcnow
 from app.store.tables import api_keys_t
@@ -91,3 +91,9 @@ def tenant_of_key(conn: Connection, key_hash: str) -> str | None:
         )
     ).first()
     return None if row is None else str(row.tenant)
+
+
+def count_active_keys(conn: Connection) -> int:
+    """How many keys are not revoked (0: the service serves without authentication)."""
+    q = select(func.count()).select_from(api_keys_t).where(api_keys_t.c.revoked_at.is_(None))
+    return int(conn.execute(q).scalar_one())

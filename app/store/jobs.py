@@ -362,3 +362,28 @@ def unfinished_job_ids(conn: Connection) -> list[str]:
 def job_counts_by_status(conn: Connection) -> dict[str, int]:
     rows = conn.execute(select(jobs_t.c.status, func.count()).group_by(jobs_t.c.status)).all()
     return {str(r[0]): int(r[1]) for r in rows}
+
+
+def count_tenant_jobs(conn: Connection, tenant: str) -> int:
+    q = select(func.count()).select_from(jobs_t).where(jobs_t.c.tenant == tenant)
+    return int(conn.execute(q).scalar_one())
+
+
+def move_tenant_jobs(conn: Connection, source: str, target: str) -> tuple[int, int]:
+    """Give every job of tenant ``source`` to tenant ``target`` (in the caller's transaction).
+
+    Returns (jobs moved, idempotency keys dropped): a moved job whose Idempotency-Key the
+    target already uses for a job of its own keeps its data but no longer answers repeats.
+    """
+    taken = select(jobs_t.c.idempotency_key).where(
+        jobs_t.c.tenant == target, jobs_t.c.idempotency_key.is_not(None)
+    )
+    dropped = conn.execute(
+        update(jobs_t)
+        .where(jobs_t.c.tenant == source, jobs_t.c.idempotency_key.in_(taken))
+        .values(idempotency_key=None)
+    ).rowcount
+    moved = conn.execute(
+        update(jobs_t).where(jobs_t.c.tenant == source).values(tenant=target)
+    ).rowcount
+    return int(moved), int(dropped)

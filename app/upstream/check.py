@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import openai
 
 from app.config import Settings
+from app.text import mask_fragments, secret_fragments
 from app.upstream.client import Upstream
 from app.upstream.errors import redact
 from app.upstream.pool import DEFAULT, NoRouteError, UpstreamPool
@@ -72,6 +73,8 @@ class UpstreamCheck:
     name: str
     base_url: str
     api_key_env: str | None
+    # Whether a key is sent: the variable is set (or the provider needs none).
+    api_key_set: bool
     simulator: bool
     status: CheckStatus
     probe: str | None
@@ -123,19 +126,15 @@ def safe_url(url: str) -> str:
 
 
 class _Masker:
-    """Masks every configured key wherever it appears (upstreams sometimes echo keys)."""
+    """Masks every configured key wherever it appears, whole or a run of 8 of its
+    characters (upstreams sometimes echo keys, or part of one)."""
 
     def __init__(self, secrets: Iterable[str | None]) -> None:
-        self.secrets = sorted(
-            {s for s in secrets if s and len(s) >= _MIN_SECRET_LEN and s != _PLACEHOLDER_KEY},
-            key=len,
-            reverse=True,
-        )
+        keys = {s for s in secrets if s and len(s) >= _MIN_SECRET_LEN and s != _PLACEHOLDER_KEY}
+        self.fragments = frozenset().union(*(secret_fragments(k) for k in keys))
 
     def __call__(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "[redacted]")
-        return text
+        return mask_fragments(text, self.fragments)
 
 
 def _upstream_said(exc: openai.APIStatusError) -> str:
@@ -252,8 +251,11 @@ class _Checker:
                 "try again, and report it if it persists"
             )
         if simulator:
-            # The built-in simulator answers whatever model it is asked for.
+            # The built-in simulator answers whatever model it is asked for: what it offers
+            # is what it lists and every model routed to it, so the count and the ticks agree.
             res.offered_by_model = {r.model: True for r in routed}
+            if res.offered is not None:
+                res.offered = list(dict.fromkeys([*res.offered, *(r.wire for r in routed)]))
             res.advice.append(
                 "this is the built-in simulator (no upstream is configured): answers are "
                 "synthetic; set SWARM_UPSTREAM_BASE_URL and SWARM_UPSTREAM_API_KEY to call a "
@@ -274,6 +276,7 @@ class _Checker:
             name=name,
             base_url=url,
             api_key_env=self.key_env(name),
+            api_key_set=self.key_set(name),
             simulator=simulator,
             status=res.status,
             probe=res.probe,

@@ -16,7 +16,7 @@ import openai
 from openai import AsyncOpenAI
 
 from app.config import HttpTransport, Settings
-from app.text import clean_text
+from app.text import SECRETS, clean_text
 
 
 def build_http_client(settings: Settings) -> httpx2.AsyncClient:
@@ -128,7 +128,9 @@ async def call_chat(client: AsyncOpenAI, req: AgentRequest) -> CallResult:
     choice = resp.choices[0]
     usage = resp.usage
     return CallResult(
-        output=clean_text(choice.message.content or ""),
+        # An answer may quote the key (a model shown its own request, a proxy's echo): it
+        # is masked here, before it can reach outputs, events, dependents or the database.
+        output=SECRETS.mask(clean_text(choice.message.content or "")),
         # Stored in a 32-character column; an odd upstream must not break the write.
         finish_reason=str(choice.finish_reason)[:32] if choice.finish_reason else None,
         prompt_tokens=_count(usage.prompt_tokens) if usage else None,

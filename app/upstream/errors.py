@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import httpx2
 import openai
 
-from app.text import clean_text
+from app.text import REDACTED, SECRETS, clean_text
 from app.upstream.client import EmptyOutputError
 from app.upstream.retry import parse_retry_after
 
@@ -54,22 +54,17 @@ RETRYABLE = frozenset(
 
 # Anything shaped like an API key (sk-…, Bearer …) is masked in upstream messages we relay.
 _KEYISH = re.compile(r"(sk-[A-Za-z0-9_\-*]{4,}|Bearer\s+\S+|[A-Za-z0-9_\-]{32,})")
-# The configured keys themselves, masked wherever they appear, whatever their shape.
-_SECRETS: set[str] = set()
 
 
 def register_secret(value: str | None) -> None:
-    """Remember a configured key so that `redact` masks it literally."""
-    if value and len(value) >= 4:
-        _SECRETS.add(value)
+    """Remember a configured key so that `redact` masks it, whole or in fragments."""
+    SECRETS.add(value)
 
 
 def redact(text: str) -> str:
-    text = clean_text(text)
-    for secret in _SECRETS:
-        if secret in text:
-            text = text.replace(secret, "[redacted]")
-    return _KEYISH.sub("[redacted]", text)
+    """``text`` without any configured key (or a run of 8 of its characters, white space
+    inside ignored) and without anything shaped like a key."""
+    return _KEYISH.sub(REDACTED, SECRETS.mask(clean_text(text)))
 
 
 @dataclass(frozen=True)
@@ -135,6 +130,29 @@ def classify(
     context_window: int | None,
     prompt_chars: int,
     retry_after_cap_s: float = 60.0,
+) -> UpstreamFailure:
+    """What ``exc`` means for the agent. The message is what users see (last_error, events,
+    the log); no configured key, whole or in part, survives in it."""
+    failure = _classify(
+        exc,
+        agent_id=agent_id,
+        model=model,
+        context_window=context_window,
+        prompt_chars=prompt_chars,
+        retry_after_cap_s=retry_after_cap_s,
+    )
+    masked = SECRETS.mask(failure.message)
+    return failure if masked == failure.message else replace(failure, message=masked)
+
+
+def _classify(
+    exc: BaseException,
+    *,
+    agent_id: str,
+    model: str,
+    context_window: int | None,
+    prompt_chars: int,
+    retry_after_cap_s: float,
 ) -> UpstreamFailure:
     if isinstance(exc, openai.APITimeoutError) and not _dropped_connection(exc):
         return UpstreamFailure(FailureReason.timeout, "the upstream did not answer in time")

@@ -182,6 +182,16 @@ class ModelRegistry:
     def names(self) -> list[str]:
         return sorted(self.models)
 
+    def context_windows(self) -> dict[str, int]:
+        """Each model's context window where known, by our name and by the name sent
+        upstream (an OpenAI-compatible server sees the latter)."""
+        windows: dict[str, int] = {}
+        for info in self.models.values():
+            if info.context_window is not None:
+                windows.setdefault(info.wire_name, info.context_window)
+                windows[info.name] = info.context_window
+        return windows
+
     @classmethod
     def load(cls, path: str | Path | None) -> ModelRegistry:
         """Built-in defaults, overlaid with the file at `path` (YAML or JSON) if given."""

@@ -332,3 +332,39 @@ def test_long_user_strings_are_shortened_in_messages() -> None:
     unknown = "u" * 5000
     problem = only_problem(job(agent("a", unknown)))
     assert len(problem.msg) < 300
+
+
+def test_unknown_dependency_and_cycle_reported_together() -> None:
+    # The README's example of a refused graph: a dangling dependency must not hide a cycle.
+    spec = job(agent("a", "b"), agent("c"), agent("x", "c"), agent("d", "e"), agent("e", "d"))
+    problems = problems_of(spec)
+    assert [(p.loc, p.type) for p in problems] == [
+        (("body", "agents", 0, "depends_on", 0), ProblemType.unknown_dependency),
+        (("body", "agents", 3, "depends_on", 0), ProblemType.cycle),
+    ]
+    assert problems[1].msg.startswith("dependency cycle: 'd' -> 'e' -> 'd'")
+
+
+def test_self_dependency_and_cycle_reported_once_each() -> None:
+    spec = job(agent("a", "a", "b"), agent("b", "a"))
+    assert [p.type for p in problems_of(spec)] == [
+        ProblemType.self_dependency,
+        ProblemType.cycle,
+    ]
+
+
+def test_map_problem_reported_beside_an_unknown_dependency() -> None:
+    spec = job(
+        agent("a", "nope"),
+        agent("m", task="{{item}}", map={"over": "context.doc"}),
+        context={"doc": 3},
+    )
+    assert [p.type for p in problems_of(spec)] == [
+        ProblemType.unknown_dependency,
+        ProblemType.map_not_mappable,
+    ]
+
+
+def test_map_over_an_unknown_dependency_reported_once() -> None:
+    spec = job(agent("m", "plan", task="{{item}}", map={"over": "agents.plan.output"}))
+    assert [p.type for p in problems_of(spec)] == [ProblemType.unknown_dependency]

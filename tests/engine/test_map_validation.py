@@ -465,10 +465,13 @@ def test_map_problems_of_several_nodes_are_all_reported() -> None:
     ]
 
 
-def test_map_checks_wait_for_a_sound_graph() -> None:
-    # A dangling dependency stops validation before the map checks run.
+def test_map_checks_run_beside_a_dangling_dependency() -> None:
+    # Every problem in one answer: a dangling dependency does not hide a bad map source.
     spec = job(agent("a", "nope"), mapper("m", "document"))
-    assert [p.type for p in problems_of(spec)] == [ProblemType.unknown_dependency.value]
+    assert [p.type for p in problems_of(spec)] == [
+        ProblemType.unknown_dependency.value,
+        ProblemType.map_bad_source.value,
+    ]
 
 
 # --- MapPlan of a valid graph -------------------------------------------------------------

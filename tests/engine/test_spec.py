@@ -257,3 +257,20 @@ def test_the_schemas_examples_are_valid_jobs() -> None:
     assert len(examples) >= 2
     for example in examples:
         validate_graph(JobSpec.model_validate(example), max_agents=100)
+
+
+def test_lone_surrogates_in_context_and_metadata_are_located() -> None:
+    body = {"agents": [{"id": "a", "task": "t"}]}
+    cases = [
+        ({"metadata": {"\ud800": 1}}, ("metadata",), "a key of metadata"),
+        ({"context": {"d": [{"x": "\udfff"}]}}, ("context",), "the value at context.d[0].x"),
+        ({"context": {"\ud800": {"y": 1}}}, ("context",), "a key of context"),
+    ]
+    for extra, loc, what in cases:
+        with pytest.raises(ValidationError) as info:
+            JobSpec.model_validate({**body, **extra})
+        (error,) = info.value.errors()
+        assert (error["loc"], error["type"]) == (loc, "unencodable")
+        assert error["msg"].startswith(what + " holds a lone UTF-16 surrogate")
+    # Paired surrogates (an emoji sent as two escapes) are fine.
+    JobSpec.model_validate({**body, "context": {"\U0001f600": "\U0001f600"}})

@@ -517,3 +517,59 @@ async def test_against_the_simulator_process_with_a_key(tmp_path: Path) -> None:
     assert "SWARM_UPSTREAM_API_KEY is wrong or revoked" in advice_text(up)
     for text in (good_text, bad_text):
         assert sim_key not in text and UPSTREAM_KEY not in text
+
+
+async def test_swarmctl_upstream_on_the_builtin_simulator_tells_the_truth(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from app.cli.views import show_upstream
+
+    models = tmp_path / "models.yaml"
+    models.write_text("models:\n  homemade: {context_window: 8000}\n")
+    settings = make_settings(
+        tmp_path,
+        upstream_base_url=None,
+        upstream_api_key=None,
+        http_transport=HttpTransport.aiohttp,
+        simulator_latency_ms="1,2",
+        models_file=str(models),
+    )
+    body, _ = await report(settings)
+    up = entry(body)
+    assert up["simulator"] is True and up["api_key_set"] is False
+    routed = [m["model"] for m in up["models"]]
+    assert "homemade" in routed and "kimi-k2.5" in routed
+    # What it offers includes every model it is ticked for: the count and the ticks agree.
+    assert set(routed) <= set(up["models_offered"])
+    assert up["models_offered_total"] == len(up["models_offered"])
+
+    console = Console(record=True, width=200)
+    show_upstream(console, body)
+    text = console.export_text()
+    assert f"offers {up['models_offered_total']} models" in text
+    assert text.count("✓") == len(routed)
+    assert "key from" not in text and "none (the built-in simulator needs none)" in text
+
+
+def test_swarmctl_upstream_says_when_no_key_is_set() -> None:
+    from rich.console import Console
+
+    from app.cli.views import show_upstream
+
+    up = {
+        "name": "default",
+        "base_url": UPSTREAM,
+        "api_key_env": "SWARM_UPSTREAM_API_KEY",
+        "api_key_set": False,
+        "simulator": False,
+        "status": "auth_failed",
+        "models": [],
+        "advice": [],
+    }
+    for key_set, line in (
+        (False, "key none: SWARM_UPSTREAM_API_KEY is not set"),
+        (True, "key from SWARM_UPSTREAM_API_KEY"),
+    ):
+        console = Console(record=True, width=200)
+        show_upstream(console, {"status": "failed", "upstreams": [{**up, "api_key_set": key_set}]})
+        assert line in console.export_text()
