@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -106,8 +107,11 @@ class SignalDrain:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self._loop.call_soon_threadsafe(self._on_signal)
-        self._previous[signum](signum, frame)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to drain
+            self._loop.call_soon_threadsafe(self._on_signal)
+        previous = self._previous.get(signum)
+        if previous is not None:
+            previous(signum, frame)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -181,8 +181,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def shutdown(self) -> None:
         super().shutdown()
-        if not self.transport.is_closing():
-            # A request still being read or answered gets the grace period, then is cut.
+        if self.transport.is_closing():
+            return
+        # A request still being read or answered gets the grace period, then is cut (a
+        # body's own deadline, if sooner, still holds).
+        if self._deadline is None or self._deadline.when() > self.loop.time() + (
+            self.shutdown_grace_s
+        ):
             self._arm(self.shutdown_grace_s, "shutdown")
 
 
