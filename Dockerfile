@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The service as a container: non-root, SQLite on the /data volume, migrations then uvicorn.
+# The service as a container: non-root, SQLite on the /data volume, migrations then serving.
 #   docker build -t swarm-service .
 #   docker run -p 8000:8000 -v swarm-data:/data \
 #       -e SWARM_UPSTREAM_BASE_URL=https://api.moonshot.ai/v1 -e SWARM_UPSTREAM_API_KEY=sk-… \
@@ -44,6 +44,7 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('SWARM_PORT', '8000'), timeout=2)"]
 
-# On SIGTERM the service stops starting calls and gives those in flight 10 s: stop the
-# container with more than that (docker stop -t 30, compose stop_grace_period: 30s).
+# On SIGTERM the service starts no new upstream call and gives those in flight, and open
+# connections, SWARM_SHUTDOWN_GRACE_S (10 s): stop the container with more than that
+# (docker stop -t 30, compose stop_grace_period: 30s).
 ENTRYPOINT ["/srv/scripts/entrypoint.sh"]

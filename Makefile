@@ -7,18 +7,16 @@ PORT ?= 8000
 
 .PHONY: run test lint typecheck openapi install clean bench bench-quick
 
+# Under a lock (scripts/install.sh): `make run` and `make test` may start at the same moment.
 $(VENV)/.installed: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
-	touch $@
+	PYTHON=$(PYTHON) sh scripts/install.sh $(VENV)
 
 install: $(VENV)/.installed
 
-## Serve the API on $(HOST):$(PORT) (SQLite in ./data; the simulator when no upstream is set).
+## Serve the API on $(HOST):$(PORT) (make run PORT=8080); SQLite in ./data, migrated at
+## start; the simulator when no upstream is set. Ctrl-C drains: no new upstream call starts.
 run: install
-	$(VENV)/bin/alembic upgrade head
-	SWARM_HOST=$(HOST) $(VENV)/bin/uvicorn app.main:app --host $(HOST) --port $(PORT)
+	$(PY) -m app.server --host $(HOST) --port $(PORT)
 
 ## Lint, type-check and run the whole test suite.
 test: install lint typecheck

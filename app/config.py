@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     # The address the server binds (make run and the container entry point pass it to
     # uvicorn); with no API keys the service refuses to start on a non-loopback address.
     host: str = "127.0.0.1"
+    # The port `python -m app.server` (make run, the container) serves on.
+    port: int = Field(8000, ge=1, le=65535)
     auth: AuthMode = AuthMode.auto
     # How long a key lookup (or a revocation) may be cached.
     auth_cache_s: float = Field(5.0, ge=0)
@@ -120,6 +122,21 @@ class Settings(BaseSettings):
 
     # Request body size limit (bytes): larger bodies are refused with 413.
     max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+
+    # HTTP connections (applied by `python -m app.server`, see README "Deployment"). A client
+    # gets this long to send a request's headers, and then its body, or is answered 408 and
+    # cut off: a client trickling bytes must not hold a connection (a file descriptor) for
+    # ever. The body's bound is generous: 20 MB at 2 Mbit/s takes 80 s.
+    http_header_timeout_s: float = Field(10.0, gt=0)
+    http_body_timeout_s: float = Field(120.0, gt=0)
+    # Connections open at once. Past it, the oldest connection still sending its headers is
+    # closed to make room (so tricklers cannot lock out /healthz); with none such, the new
+    # request is answered 503. Lowered at start-up to fit the process's file-descriptor limit.
+    http_max_connections: int = Field(2000, ge=1)
+    # On SIGTERM/SIGINT no new upstream call starts; calls in flight and open HTTP
+    # connections get this long to finish, then are cut (unfinished calls resume on the next
+    # start). Stop a container with more than this (docker stop -t 30).
+    shutdown_grace_s: float = Field(10.0, ge=0)
 
     @property
     def is_sqlite(self) -> bool:

@@ -16,7 +16,16 @@ from app.events.bus import StoredEvent
 from app.text import SECRETS
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is a field.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# uvicorn's `color_message` is its message again, with terminal colours.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
+# Loggers that servers configure with handlers of their own: they go through ours instead,
+# so that every line the service prints has one format (one JSON object per line in json).
+_SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "alembic")
 
 events_log = logging.getLogger("app.events")
 
@@ -82,6 +91,12 @@ def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
     handler._swarm = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
+    for name in _SERVER_LOGGERS:
+        server_logger = logging.getLogger(name)
+        if server_logger.handlers:  # none (and no propagation): turned off, e.g. the access log
+            for old in list(server_logger.handlers):
+                server_logger.removeHandler(old)
+            server_logger.propagate = True
     # One line per upstream request would drown the log (and cost CPU) at swarm scale.
     for noisy in ("httpx2", "openai", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Container entry point: apply migrations, then serve; options (`--workers` excepted: one
+# Container entry point: migrate, then serve; options (`--workers` excepted: one
 # process runs the scheduler) go to uvicorn. A command instead of options runs as it is,
 # without serving: `python -m app.admin keys create --tenant NAME`, `swarmctl list`, `sh`.
 set -eu
@@ -10,9 +10,7 @@ case "${1:-}" in
 esac
 # The service checks the address it binds (no API keys → loopback only), so it must know it.
 export SWARM_HOST="${SWARM_HOST:-0.0.0.0}"
-alembic upgrade head
-# Migrated just above, once: the application need not do it again at start-up.
-export SWARM_MIGRATE_ON_START="${SWARM_MIGRATE_ON_START:-false}"
-# exec: uvicorn becomes PID 1 and receives SIGTERM itself (graceful drain).
-exec uvicorn app.main:app --host "$SWARM_HOST" --port "${SWARM_PORT:-8000}" \
-    --proxy-headers --no-server-header "$@"
+# exec: the server becomes PID 1 and receives SIGTERM itself (graceful drain). It migrates
+# the database first (SWARM_MIGRATE_ON_START), then serves with the connection limits
+# (python -m app.server is uvicorn with the service's settings; options go to uvicorn).
+exec python -m app.server --proxy-headers --no-server-header "$@"

@@ -53,11 +53,15 @@ class Subscription:
         except asyncio.QueueFull:
             # A slow reader must never slow the scheduler: cut it off. What it had not
             # read yet is in the database; it resumes from its last seq (Last-Event-ID).
-            self.overflowed = True
-            self._bus.unsubscribe(self)
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait(None)
+            self.cut_off()
+
+    def cut_off(self) -> None:
+        """End the subscriber's stream: it reads None next, and resumes from its last seq."""
+        self.overflowed = True
+        self._bus.unsubscribe(self)
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(None)
 
     def close(self) -> None:
         self._bus.unsubscribe(self)
@@ -69,14 +73,26 @@ class EventBus:
         self._queue_size = subscriber_queue_size
         # Called with every committed batch of events (metrics, the state-change log).
         self._listeners: list[Callable[[list[StoredEvent]], None]] = []
+        self._closed = False
 
     def add_listener(self, listener: Callable[[list[StoredEvent]], None]) -> None:
         self._listeners.append(listener)
 
     def subscribe(self, job_id: str) -> Subscription:
         sub = Subscription(self, job_id, self._queue_size)
+        if self._closed:
+            sub.cut_off()
+            return sub
         self._subs[job_id].add(sub)
         return sub
+
+    def close_subscribers(self) -> None:
+        """Shutting down: end every live stream now, and any opened from now on, so that
+        each ends cleanly (its client resumes elsewhere or after the restart)."""
+        self._closed = True
+        for subs in list(self._subs.values()):
+            for sub in list(subs):
+                sub.cut_off()
 
     def unsubscribe(self, sub: Subscription) -> None:
         subs = self._subs.get(sub.job_id)

@@ -255,10 +255,8 @@ class Scheduler:
         if task is not None:
             await asyncio.shield(task)
 
-    async def stop(self, grace_s: float) -> None:
-        """Graceful shutdown: start nothing new, give in-flight calls `grace_s` to finish,
-        then abandon the rest — they are still `running` in the database and resume on the
-        next start."""
+    def drain(self) -> None:
+        """Shutting down: from now on no upstream call starts (calls in flight go on)."""
         self.running = False
         if self._limit_saver is not None:
             self._limit_saver.cancel()
@@ -266,6 +264,12 @@ class Scheduler:
             recovery.cancel()
         for run in list(self.runs.values()):
             run.drain()
+
+    async def stop(self, grace_s: float) -> None:
+        """Graceful shutdown: start nothing new, give in-flight calls `grace_s` to finish,
+        then abandon the rest — they are still `running` in the database and resume on the
+        next start."""
+        self.drain()
         tasks = list(self.tasks.values())
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace_s)

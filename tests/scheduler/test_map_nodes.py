@@ -663,9 +663,7 @@ async def test_a_planners_unused_answers_stay_counted_across_a_restart(
 ) -> None:
     import asyncio
 
-    from app import main
-
-    monkeypatch.setattr(main, "SHUTDOWN_GRACE_S", 0.01)  # abandon calls in flight
+    settings = settings.model_copy(update={"shutdown_grace_s": 0.01})  # abandon calls in flight
     calls = {"n": 0}
 
     async def plan_script(req: dict[str, Any], _n: int) -> httpx2.Response | None:
@@ -698,9 +696,7 @@ async def test_a_restart_skips_the_rest_of_a_map_that_is_failing(
 ) -> None:
     import asyncio
 
-    from app import main
-
-    monkeypatch.setattr(main, "SHUTDOWN_GRACE_S", 0.01)
+    settings = settings.model_copy(update={"shutdown_grace_s": 0.01})
 
     async def script(req: dict[str, Any], _n: int) -> httpx2.Response | None:
         content = req["messages"][-1]["content"]
