@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.conftest import Service
+from tests.helpers.service import Service
 
 # Every URL a page loads: src= and href= attributes, and Swagger UI's `url: '…'` option.
 _URLS = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']|\burl:\s*'([^']+)'""")

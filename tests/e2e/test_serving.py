@@ -24,7 +24,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.e2e.conftest import ROOT, Proc, free_port, start_simulator
+from tests.helpers.processes import ROOT, Proc, free_port, start_simulator
 
 pytestmark = pytest.mark.e2e
 
