@@ -11,6 +11,7 @@ import pytest
 from app.config import Settings
 from app.scheduler import scheduler as scheduler_module
 from app.store import repository as repo
+from app.store import transitions
 from tests.conftest import FakeUpstream, Service, make_settings, start_service
 
 
@@ -18,11 +19,11 @@ async def test_a_run_whose_write_failed_is_resumed_from_the_database(
     service: Service, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(scheduler_module, "RECOVERY_DELAY_S", 0.05)
-    real = repo.mark_agent_completed
+    real = transitions.mark_agent_completed
     failures = {"left": 1}
 
-    def flaky(job_id: str, agent_id: str, c: repo.Completion) -> Any:
-        inner = real(job_id, agent_id, c)
+    def flaky(job_id: str, agent_id: str, **kwargs: Any) -> Any:
+        inner = real(job_id, agent_id, **kwargs)
 
         def op(tx: Any) -> None:
             if agent_id == "b" and failures["left"]:
@@ -32,7 +33,7 @@ async def test_a_run_whose_write_failed_is_resumed_from_the_database(
 
         return op
 
-    monkeypatch.setattr(repo, "mark_agent_completed", flaky)
+    monkeypatch.setattr(transitions, "mark_agent_completed", flaky)
     job = await service.submit(
         {"agents": [{"id": "a", "task": "one"}, {"id": "b", "task": "two", "depends_on": ["a"]}]}
     )
