@@ -13,7 +13,8 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from app.engine.graph import DagState, Graph, NodeStatus
+from app.engine.dag import DagState, NodeState
+from app.engine.graph import Graph
 from app.engine.lifecycle import AgentKind, AgentStatus, JobStatus
 from app.engine.mapping import item_from_json, render_parts
 from app.engine.spec import FailurePolicy, JobSpec, ResolvedAgent
@@ -285,7 +286,7 @@ class RunState:
         """A node of the submitted graph finished: release, skip or cancel what follows."""
         decision = Decision()
         if failure is None:
-            self._enqueue(self.dag.mark_done(agent_id))
+            self._enqueue(self.dag.mark_completed(agent_id))
             return decision
         self.outputs[agent_id] = failure
         result = self.dag.mark_failed(agent_id, self.policy)
@@ -412,13 +413,13 @@ class RunState:
         """The job's terminal status; every agent not finished is then recorded cancelled."""
         reason = self.stop_reason
         statuses = self.dag.statuses.values()
-        ended = (NodeStatus.done, NodeStatus.failed, NodeStatus.skipped)
+        ended = (NodeState.completed, NodeState.failed, NodeState.skipped)
         if self.cancel_reason is not None or (
             self.budget_reason is not None and self.fail_fast_reason is None
         ):
             status = JobStatus.cancelled
         elif (
-            any(s in (NodeStatus.failed, NodeStatus.skipped) for s in statuses)
+            any(s in (NodeState.failed, NodeState.skipped) for s in statuses)
             or self.fail_fast_reason is not None
             or self._sub_failed
         ):
@@ -429,7 +430,7 @@ class RunState:
             status = JobStatus.completed
         error = reason
         if status is JobStatus.failed and error is None:
-            failed = [a for a, s in self.dag.statuses.items() if s is NodeStatus.failed]
+            failed = [a for a, s in self.dag.statuses.items() if s is NodeState.failed]
             failed += [
                 s
                 for s in self.subs
@@ -459,7 +460,7 @@ class RunState:
         self._ready.clear()
         self._queued.clear()
         for agent_id in self.graph.topo_order:
-            if self.dag.status(agent_id) is not NodeStatus.ready:
+            if self.dag.status(agent_id) is not NodeState.ready:
                 continue  # waiting on a failed branch, skipped or cancelled
             self._enqueue([agent_id])
             row = by_id[agent_id]
@@ -477,7 +478,7 @@ class RunState:
                     level_subs = [self.subs[r.agent_id] for r in levels[level]]
                     decision += self.merge_planned(agent_id, level_subs)
                     decision += self._replay_subs(levels[level])
-            if self.dag.status(agent_id) is not NodeStatus.ready:
+            if self.dag.status(agent_id) is not NodeState.ready:
                 continue  # its sub-agents' replay finished it
             if row.status is AgentStatus.completed:
                 self._begin(agent_id)
