@@ -180,13 +180,6 @@ class RunState:
         """Shutting down mid-run: the job stays as it is, to resume on the next start."""
         return self.draining and self.cancel_reason is None and not self.dag.finished
 
-    @property
-    def has_ready(self) -> bool:
-        return bool(self._queued)
-
-    def is_sub(self, agent_id: str) -> bool:
-        return agent_id in self.subs
-
     # -- control ---------------------------------------------------------------------------
 
     def cancel(self, reason: str) -> None:

@@ -99,11 +99,15 @@ class AgentCaller:
 
     async def persist(self, op: WriteOp[object]) -> None:
         try:
-            await self.store.write(op)
+            written = await self.store.write(op)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             raise StoreWriteError(f"{type(exc).__name__}: {exc}") from exc
+        if written is False:
+            # The row is not where the run thought (finished already): the run stops and
+            # resumes from what the database holds.
+            raise StoreWriteError("the database refused a transition the run expected")
 
     async def fail(self, agent_id: str, error: str, reason: str) -> AgentOutcome:
         await self.persist(ops.mark_agent_failed(self.job_id, agent_id, error=error, reason=reason))
