@@ -112,7 +112,8 @@ class JobRunner:
                 task.cancel()
         if self.state.left_for_next_start:
             return
-        await self._finish()
+        # The end is recorded whole even if this task is cancelled meanwhile.
+        await asyncio.shield(self._finish())
 
     async def _loop(self) -> None:
         limit = self.spec.max_concurrency

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from typing import Any
 
 from app.config import Settings
@@ -13,17 +14,19 @@ from app.engine.chunking import count_tokens
 from app.engine.lifecycle import AgentKind
 from app.engine.mapping import (
     PlanError,
+    Refusal,
+    cannot_fan_out,
     context_items,
-    group_for_merge,
+    fan_out_refusal,
     item_id,
     item_to_json,
     items_from_values,
     merge_id,
     merge_prompt,
-    parse_plan,
-    part_tokens,
+    plan_merge_level,
     reduce_budget,
     render_parts,
+    source_values,
 )
 from app.engine.run_state import RunState, SubAgent
 from app.engine.spec import ResolvedAgent
@@ -40,8 +43,7 @@ from app.scheduler.agent_call import AgentCaller, AgentOutcome, PlanCheck
 from app.store import transitions as ops
 from app.upstream.pool import NoRouteError, Route
 
-# A hierarchical reduce that needs more merge levels than this is going nowhere.
-MAX_MERGE_LEVELS = 8
+log = logging.getLogger(__name__)
 
 
 class Units:
@@ -130,59 +132,45 @@ class Units:
 
         return await self._call(sub.agent, merge_text, AgentKind.merge)
 
+    async def _refuse(self, agent_id: str, refusal: Refusal) -> AgentOutcome:
+        outcome = await self.caller.fail(agent_id, refusal.error, refusal.reason)
+        log.info("agent failed", extra={"job_id": self.job_id, "agent_id": agent_id})
+        return outcome
+
     # -- map nodes ------------------------------------------------------------------------
 
     async def _expand_map(self, node: str) -> AgentOutcome:
         state = self.state
         plan = state.graph.maps[node]
         agent = state.agents[node]
-        try:
-            if plan.source_agent is None:
+        if plan.source_agent is None:
+            try:
                 items = await asyncio.to_thread(context_items, plan, self.context)
-            else:
-                source = state.outputs[plan.source_agent]
-                if source.failed:
-                    return await self.caller.fail(
-                        node,
-                        f"map node {node!r} has nothing to fan out over: its source "
-                        f"{plan.source_agent!r} failed",
-                        "source_failed",
-                    )
-                if plan.source_is_map:
-                    # A failed item of the source (under continue) is passed on as the
-                    # failure note its dependents would see, never as null.
-                    source_run = state.map_runs.get(plan.source_agent)
-                    values: list[Any] = [
-                        v
-                        if v is not None or source_run is None
-                        else format_dep_output(state.outputs[source_run.subs[k]])
-                        for k, v in enumerate(state.map_lists[plan.source_agent])
-                    ]
-                else:
-                    values = parse_plan(source.output or "", plan.item_paths)
-                items = items_from_values(values)
-        except PlanError as exc:
-            return await self.caller.fail(
+            except PlanError as exc:
+                return await self._refuse(node, cannot_fan_out(node, plan, exc))
+        else:
+            source_run = state.map_runs.get(plan.source_agent)
+            values = source_values(
                 node,
-                f"map node {node!r} cannot fan out over {plan.source_agent!r}: {exc}",
-                "invalid_plan",
+                plan,
+                state.outputs[plan.source_agent],
+                state.map_lists.get(plan.source_agent) if plan.source_is_map else None,
+                None
+                if source_run is None
+                else lambda k: format_dep_output(state.outputs[source_run.subs[k]]),
             )
-        if len(items) > plan.max_items:
-            return await self.caller.fail(
-                node,
-                f"map node {node!r} would fan out to {len(items):,} sub-agents; at most "
-                f"{plan.max_items:,} are allowed per map node",
-                "too_many_items",
-            )
-        job_max = self.settings.max_map_items_per_job
-        if len(state.subs) + len(items) > job_max:
-            return await self.caller.fail(
-                node,
-                f"map node {node!r} would fan out to {len(items):,} sub-agents, and the job "
-                f"has created {len(state.subs):,} already; at most {job_max:,} are allowed per "
-                "job",
-                "too_many_items",
-            )
+            if isinstance(values, Refusal):
+                return await self._refuse(node, values)
+            items = items_from_values(values)
+        refusal = fan_out_refusal(
+            node,
+            len(items),
+            max_items=plan.max_items,
+            created=len(state.subs),
+            job_max=self.settings.max_map_items_per_job,
+        )
+        if refusal is not None:
+            return await self._refuse(node, refusal)
         model = agent.model or self.caller.default_model
         deps = [d for d in agent.depends_on if d != plan.source_agent]
         subs = [
@@ -282,42 +270,24 @@ class Units:
         state = self.state
         reduce = state.reduce_runs.get(agent.id)
         level = (len(reduce.levels) if reduce is not None else 0) + 1
-        if level > MAX_MERGE_LEVELS:
-            return await self.caller.fail(
-                agent.id,
-                f"agent {agent.id!r}: its inputs still do not fit the window of "
-                f"{route.model.name} after {MAX_MERGE_LEVELS} merge levels",
-                "merge_failed",
-            )
         task = self._merge_task(agent, map_deps)
         fixed = (
             count_tokens(system)
             + count_tokens(merge_prompt(task, [], len(entries)))
             + budget.merge_max_tokens
         )
-        room = window - fixed
-        sizes = [part_tokens(i, d) for i, d in entries]
-        groups = group_for_merge(sizes, max(room, 1))
-        if room <= 0 or len(groups) >= len(entries):
-            biggest = max(range(len(sizes)), key=sizes.__getitem__)
-            return await self.caller.fail(
-                agent.id,
-                f"agent {agent.id!r}: {len(entries)} inputs ({sum(sizes):,} tokens) do not fit "
-                f"the {window:,}-token window of {route.model.name}, and cannot be merged in "
-                f"groups: the largest, {entries[biggest][0]!r}, is {sizes[biggest]:,} tokens "
-                f"and a merge step has room for {max(room, 0):,}; give the map node a smaller "
-                "max_tokens, or use a model with a larger window",
-                "merge_failed",
-            )
-        job_max = self.settings.max_map_items_per_job
-        if len(state.subs) + len(groups) > job_max:
-            return await self.caller.fail(
-                agent.id,
-                f"agent {agent.id!r} would merge its inputs in {len(groups):,} steps, and the "
-                f"job has created {len(state.subs):,} sub-agents already; at most {job_max:,} "
-                "are allowed per job",
-                "too_many_items",
-            )
+        groups = plan_merge_level(
+            agent.id,
+            entries,
+            level=level,
+            window=window,
+            model=route.model.name,
+            fixed_tokens=fixed,
+            created=len(state.subs),
+            job_max=self.settings.max_map_items_per_job,
+        )
+        if isinstance(groups, Refusal):
+            return await self._refuse(agent.id, groups)
         model = agent.model or self.caller.default_model
         subs: list[SubAgent] = []
         rows: list[ops.NewSubAgent] = []
