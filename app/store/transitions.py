@@ -4,12 +4,13 @@ transition; the payload of the event each emits is defined beside it."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, TextClause, Update, bindparam, func, insert, select, text, update
 
 from app.engine.lifecycle import (
     AGENT_ENTERED_FROM,
@@ -39,17 +40,31 @@ def _dumps(value: Any) -> str:
 
 def _enter(tx: Tx, job_id: str, agent_id: str, status: AgentStatus, values: dict[str, Any]) -> bool:
     """Move one agent to `status` if its current status allows it; False if refused."""
-    values = {k: clean_text(v) if isinstance(v, str) else v for k, v in values.items()}
-    result = tx.conn.execute(
+    params = {f"v_{k}": clean_text(v) if isinstance(v, str) else v for k, v in values.items()}
+    params["b_job"] = job_id
+    params["b_agent"] = agent_id
+    result = tx.conn.execute(_enter_statement(status, tuple(values)), params)
+    return bool(result.rowcount)
+
+
+@functools.cache
+def _enter_statement(status: AgentStatus, columns: tuple[str, ...]) -> Update:
+    # Built once per shape: building a statement costs more than running it on SQLite.
+    return (
         update(agents_t)
         .where(
-            agents_t.c.job_id == job_id,
-            agents_t.c.agent_id == agent_id,
-            agents_t.c.status.in_(AGENT_ENTERED_FROM[status]),
+            agents_t.c.job_id == bindparam("b_job"),
+            agents_t.c.agent_id == bindparam("b_agent"),
+            _status_in(AGENT_ENTERED_FROM[status]),
         )
-        .values(status=status, **values)
+        .values(status=status, **{c: bindparam(f"v_{c}") for c in columns})
     )
-    return bool(result.rowcount)
+
+
+def _status_in(statuses: frozenset[AgentStatus]) -> TextClause:
+    # Written out, not an expanding parameter, which costs a recompile per execution.
+    listed = ", ".join(f"'{s.value}'" for s in sorted(statuses))
+    return text(f"agents.status IN ({listed})")
 
 
 # -- the job ------------------------------------------------------------------------------
