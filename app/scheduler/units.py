@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from typing import Any
+from collections.abc import Callable
 
 from app.config import Settings
 from app.engine.chunking import count_tokens
@@ -90,7 +90,7 @@ class Units:
         )
 
     async def _call(
-        self, agent: ResolvedAgent, prompt: Any, kind: AgentKind = AgentKind.agent
+        self, agent: ResolvedAgent, prompt: Callable[[], str], kind: AgentKind = AgentKind.agent
     ) -> AgentOutcome:
         state = self.state
         return await self.caller.call(
