@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.engine.usage import Usage
 from app.events.bus import EventBus
 from app.store import jobs as job_store
-from app.store import migrate
-from app.store import repository as repo
+from app.store import migrate, transitions
 from app.store.ids import new_job_id
 from app.store.store import Store
 
@@ -49,24 +49,25 @@ async def run_once(url: str, n: int, batch_max: int) -> dict[str, Any]:
     await store.start()
     try:
         job_id, _ = await store.write(job_store.create_job(_job(n)))
-        completion = repo.Completion(
-            output="x" * 400,
-            finish_reason="stop",
-            prompt_tokens=300,
-            completion_tokens=100,
-            total_tokens=400,
-            cost_usd=0.0001,
-            latency_ms=900.0,
-        )
+        usage = Usage(300, 100, 400, 0.0001)
 
         async def agent(i: int) -> None:
             aid = f"a{i}"
             await store.write(
-                repo.mark_agent_started(
+                transitions.mark_agent_started(
                     job_id, aid, attempt=1, model="m", system_prompt="s", prompt="p" * 500
                 )
             )
-            await store.write(repo.mark_agent_completed(job_id, aid, completion))
+            await store.write(
+                transitions.mark_agent_completed(
+                    job_id,
+                    aid,
+                    output="x" * 400,
+                    finish_reason="stop",
+                    usage=usage,
+                    latency_ms=900.0,
+                )
+            )
 
         lags: list[float] = []
         stop = asyncio.Event()

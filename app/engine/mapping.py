@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,3 +218,111 @@ def reduce_budget(window: int, max_tokens: int | None) -> ReduceBudget:
     reserve = max_tokens if max_tokens is not None else min(4_096, window // 4)
     merge_max = max(16, min(reserve, window // 8))
     return ReduceBudget(window=window, answer_reserve=reserve, merge_max_tokens=merge_max)
+
+
+# A hierarchical reduce that needs more merge levels than this is going nowhere.
+MAX_MERGE_LEVELS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a map node cannot fan out, or a reducer cannot merge: the node fails with this."""
+
+    error: str
+    reason: str
+
+
+def source_values(
+    node: str,
+    plan: MapPlan,
+    source: DepOutput,
+    source_list: Sequence[str | None] | None,
+    failure_note: Callable[[int], str] | None = None,
+) -> list[Any] | Refusal:
+    """What a map node over another agent fans out over: a planner's JSON list, or the
+    list output of a map node (`source_list`), whose failed items (None) are passed on as
+    `failure_note(k)`, the note their dependents would see, never as null."""
+    if source.failed:
+        return Refusal(
+            f"map node {node!r} has nothing to fan out over: its source "
+            f"{plan.source_agent!r} failed",
+            "source_failed",
+        )
+    if source_list is not None:
+        return [
+            v if v is not None or failure_note is None else failure_note(k)
+            for k, v in enumerate(source_list)
+        ]
+    try:
+        return parse_plan(source.output or "", plan.item_paths)
+    except PlanError as exc:
+        return cannot_fan_out(node, plan, exc)
+
+
+def cannot_fan_out(node: str, plan: MapPlan, exc: PlanError) -> Refusal:
+    return Refusal(
+        f"map node {node!r} cannot fan out over {plan.source_agent!r}: {exc}", "invalid_plan"
+    )
+
+
+def fan_out_refusal(
+    node: str, count: int, *, max_items: int, created: int, job_max: int
+) -> Refusal | None:
+    """A fan-out of `count` items over the node's or the job's limit (`created`: sub-agents
+    the job has made already)."""
+    if count > max_items:
+        return Refusal(
+            f"map node {node!r} would fan out to {count:,} sub-agents; at most "
+            f"{max_items:,} are allowed per map node",
+            "too_many_items",
+        )
+    if created + count > job_max:
+        return Refusal(
+            f"map node {node!r} would fan out to {count:,} sub-agents, and the job "
+            f"has created {created:,} already; at most {job_max:,} are allowed per job",
+            "too_many_items",
+        )
+    return None
+
+
+def plan_merge_level(
+    agent_id: str,
+    entries: Sequence[tuple[str, DepOutput]],
+    *,
+    level: int,
+    window: int,
+    model: str,
+    fixed_tokens: int,
+    created: int,
+    job_max: int,
+) -> list[list[int]] | Refusal:
+    """The groups (indices into `entries`) of a reducer's next merge level, each fitting
+    one merge step: the window less `fixed_tokens` (instructions, task, answer), or why
+    the inputs cannot be merged."""
+    if level > MAX_MERGE_LEVELS:
+        return Refusal(
+            f"agent {agent_id!r}: its inputs still do not fit the window of "
+            f"{model} after {MAX_MERGE_LEVELS} merge levels",
+            "merge_failed",
+        )
+    room = window - fixed_tokens
+    sizes = [part_tokens(i, d) for i, d in entries]
+    groups = group_for_merge(sizes, max(room, 1))
+    if room <= 0 or len(groups) >= len(entries):
+        biggest = max(range(len(sizes)), key=sizes.__getitem__)
+        return Refusal(
+            f"agent {agent_id!r}: {len(entries)} inputs ({sum(sizes):,} tokens) do not fit "
+            f"the {window:,}-token window of {model}, and cannot be merged in "
+            f"groups: the largest, {entries[biggest][0]!r}, is {sizes[biggest]:,} tokens "
+            f"and a merge step has room for {max(room, 0):,}; give the map node a smaller "
+            "max_tokens, or use a model with a larger window",
+            "merge_failed",
+        )
+    if created + len(groups) > job_max:
+        return Refusal(
+            f"agent {agent_id!r} would merge its inputs in {len(groups):,} steps, and the "
+            f"job has created {created:,} sub-agents already; at most {job_max:,} "
+            "are allowed per job",
+            "too_many_items",
+        )
+    return groups

@@ -14,7 +14,7 @@ from app.engine.lifecycle import JobStatus
 from app.engine.spec import JobSpec
 from app.metrics import Metrics
 from app.scheduler.gates import Gates
-from app.scheduler.job_run import JobRun
+from app.scheduler.runner import JobRunner
 from app.store import jobs as job_store
 from app.store import model_limits
 from app.store.store import Store
@@ -49,7 +49,7 @@ class Scheduler:
         self.upstreams = upstreams
         # Every limit an upstream call passes (global, per model, rpm/tpm).
         self.gates = Gates(settings)
-        self.runs: dict[str, JobRun] = {}
+        self.runs: dict[str, JobRunner] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.running = False
         self._crashes: dict[str, int] = {}
@@ -170,7 +170,7 @@ class Scheduler:
     ) -> None:
         if job_id in self.runs or not self.running:
             return
-        run = JobRun(
+        run = JobRunner(
             job_id=job_id,
             tenant=tenant,
             spec=spec,

@@ -14,8 +14,8 @@ from app.engine.lifecycle import FINISHED_JOB_STATUSES, AgentKind, AgentStatus, 
 from app.engine.usage import Usage
 from app.events.types import EventType
 from app.store.models import utcnow
-from app.store.repository import cancel_unfinished_agents, mark_job_finished
 from app.store.tables import agents_t, dumps, events_t, jobs_t, loads, owned
+from app.store.transitions import cancel_unfinished_agents, mark_job_finished
 from app.store.writer import Refused, Tx, WriteOp
 
 

@@ -16,6 +16,7 @@ import openai
 from openai import AsyncOpenAI
 
 from app.config import HttpTransport, Settings
+from app.engine.usage import Usage
 from app.text import SECRETS, clean_text
 
 
@@ -94,9 +95,7 @@ class AgentRequest:
 class CallResult:
     output: str
     finish_reason: str | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    total_tokens: int | None
+    usage: Usage  # as the upstream reported it; the cost is added by the caller
     latency_ms: float
 
 
@@ -133,9 +132,11 @@ async def call_chat(client: AsyncOpenAI, req: AgentRequest) -> CallResult:
         output=SECRETS.mask(clean_text(choice.message.content or "")),
         # Stored in a 32-character column; an odd upstream must not break the write.
         finish_reason=str(choice.finish_reason)[:32] if choice.finish_reason else None,
-        prompt_tokens=_count(usage.prompt_tokens) if usage else None,
-        completion_tokens=_count(usage.completion_tokens) if usage else None,
-        total_tokens=_count(usage.total_tokens) if usage else None,
+        usage=Usage(
+            _count(usage.prompt_tokens) if usage else None,
+            _count(usage.completion_tokens) if usage else None,
+            _count(usage.total_tokens) if usage else None,
+        ),
         latency_ms=latency_ms,
     )
 

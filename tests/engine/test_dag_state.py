@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.engine.graph import DagState, DagStateError, FailureOutcome, NodeStatus, validate_graph
+from app.engine.dag import DagState, DagStateError, FailureOutcome, NodeState
+from app.engine.graph import validate_graph
 from app.engine.spec import AgentSpec, FailurePolicy, JobSpec
 
 
@@ -23,38 +24,38 @@ DIAMOND = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"], "e": ["d"], "f": []
 def test_initial_ready_and_statuses() -> None:
     state = state_of(DIAMOND)
     assert state.ready() == ["a", "f"]
-    assert state.status("a") is NodeStatus.ready
-    assert state.status("d") is NodeStatus.waiting
+    assert state.status("a") is NodeState.ready
+    assert state.status("d") is NodeState.waiting
     assert state.unfinished_count == 6 and not state.finished
 
 
 def test_success_path() -> None:
     state = state_of(DIAMOND)
-    assert state.mark_done("a") == ["b", "c"]
-    assert state.mark_done("b") == []
-    assert state.mark_done("c") == ["d"]
-    assert state.mark_done("d") == ["e"]
-    assert state.mark_done("f") == []
-    assert state.mark_done("e") == []
+    assert state.mark_completed("a") == ["b", "c"]
+    assert state.mark_completed("b") == []
+    assert state.mark_completed("c") == ["d"]
+    assert state.mark_completed("d") == ["e"]
+    assert state.mark_completed("f") == []
+    assert state.mark_completed("e") == []
     assert state.finished
-    assert set(state.statuses.values()) == {NodeStatus.done}
+    assert set(state.statuses.values()) == {NodeState.completed}
 
 
 def test_skip_dependents_skips_transitively_each_once() -> None:
     state = state_of(DIAMOND)
-    state.mark_done("a")
+    state.mark_completed("a")
     outcome = state.mark_failed("b", FailurePolicy.skip_dependents)
     assert outcome == FailureOutcome(newly_ready=[], skipped=["d", "e"], cancelled=[])
     # c's success must not revive d, and c's failure must not re-report d/e.
-    assert state.mark_done("c") == []
-    assert state.status("d") is NodeStatus.skipped
-    state.mark_done("f")
+    assert state.mark_completed("c") == []
+    assert state.status("d") is NodeState.skipped
+    state.mark_completed("f")
     assert state.finished
 
 
 def test_skip_dependents_second_failure_reports_nothing_twice() -> None:
     state = state_of(DIAMOND)
-    state.mark_done("a")
+    state.mark_completed("a")
     assert state.mark_failed("b", FailurePolicy.skip_dependents).skipped == ["d", "e"]
     assert state.mark_failed("c", FailurePolicy.skip_dependents).skipped == []
 
@@ -66,35 +67,35 @@ def test_skipped_list_is_in_submission_order() -> None:
 
 def test_continue_treats_failure_as_finished() -> None:
     state = state_of(DIAMOND)
-    state.mark_done("a")
+    state.mark_completed("a")
     assert state.mark_failed("b", FailurePolicy.continue_) == FailureOutcome([], [], [])
     assert state.mark_failed("c", FailurePolicy.continue_) == FailureOutcome(["d"], [], [])
-    assert state.status("b") is NodeStatus.failed
+    assert state.status("b") is NodeState.failed
 
 
 def test_fail_fast_cancels_everything_unfinished() -> None:
     state = state_of(DIAMOND)
-    state.mark_done("a")
+    state.mark_completed("a")
     # b and c are ready (perhaps running); f too.
     outcome = state.mark_failed("b", FailurePolicy.fail_fast)
     assert outcome == FailureOutcome([], [], ["c", "d", "e", "f"])
     assert state.finished
-    assert state.status("b") is NodeStatus.failed
+    assert state.status("b") is NodeState.failed
     # Late results from agents the caller was still cancelling are ignored.
-    assert state.mark_done("c") == []
+    assert state.mark_completed("c") == []
     assert state.mark_failed("f", FailurePolicy.fail_fast) == FailureOutcome([], [], [])
-    assert state.status("c") is NodeStatus.cancelled
+    assert state.status("c") is NodeState.cancelled
 
 
 @pytest.mark.parametrize("first", ["done", "failed"])
 def test_marking_twice_is_an_error(first: str) -> None:
     state = state_of(DIAMOND)
     if first == "done":
-        state.mark_done("a")
+        state.mark_completed("a")
     else:
         state.mark_failed("a", FailurePolicy.continue_)
     with pytest.raises(DagStateError, match="'a'"):
-        state.mark_done("a")
+        state.mark_completed("a")
     with pytest.raises(DagStateError):
         state.mark_failed("a", FailurePolicy.skip_dependents)
 
@@ -102,18 +103,18 @@ def test_marking_twice_is_an_error(first: str) -> None:
 def test_marking_a_waiting_or_skipped_agent_is_an_error() -> None:
     state = state_of(DIAMOND)
     with pytest.raises(DagStateError, match="waiting"):
-        state.mark_done("d")
+        state.mark_completed("d")
     state.mark_failed("a", FailurePolicy.skip_dependents)
     with pytest.raises(DagStateError, match="skipped"):
-        state.mark_done("b")
+        state.mark_completed("b")
 
 
 def test_unknown_id_raises_key_error() -> None:
     with pytest.raises(KeyError):
-        state_of(DIAMOND).mark_done("nope")
+        state_of(DIAMOND).mark_completed("nope")
 
 
 def test_statuses_view_is_read_only() -> None:
     state = state_of(DIAMOND)
     with pytest.raises(TypeError):
-        state.statuses["a"] = NodeStatus.done  # type: ignore[index]
+        state.statuses["a"] = NodeState.completed  # type: ignore[index]

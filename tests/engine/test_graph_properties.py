@@ -11,10 +11,9 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from app.engine.dag import DagState, NodeState
 from app.engine.graph import (
-    DagState,
     GraphValidationError,
-    NodeStatus,
     ProblemType,
     validate_graph,
 )
@@ -165,14 +164,14 @@ def test_dag_state_runs_every_agent_to_one_terminal_status(
                 assert outcome.cancelled == []
         else:
             done.append(agent_id)
-            became_ready(state.mark_done(agent_id))
+            became_ready(state.mark_completed(agent_id))
 
     assert state.finished
     buckets = {
-        NodeStatus.done: done,
-        NodeStatus.failed: failed,
-        NodeStatus.skipped: skipped,
-        NodeStatus.cancelled: cancelled,
+        NodeState.completed: done,
+        NodeState.failed: failed,
+        NodeState.skipped: skipped,
+        NodeState.cancelled: cancelled,
     }
     everyone = [agent_id for bucket in buckets.values() for agent_id in bucket]
     assert sorted(everyone) == sorted(dag.ids)  # each agent in exactly one bucket

@@ -13,8 +13,7 @@ from app.engine.lifecycle import JobStatus
 from app.events.bus import EventBus
 from app.jobs.stream import StreamClosed, job_events
 from app.store import jobs as job_store
-from app.store import migrate
-from app.store import repository as repo
+from app.store import migrate, transitions
 from app.store.ids import new_job_id
 from app.store.store import Store
 from tests.helpers.service import FakeUpstream, Service
@@ -109,7 +108,7 @@ async def store(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
 
 
 def _started(job_id: str, i: int) -> Any:
-    return repo.mark_agent_started(
+    return transitions.mark_agent_started(
         job_id, f"a{i}", attempt=1, model="m", system_prompt=None, prompt="p"
     )
 
@@ -130,7 +129,7 @@ async def test_no_gap_and_no_duplicate_where_replay_meets_live(store: Any) -> No
     for i in range(10, 40):
         await st.write(_started(job_id, i))
         await asyncio.sleep(0)
-    await st.write(repo.mark_job_finished(job_id, JobStatus.cancelled, "test"))
+    await st.write(transitions.mark_job_finished(job_id, JobStatus.cancelled, "test"))
     await asyncio.wait_for(consumer, 5)
     assert seen == list(range(1, 43))
 
@@ -166,7 +165,7 @@ async def test_the_terminal_event_committed_at_the_seam_is_sent(
 
     async def finish_now() -> None:
         await st.write(_started(job_id, 0))
-        await st.write(repo.mark_job_finished(job_id, JobStatus.cancelled, "test"))
+        await st.write(transitions.mark_job_finished(job_id, JobStatus.cancelled, "test"))
 
     original_read = st.read
 
@@ -189,5 +188,5 @@ async def test_a_resume_point_past_the_end_closes_with_the_job(store: Any) -> No
     stream = job_events(st, bus, job_id, 1000)
     task = asyncio.ensure_future(anext(stream, None))
     await asyncio.sleep(0.05)
-    await st.write(repo.mark_job_finished(job_id, JobStatus.cancelled, "test"))
+    await st.write(transitions.mark_job_finished(job_id, JobStatus.cancelled, "test"))
     assert await asyncio.wait_for(task, 5) is None  # closed, nothing after 1000 to send

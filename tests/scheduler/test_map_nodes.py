@@ -633,22 +633,23 @@ async def test_sub_agents_created_as_a_cancel_lands_end_cancelled(
     are stored but never registered with the run, and must still end cancelled."""
     import asyncio
 
-    from app.store import repository as repo
+    from app.store import transitions
 
-    real = repo.expand_agent
+    real = transitions.expand_agent
     loop = asyncio.get_running_loop()
     scheduler = service.app.state.services.scheduler
 
     def cancelling_expand(job_id: str, *args: Any, **kwargs: Any) -> Any:
         inner = real(job_id, *args, **kwargs)
 
-        def op(tx: Any) -> None:
-            inner(tx)
+        def op(tx: Any) -> bool:
+            expanded = inner(tx)
             loop.call_soon_threadsafe(scheduler.runs[job_id].cancel, "cancelled by request")
+            return expanded
 
         return op
 
-    monkeypatch.setattr(repo, "expand_agent", cancelling_expand)
+    monkeypatch.setattr(transitions, "expand_agent", cancelling_expand)
     job = await service.submit(list_job("skip_dependents", n=3))
     done = await service.wait(job["id"])
     assert done["status"] == "cancelled"
@@ -805,18 +806,18 @@ async def test_a_job_whose_run_keeps_crashing_is_failed_not_retried_for_ever(
     service: Service, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from app.scheduler import scheduler as scheduler_module
-    from app.store import repository as repo
+    from app.store import transitions
 
     monkeypatch.setattr(scheduler_module, "RECOVERY_DELAY_S", 0.01)
     monkeypatch.setattr(scheduler_module, "RECOVERY_DELAY_CAP_S", 0.01)
 
-    def broken(job_id: str, agent_id: str, c: repo.Completion) -> Any:
+    def broken(job_id: str, agent_id: str, **kwargs: Any) -> Any:
         def op(tx: Any) -> None:
             raise RuntimeError("this write can never succeed")
 
         return op
 
-    monkeypatch.setattr(repo, "mark_agent_completed", broken)
+    monkeypatch.setattr(transitions, "mark_agent_completed", broken)
     job = await service.submit({"agents": [{"id": "a", "task": "x"}]})
     done = await service.wait(job["id"])
     assert done["status"] == "failed"

@@ -11,8 +11,7 @@ import pytest
 from app.config import Settings
 from app.scheduler import scheduler as scheduler_module
 from app.store import jobs as job_store
-from app.store import repository as repo
-from app.store import tables
+from app.store import tables, transitions
 from tests.helpers.service import FakeUpstream, Service, make_settings, start_service
 
 
@@ -20,11 +19,11 @@ async def test_a_run_whose_write_failed_is_resumed_from_the_database(
     service: Service, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(scheduler_module, "RECOVERY_DELAY_S", 0.05)
-    real = repo.mark_agent_completed
+    real = transitions.mark_agent_completed
     failures = {"left": 1}
 
-    def flaky(job_id: str, agent_id: str, c: repo.Completion) -> Any:
-        inner = real(job_id, agent_id, c)
+    def flaky(job_id: str, agent_id: str, **kwargs: Any) -> Any:
+        inner = real(job_id, agent_id, **kwargs)
 
         def op(tx: Any) -> None:
             if agent_id == "b" and failures["left"]:
@@ -34,7 +33,7 @@ async def test_a_run_whose_write_failed_is_resumed_from_the_database(
 
         return op
 
-    monkeypatch.setattr(repo, "mark_agent_completed", flaky)
+    monkeypatch.setattr(transitions, "mark_agent_completed", flaky)
     job = await service.submit(
         {"agents": [{"id": "a", "task": "one"}, {"id": "b", "task": "two", "depends_on": ["a"]}]}
     )
@@ -44,6 +43,37 @@ async def test_a_run_whose_write_failed_is_resumed_from_the_database(
     assert len(fake_upstream.calls_with("one")) == 1
     b = (await service.client.get(f"/jobs/{job['id']}/agents/b")).json()
     assert b["attempts"] == 2
+
+
+async def test_a_write_the_database_refuses_stops_the_run_which_resumes(
+    service: Service, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store refuses b's completion once (as if b had finished meanwhile): the run must
+    not carry on as if it were written, but resume from what the database holds."""
+    monkeypatch.setattr(scheduler_module, "RECOVERY_DELAY_S", 0.05)
+    real = transitions.mark_agent_completed
+    refusals = {"left": 1}
+
+    def refused(job_id: str, agent_id: str, **kwargs: Any) -> Any:
+        inner = real(job_id, agent_id, **kwargs)
+
+        def op(tx: Any) -> bool:
+            if agent_id == "b" and refusals["left"]:
+                refusals["left"] -= 1
+                return False
+            return inner(tx)
+
+        return op
+
+    monkeypatch.setattr(transitions, "mark_agent_completed", refused)
+    job = await service.submit(
+        {"agents": [{"id": "a", "task": "one"}, {"id": "b", "task": "two", "depends_on": ["a"]}]}
+    )
+    done = await service.wait(job["id"], timeout=10)
+    assert done["status"] == "completed"
+    b = (await service.client.get(f"/jobs/{job['id']}/agents/b")).json()
+    assert b["status"] == "completed" and b["attempts"] == 2
+    assert len(fake_upstream.calls_with("two")) == 2
 
 
 async def test_cancel_ends_a_job_that_no_run_is_driving(

@@ -11,11 +11,11 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
 from app.engine.lifecycle import AgentStatus, JobStatus
+from app.engine.usage import Usage
 from app.events.bus import EventBus
 from app.store import events as event_store
 from app.store import jobs as job_store
-from app.store import migrate
-from app.store import repository as repo
+from app.store import migrate, transitions
 from app.store.ids import new_job_id
 from app.store.models import metadata
 from app.store.store import Store
@@ -66,23 +66,18 @@ async def test_a_thousand_agents_finishing_at_once_never_lock_the_database(
         async def finish(i: int) -> None:
             aid = f"a{i}"
             await store.write(
-                repo.mark_agent_started(
+                transitions.mark_agent_started(
                     job_id, aid, attempt=1, model="m", system_prompt=None, prompt=f"p{i}"
                 )
             )
             await store.write(
-                repo.mark_agent_completed(
+                transitions.mark_agent_completed(
                     job_id,
                     aid,
-                    repo.Completion(
-                        output=f"out{i}",
-                        finish_reason="stop",
-                        prompt_tokens=3,
-                        completion_tokens=2,
-                        total_tokens=5,
-                        cost_usd=0.001,
-                        latency_ms=1.0,
-                    ),
+                    output=f"out{i}",
+                    finish_reason="stop",
+                    usage=Usage(3, 2, 5, 0.001),
+                    latency_ms=1.0,
                 )
             )
 
@@ -152,7 +147,7 @@ async def test_delete_refuses_unfinished_jobs(tmp_path: Path) -> None:
         job_id, _ = await store.write(job_store.create_job(_new_job(3)))
         with pytest.raises(job_store.JobStillRunningError):
             await store.write(job_store.delete_job(job_id))
-        await store.write(repo.mark_job_finished(job_id, JobStatus.cancelled, "test"))
+        await store.write(transitions.mark_job_finished(job_id, JobStatus.cancelled, "test"))
         await store.write(job_store.delete_job(job_id))
         assert await store.read(lambda c: job_store.get_job(c, job_id)) is None
         assert await store.read(lambda c: event_store.events_after(c, job_id, 0)) == []

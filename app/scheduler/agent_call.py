@@ -1,0 +1,333 @@
+"""One agent's call: its request, the one retry loop, each attempt through the gates, and
+its state changes (started, retrying, completed, failed) written to the store."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from app.config import Settings
+from app.engine.lifecycle import AgentKind
+from app.engine.mapping import PlanError, parse_plan
+from app.engine.run_state import SubAgent
+from app.engine.spec import ResolvedAgent, ResponseFormat
+from app.engine.templates import render_system_prompt
+from app.engine.usage import Usage
+from app.metrics import Metrics
+from app.scheduler.gates import Gates, estimate_tokens
+from app.scheduler.limits import Outcome
+from app.store import transitions as ops
+from app.store.store import Store
+from app.store.writer import WriteOp
+from app.upstream.client import AgentRequest, CallResult, call_chat
+from app.upstream.errors import FailureReason, UpstreamFailure, classify
+from app.upstream.pool import NoRouteError, Route, UpstreamPool
+from app.upstream.retry import retry_delay
+
+# Failures that mean "the upstream is saturated": they shrink the model's adaptive limit.
+OVERLOAD_REASONS = frozenset({FailureReason.rate_limited, FailureReason.timeout})
+# The outcome label of swarm_upstream_requests for each failure.
+_OUTCOME_LABEL = {
+    FailureReason.rate_limited: "429",
+    FailureReason.server_error: "5xx",
+    FailureReason.timeout: "timeout",
+}
+
+
+class StoreWriteError(RuntimeError):
+    """A state change of an agent could not be written."""
+
+
+@dataclass(frozen=True)
+class AgentOutcome:
+    """How one unit of work ended: an answer, a failure, or a fan-out (its sub-agents
+    now run, and the node itself is not finished)."""
+
+    agent_id: str
+    completed: bool
+    output: str | None = None
+    error: str | None = None
+    cost_usd: float | None = None
+    items: list[SubAgent] | None = None  # a map node fanned out into these
+    merge_level: list[SubAgent] | None = None  # a reducer planned this merge level
+
+
+@dataclass(frozen=True)
+class PlanCheck:
+    """A planner's answer must be the list its map nodes fan out over."""
+
+    paths: tuple[tuple[str, ...], ...]
+    map_nodes: tuple[str, ...]
+
+
+class AgentCaller:
+    """Makes the calls of one job's agents."""
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        tenant: str,
+        context: dict[str, Any],
+        default_model: str,
+        store: Store,
+        upstreams: UpstreamPool,
+        settings: Settings,
+        gates: Gates,
+        metrics: Metrics,
+        draining: Callable[[], bool],
+        spend: Callable[[float | None], None],
+    ) -> None:
+        self.job_id = job_id
+        self.tenant = tenant
+        self.context = context
+        self.default_model = default_model
+        self.store = store
+        self.upstreams = upstreams
+        self.settings = settings
+        self.gates = gates
+        self.metrics = metrics
+        self._draining = draining
+        self._spend = spend
+        # Agents whose upstream call is in flight right now (not waiting for a slot).
+        self.in_call: set[str] = set()
+        self._rng = random.Random()
+
+    async def persist(self, op: WriteOp[object]) -> None:
+        try:
+            written = await self.store.write(op)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise StoreWriteError(f"{type(exc).__name__}: {exc}") from exc
+        if written is False:
+            # The row is not where the run thought (finished already): the run stops and
+            # resumes from what the database holds.
+            raise StoreWriteError("the database refused a transition the run expected")
+
+    async def fail(self, agent_id: str, error: str, reason: str) -> AgentOutcome:
+        await self.persist(ops.mark_agent_failed(self.job_id, agent_id, error=error, reason=reason))
+        return AgentOutcome(agent_id, False, error=error)
+
+    def request(self, agent: ResolvedAgent, route: Route, prompt: str) -> AgentRequest:
+        system = (
+            render_system_prompt(agent.system_prompt, context=self.context)
+            if agent.system_prompt
+            else None
+        )
+        return AgentRequest(
+            model=route.model.name,
+            upstream_model=route.wire_model,
+            system_prompt=system,
+            prompt=prompt,
+            temperature=agent.temperature,
+            max_tokens=agent.max_tokens,
+            json_mode=agent.response_format is ResponseFormat.json,
+            timeout_s=agent.timeout_s,
+            extra_body=dict(route.model.extra_body),
+        )
+
+    def route(self, agent: ResolvedAgent) -> Route:
+        return self.upstreams.route(agent.model or self.default_model)
+
+    async def call(
+        self,
+        agent: ResolvedAgent,
+        prompt: Callable[[], str],
+        *,
+        kind: AgentKind = AgentKind.agent,
+        attempts_before: int = 0,
+        unused: Usage | None = None,
+        plan: PlanCheck | None = None,
+    ) -> AgentOutcome:
+        """`prompt` is rendered once, after the route is known; `unused`: answers paid
+        for before a restart but not used."""
+        agent_id = agent.id
+        try:
+            route = self.route(agent)
+        except NoRouteError as exc:
+            # Configuration changed since the job was accepted (submit checks routes).
+            return await self.fail(agent_id, str(exc), "no_route")
+        req = self.request(agent, route, prompt())
+        if req.prompt_chars > self.settings.max_prompt_chars:
+            return await self.fail(
+                agent_id, self._too_large(agent_id, kind, req), "prompt_too_large"
+            )
+        max_retries = (
+            agent.max_retries
+            if agent.max_retries is not None
+            else self.settings.default_max_retries
+        )
+        max_attempts = 1 + max_retries
+        attempt = attempts_before
+        # Answers paid for but not used (a planner's answer that was no list).
+        wasted = unused or Usage()
+        while True:
+            attempt += 1
+            outcome = await self._attempt(agent_id, attempt, route, req)
+            if isinstance(outcome, CallResult) and plan is not None:
+                try:
+                    parse_plan(outcome.output, plan.paths)
+                except PlanError as exc:
+                    paid = self._priced(route, outcome.usage)
+                    wasted += paid
+                    self._spend(paid.cost_usd)
+                    outcome = UpstreamFailure(
+                        FailureReason.invalid_plan,
+                        f"agent {agent_id!r} is the planner of map node(s) "
+                        f"{', '.join(plan.map_nodes)}, and {exc}",
+                    )
+            if isinstance(outcome, CallResult):
+                result = outcome
+                break
+            last = outcome
+            if last.retryable and attempt < max_attempts:
+                delay = retry_delay(
+                    attempt,
+                    last.retry_after_s,
+                    base_s=self.settings.retry_backoff_base_s,
+                    cap_s=self.settings.retry_backoff_cap_s,
+                    rng=self._rng,
+                )
+                await self.persist(
+                    ops.mark_agent_retrying(
+                        self.job_id,
+                        agent_id,
+                        attempt=attempt,
+                        reason=str(last.reason),
+                        error=last.message,
+                        delay_s=delay,
+                        rate_limited=last.reason is FailureReason.rate_limited,
+                        unused=wasted,
+                    )
+                )
+                if self._draining():
+                    raise asyncio.CancelledError  # resumes on the next start
+                await asyncio.sleep(delay)
+                continue
+            error = last.message
+            if last.retryable:
+                error = f"gave up after {attempt} attempt(s): {last.message}"
+            await self.persist(
+                ops.mark_agent_failed(
+                    self.job_id, agent_id, error=error, reason=str(last.reason), unused=wasted
+                )
+            )
+            return AgentOutcome(agent_id, False, error=error)
+        paid = self._priced(route, result.usage)
+        await self.persist(
+            ops.mark_agent_completed(
+                self.job_id,
+                agent_id,
+                output=result.output,
+                finish_reason=result.finish_reason,
+                usage=wasted + paid,
+                latency_ms=result.latency_ms,
+            )
+        )
+        return AgentOutcome(agent_id, True, output=result.output, cost_usd=paid.cost_usd)
+
+    def _too_large(self, agent_id: str, kind: AgentKind, req: AgentRequest) -> str:
+        limit = self.settings.max_prompt_chars
+        if kind is AgentKind.item:
+            advice = (
+                f"with its item filled in, over the limit of {limit:,}; have the planner give "
+                "shorter items, or map over the text itself, which is cut into chunks"
+            )
+        else:
+            advice = (
+                f"with its dependencies' outputs filled in, over the limit of {limit:,}; have "
+                "the dependencies answer shorter (max_tokens) or reference fewer of them"
+            )
+        return f"agent {agent_id!r}: its prompt is {req.prompt_chars:,} characters {advice}"
+
+    @staticmethod
+    def _priced(route: Route, usage: Usage) -> Usage:
+        return usage.priced(route.model.cost(usage.prompt_tokens, usage.completion_tokens))
+
+    def _observe_success(self, model: str, result: CallResult, route: Route) -> None:
+        m = self.metrics
+        label = m.model_label(model)
+        usage = result.usage
+        m.upstream_requests.labels(label, "ok").inc()
+        m.upstream_latency.labels(label).observe(result.latency_ms / 1000)
+        if usage.prompt_tokens is not None:
+            m.tokens.labels(label, "prompt").inc(usage.prompt_tokens)
+        if usage.completion_tokens is not None:
+            m.tokens.labels(label, "completion").inc(usage.completion_tokens)
+        cost = route.model.cost(usage.prompt_tokens, usage.completion_tokens)
+        if cost is not None:
+            m.cost.labels(label).inc(cost)
+
+    def _observe_failure(self, model: str, failure: UpstreamFailure, seconds: float) -> None:
+        m = self.metrics
+        label = m.model_label(model)
+        m.upstream_latency.labels(label).observe(seconds)
+        m.upstream_requests.labels(label, _OUTCOME_LABEL.get(failure.reason, "error")).inc()
+
+    async def _attempt(
+        self, agent_id: str, attempt: int, route: Route, req: AgentRequest
+    ) -> CallResult | UpstreamFailure:
+        """One call through every limit: the model's adaptive limit and rate buckets, the
+        global limit, the upstream's pool. The attempt is recorded (and counted) once all
+        are passed, just before the call, so `running` means really in flight."""
+        gate = self.gates.for_model(route.model)
+        estimate = (
+            estimate_tokens(req.system_prompt, req.prompt, req.max_tokens)
+            if gate.rate is not None
+            else 0
+        )
+        async with gate.concurrency.slot(self.job_id, group=self.tenant, active=False) as permit:
+            if gate.rate is not None:
+                await gate.rate.admit(estimate)
+            async with (
+                self.gates.global_slots.slot(self.job_id, self.tenant),
+                route.upstream.connections,
+            ):
+                if self._draining():
+                    # Shutting down: the slots came too late; this agent resumes next start.
+                    raise asyncio.CancelledError
+                self.in_call.add(agent_id)
+                gate.concurrency.activate(permit)
+                await self.persist(
+                    ops.mark_agent_started(
+                        self.job_id,
+                        agent_id,
+                        attempt=attempt,
+                        model=req.model,
+                        system_prompt=req.system_prompt,
+                        prompt=req.prompt,
+                    )
+                )
+                started = time.perf_counter()
+                try:
+                    result = await call_chat(route.upstream.client, req)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    failure = classify(
+                        exc,
+                        agent_id=agent_id,
+                        model=req.model,
+                        context_window=route.model.context_window,
+                        prompt_chars=req.prompt_chars,
+                        retry_after_cap_s=self.settings.retry_after_cap_s,
+                    )
+                    permit.outcome = (
+                        Outcome.overload if failure.reason in OVERLOAD_REASONS else Outcome.error
+                    )
+                    if gate.rate is not None:
+                        gate.rate.settle(estimate, 0)
+                    self._observe_failure(req.model, failure, time.perf_counter() - started)
+                    return failure
+                finally:
+                    self.in_call.discard(agent_id)
+            permit.outcome = Outcome.ok
+            self._observe_success(req.model, result, route)
+            if gate.rate is not None:
+                gate.rate.settle(estimate, result.usage.total_tokens or estimate)
+            return result

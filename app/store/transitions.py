@@ -1,0 +1,520 @@
+"""The state changes of a run, each one named write op guarded in SQL by the statuses it
+may be entered from (app/engine/lifecycle.py), so the database refuses an impossible
+transition; the payload of the event each emits is defined beside it."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from sqlalchemy import Connection, TextClause, Update, bindparam, func, insert, select, text, update
+
+from app.engine.lifecycle import (
+    AGENT_ENTERED_FROM,
+    FINISHED_JOB_STATUSES,
+    JOB_ENTERED_FROM,
+    UNFINISHED_AGENT_STATUSES,
+    AgentKind,
+    AgentStatus,
+    JobStatus,
+)
+from app.engine.run_state import StoredAgent
+from app.engine.usage import Usage
+from app.events.types import EventType
+from app.store.models import utcnow
+from app.store.tables import AGENT_ORDER, agents_t, dumps, jobs_t
+from app.store.writer import Tx, WriteOp
+from app.text import clean_text
+
+
+def _enter(tx: Tx, job_id: str, agent_id: str, status: AgentStatus, values: dict[str, Any]) -> bool:
+    """Move one agent to `status` if its current status allows it; False if refused."""
+    params = {f"v_{k}": clean_text(v) if isinstance(v, str) else v for k, v in values.items()}
+    params["b_job"] = job_id
+    params["b_agent"] = agent_id
+    result = tx.conn.execute(_enter_statement(status, tuple(values)), params)
+    return bool(result.rowcount)
+
+
+@functools.cache
+def _enter_statement(status: AgentStatus, columns: tuple[str, ...]) -> Update:
+    # Built once per shape: building a statement costs more than running it on SQLite.
+    return (
+        update(agents_t)
+        .where(
+            agents_t.c.job_id == bindparam("b_job"),
+            agents_t.c.agent_id == bindparam("b_agent"),
+            _status_in(AGENT_ENTERED_FROM[status]),
+        )
+        .values(status=status, **{c: bindparam(f"v_{c}") for c in columns})
+    )
+
+
+def _status_in(statuses: frozenset[AgentStatus]) -> TextClause:
+    # Written out, not an expanding parameter, which costs a recompile per execution.
+    listed = ", ".join(f"'{s.value}'" for s in sorted(statuses))
+    return text(f"agents.status IN ({listed})")
+
+
+# -- the job ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartDecision:
+    start: bool  # False: the job has finished (cancelled in the meantime) or is gone
+    cancel_requested: bool
+
+
+class JobStartedData(TypedDict):
+    resumed: bool
+
+
+def mark_job_started(job_id: str, resumed: bool) -> WriteOp[StartDecision]:
+    """Mark the job running, unless it has finished meanwhile (a cancel can land between
+    the submit and the run's start): a finished job never comes back to life."""
+
+    def op(tx: Tx) -> StartDecision:
+        row = tx.conn.execute(
+            select(jobs_t.c.status, jobs_t.c.cancel_requested).where(jobs_t.c.id == job_id)
+        ).first()
+        if row is None or row.status in FINISHED_JOB_STATUSES:
+            return StartDecision(False, False)
+        now = utcnow()
+        tx.conn.execute(
+            update(jobs_t)
+            .where(jobs_t.c.id == job_id, jobs_t.c.status.in_(JOB_ENTERED_FROM[JobStatus.running]))
+            .values(status=JobStatus.running, started_at=func.coalesce(jobs_t.c.started_at, now))
+        )
+        if resumed:
+            # Agents caught mid-call by a crash go back to pending; their attempt stays counted.
+            # (A running map node is waiting for its items, which resume under it.)
+            # Nor is an agent waiting for its merge steps.
+            parents = (
+                select(agents_t.c.parent_id)
+                .where(agents_t.c.job_id == job_id, agents_t.c.parent_id.is_not(None))
+                .distinct()
+            )
+            tx.conn.execute(
+                update(agents_t)
+                .where(
+                    agents_t.c.job_id == job_id,
+                    agents_t.c.status == AgentStatus.running,
+                    agents_t.c.kind != AgentKind.map,
+                    agents_t.c.agent_id.not_in(parents),
+                )
+                .values(status=AgentStatus.pending)
+            )
+        tx.emit(job_id, EventType.job_started, **JobStartedData(resumed=resumed))
+        return StartDecision(True, bool(row.cancel_requested))
+
+    return op
+
+
+_TERMINAL_EVENT = {
+    JobStatus.completed: EventType.job_completed,
+    JobStatus.failed: EventType.job_failed,
+    JobStatus.cancelled: EventType.job_cancelled,
+}
+
+
+class JobFinishedData(TypedDict, total=False):
+    counts: dict[str, int]  # agents by status
+    error: str
+
+
+def mark_job_finished(job_id: str, status: JobStatus, error: str | None) -> WriteOp[bool]:
+    """The job's terminal status; False (and no event) if it has finished already."""
+
+    def op(tx: Tx) -> bool:
+        ended = tx.conn.execute(
+            update(jobs_t)
+            .where(jobs_t.c.id == job_id, jobs_t.c.status.in_(JOB_ENTERED_FROM[status]))
+            .values(status=status, error=error, finished_at=utcnow())
+        )
+        if not ended.rowcount:
+            return False
+        counts: dict[str, int] = dict(
+            tx.conn.execute(
+                select(agents_t.c.status, func.count())
+                .where(agents_t.c.job_id == job_id)
+                .group_by(agents_t.c.status)
+            ).all()
+        )
+        data = JobFinishedData(counts={str(k): int(v) for k, v in counts.items()})
+        if error:
+            data["error"] = error
+        tx.emit(job_id, _TERMINAL_EVENT[status], **data)
+        return True
+
+    return op
+
+
+# -- one agent ----------------------------------------------------------------------------
+
+
+class AgentStartedData(TypedDict):
+    attempt: int
+    model: str
+
+
+def mark_agent_started(
+    job_id: str,
+    agent_id: str,
+    *,
+    attempt: int,
+    model: str,
+    system_prompt: str | None,
+    prompt: str,
+) -> WriteOp[bool]:
+    def op(tx: Tx) -> bool:
+        values: dict[str, Any] = {
+            "attempts": attempt,
+            "model": model,
+            "system_prompt": system_prompt,
+            "prompt": prompt,
+        }
+        if attempt == 1:
+            values["started_at"] = utcnow()
+        if not _enter(tx, job_id, agent_id, AgentStatus.running, values):
+            return False
+        tx.emit(
+            job_id,
+            EventType.agent_started,
+            agent_id,
+            **AgentStartedData(attempt=attempt, model=model),
+        )
+        return True
+
+    return op
+
+
+class AgentRetryingData(TypedDict):
+    attempt: int
+    reason: str
+    error: str
+    delay_s: float
+
+
+def mark_agent_retrying(
+    job_id: str,
+    agent_id: str,
+    *,
+    attempt: int,
+    reason: str,
+    error: str,
+    delay_s: float,
+    rate_limited: bool,
+    unused: Usage | None = None,
+) -> WriteOp[bool]:
+    """`unused`: what the agent's unused answers have cost so far (a planner's answers that
+    were no list), kept on its row so that a restart does not forget them."""
+
+    def op(tx: Tx) -> bool:
+        values: dict[str, Any] = {"last_error": clean_text(error)}
+        if rate_limited:
+            values["rate_limited"] = agents_t.c.rate_limited + 1
+        if unused:
+            values.update(unused.columns())
+        retried = tx.conn.execute(
+            update(agents_t)
+            .where(
+                agents_t.c.job_id == job_id,
+                agents_t.c.agent_id == agent_id,
+                agents_t.c.status.in_(AGENT_ENTERED_FROM[AgentStatus.running]),
+            )
+            .values(**values)
+        )
+        if not retried.rowcount:
+            return False
+        data = AgentRetryingData(
+            attempt=attempt, reason=reason, error=error, delay_s=round(delay_s, 3)
+        )
+        tx.emit(job_id, EventType.agent_retrying, agent_id, **data)
+        return True
+
+    return op
+
+
+class AgentCompletedData(TypedDict):
+    usage: dict[str, int | None]
+    cost_usd: float | None
+    latency_ms: float
+    finish_reason: str | None
+
+
+def mark_agent_completed(
+    job_id: str,
+    agent_id: str,
+    *,
+    output: str,
+    finish_reason: str | None,
+    usage: Usage,
+    latency_ms: float,
+) -> WriteOp[bool]:
+    """`usage`: of every answer the agent was paid for, this one included."""
+
+    def op(tx: Tx) -> bool:
+        values: dict[str, Any] = {
+            "output": output,
+            "finish_reason": finish_reason,
+            **usage.columns(),
+            "latency_ms": latency_ms,
+            "last_error": None,
+            "finished_at": utcnow(),
+        }
+        if not _enter(tx, job_id, agent_id, AgentStatus.completed, values):
+            return False
+        data = AgentCompletedData(
+            usage=usage.tokens(),
+            cost_usd=usage.cost_usd,
+            latency_ms=round(latency_ms, 1),
+            finish_reason=finish_reason,
+        )
+        tx.emit(job_id, EventType.agent_completed, agent_id, **data)
+        return True
+
+    return op
+
+
+class AgentFailedData(TypedDict):
+    error: str
+    reason: str
+
+
+def mark_agent_failed(
+    job_id: str, agent_id: str, *, error: str, reason: str, unused: Usage | None = None
+) -> WriteOp[bool]:
+    def op(tx: Tx) -> bool:
+        values: dict[str, Any] = {"last_error": error, "finished_at": utcnow()}
+        if unused:
+            values.update(unused.columns())
+        if not _enter(tx, job_id, agent_id, AgentStatus.failed, values):
+            return False
+        tx.emit(
+            job_id, EventType.agent_failed, agent_id, **AgentFailedData(error=error, reason=reason)
+        )
+        return True
+
+    return op
+
+
+# -- map nodes and merge levels -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewSubAgent:
+    """A sub-agent a run creates: an item of a map node or a step of a reduce."""
+
+    agent_id: str
+    kind: AgentKind
+    sub_index: int
+    model: str
+    depends_on: list[str]
+    item: Any
+
+
+class AgentExpandedData(TypedDict, total=False):
+    count: int
+    agents: list[str]
+    kind: str  # "map" or "merge"
+    level: int  # of a merge
+
+
+def expand_agent(
+    job_id: str,
+    parent_id: str,
+    subs: Sequence[NewSubAgent],
+    *,
+    kind: str,
+    level: int | None = None,
+) -> WriteOp[bool]:
+    """Create `subs` under `parent_id` (one statement) and mark the parent running; one
+    `agent.expanded` event for the parent lists them. Refused (nothing created) if the
+    parent has finished."""
+
+    def op(tx: Tx) -> bool:
+        parent = tx.conn.execute(
+            select(agents_t.c.position, agents_t.c.started_at).where(
+                agents_t.c.job_id == job_id, agents_t.c.agent_id == parent_id
+            )
+        ).one()
+        values: dict[str, Any] = {}
+        if parent.started_at is None:
+            values["started_at"] = utcnow()
+        if not _enter(tx, job_id, parent_id, AgentStatus.running, values):
+            return False
+        if subs:
+            tx.conn.execute(
+                insert(agents_t),
+                [
+                    {
+                        "job_id": job_id,
+                        "agent_id": sub.agent_id,
+                        "position": parent.position,
+                        "status": AgentStatus.pending,
+                        "model": sub.model,
+                        "depends_on_json": dumps(sub.depends_on),
+                        "attempts": 0,
+                        "rate_limited": 0,
+                        "kind": sub.kind,
+                        "parent_id": parent_id,
+                        "sub_index": sub.sub_index,
+                        "item_json": clean_text(dumps(sub.item)),
+                    }
+                    for sub in subs
+                ],
+            )
+            tx.conn.execute(
+                update(jobs_t)
+                .where(jobs_t.c.id == job_id)
+                .values(agents_total=jobs_t.c.agents_total + len(subs))
+            )
+        data = AgentExpandedData(count=len(subs), agents=[s.agent_id for s in subs], kind=kind)
+        if level is not None:
+            data["level"] = level
+        tx.emit(job_id, EventType.agent_expanded, parent_id, **data)
+        return True
+
+    return op
+
+
+class MapCompletedData(TypedDict):
+    parts: int
+    failed_parts: int
+
+
+def mark_map_completed(job_id: str, agent_id: str, outputs: list[str | None]) -> WriteOp[bool]:
+    """A map node whose items have all finished: its output is their outputs' list."""
+
+    def op(tx: Tx) -> bool:
+        values = {"output": dumps(outputs), "last_error": None, "finished_at": utcnow()}
+        if not _enter(tx, job_id, agent_id, AgentStatus.completed, values):
+            return False
+        data = MapCompletedData(parts=len(outputs), failed_parts=sum(o is None for o in outputs))
+        tx.emit(job_id, EventType.agent_completed, agent_id, **data)
+        return True
+
+    return op
+
+
+# -- many agents at once ------------------------------------------------------------------
+
+_BULK_EVENT = {
+    AgentStatus.skipped: EventType.agent_skipped,
+    AgentStatus.cancelled: EventType.agent_cancelled,
+}
+
+
+class AgentEndedData(TypedDict):
+    reason: str
+
+
+def mark_agents_ended(
+    job_id: str, agent_ids: Sequence[str], status: AgentStatus, reason: str
+) -> WriteOp[None]:
+    """Skip or cancel many agents at once (one statement, one event each)."""
+    event_type = _BULK_EVENT[status]
+
+    def op(tx: Tx) -> None:
+        if not agent_ids:
+            return
+        now = utcnow()
+        allowed = AGENT_ENTERED_FROM[status]
+        # Chunked: SQLite caps bound parameters per statement.
+        for start in range(0, len(agent_ids), 500):
+            chunk = list(agent_ids[start : start + 500])
+            # Only agents still unfinished: one whose result landed as it was being
+            # cancelled keeps its result.
+            ended = {
+                r.agent_id
+                for r in tx.conn.execute(
+                    select(agents_t.c.agent_id).where(
+                        agents_t.c.job_id == job_id,
+                        agents_t.c.agent_id.in_(chunk),
+                        agents_t.c.status.in_(allowed),
+                    )
+                )
+            }
+            if not ended:
+                continue
+            tx.conn.execute(
+                update(agents_t)
+                .where(
+                    agents_t.c.job_id == job_id,
+                    agents_t.c.agent_id.in_(ended),
+                    agents_t.c.status.in_(allowed),
+                )
+                .values(status=status, last_error=reason, finished_at=now)
+            )
+            for agent_id in chunk:
+                if agent_id in ended:
+                    tx.emit(job_id, event_type, agent_id, **AgentEndedData(reason=reason))
+
+    return op
+
+
+def cancel_unfinished_agents(job_id: str, reason: str) -> WriteOp[None]:
+    """Cancel every agent of the job still pending or running, sub-agents included (also
+    any created by a write that committed as its run was being stopped)."""
+
+    def op(tx: Tx) -> None:
+        pending = [
+            r.agent_id
+            for r in tx.conn.execute(
+                select(agents_t.c.agent_id)
+                .where(
+                    agents_t.c.job_id == job_id,
+                    agents_t.c.status.in_(UNFINISHED_AGENT_STATUSES),
+                )
+                .order_by(*AGENT_ORDER)
+            )
+        ]
+        mark_agents_ended(job_id, pending, AgentStatus.cancelled, reason)(tx)
+
+    return op
+
+
+# -- what a resumed run reads -------------------------------------------------------------
+
+
+def agent_states(conn: Connection, job_id: str) -> list[StoredAgent]:
+    """What a resumed run needs to know of each agent, in the run's order."""
+    rows = conn.execute(
+        select(
+            agents_t.c.agent_id,
+            agents_t.c.status,
+            agents_t.c.output,
+            agents_t.c.attempts,
+            agents_t.c.cost_usd,
+            agents_t.c.prompt_tokens,
+            agents_t.c.completion_tokens,
+            agents_t.c.total_tokens,
+            agents_t.c.last_error,
+            agents_t.c.kind,
+            agents_t.c.parent_id,
+            agents_t.c.item_json,
+        )
+        .where(agents_t.c.job_id == job_id)
+        .order_by(*AGENT_ORDER)
+    ).all()
+    return [
+        StoredAgent(
+            agent_id=r.agent_id,
+            status=AgentStatus(r.status),
+            kind=AgentKind(r.kind),
+            parent_id=r.parent_id,
+            output=r.output,
+            last_error=r.last_error,
+            attempts=int(r.attempts or 0),
+            usage=Usage(
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.total_tokens,
+                None if r.cost_usd is None else float(r.cost_usd),
+            ),
+            item_json=r.item_json,
+        )
+        for r in rows
+    ]
