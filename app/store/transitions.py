@@ -34,8 +34,8 @@ def _enter(tx: Tx, job_id: str, agent_id: str, status: AgentStatus, values: dict
     params = {f"v_{k}": clean_text(v) if isinstance(v, str) else v for k, v in values.items()}
     params["b_job"] = job_id
     params["b_agent"] = agent_id
-    result = tx.conn.execute(_enter_statement(status, tuple(values)), params)
-    return bool(result.rowcount)
+    stmt = _enter_statement(status, tuple(values))
+    return tx.guarded_update(stmt, params, (job_id, agent_id))
 
 
 @functools.cache

@@ -11,16 +11,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, Executable, func, insert, select
 
 from app.events.bus import EventBus, StoredEvent
 from app.events.types import TERMINAL_JOB_EVENTS
-from app.store.models import Agent, Event, utcnow
+from app.store.models import Event, utcnow
 from app.text import clean_text
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _events_table = Event.__table__  # type: ignore[attr-defined]
-_agents_table = Agent.__table__  # type: ignore[attr-defined]
 
 
 class StoreClosedError(RuntimeError):
@@ -54,55 +53,59 @@ class Refused:
     error: Exception
 
 
+class GuardRefusedError(Exception):
+    """A guarded update of an optimistic batch found its row in a status that refuses it:
+    the batch is written again op by op, so each op learns whether its own update held."""
+
+
 class Tx:
     """What an operation sees: the connection of the open transaction, and `emit`."""
 
-    def __init__(self, conn: Connection, seq_cache: dict[str, int]) -> None:
+    def __init__(
+        self, conn: Connection, seq_cache: dict[str, int], *, optimistic: bool = True
+    ) -> None:
         self._conn = conn
         self._seq_cache = seq_cache
         self.seqs: dict[str, int] = {}
         self.events: list[StoredEvent] = []
         self.forgotten: set[str] = set()
-        # Plain column assignments to agents, merged per agent and written with one
-        # executemany per column set at the end of the batch (or before any other SQL).
-        self._agent_updates: dict[tuple[str, str], dict[str, Any]] = {}
+        # Guarded updates (a row changed only while its status allows it) assumed to hold and
+        # written with one executemany per statement at the end of the batch, or before any
+        # other SQL: the agents' transitions are most of the writes, and one statement each
+        # would cost more than the rest of the batch.
+        self._optimistic = optimistic
+        self._guarded: dict[Executable, list[dict[str, Any]]] = {}
+        self._guarded_rows: set[Hashable] = set()
 
     @property
     def conn(self) -> Connection:
-        """The transaction's connection; deferred agent updates are written first, so an
+        """The transaction's connection; deferred guarded updates are written first, so an
         operation always reads what earlier operations of the batch wrote."""
-        self._flush_agent_updates()
+        self._flush_guarded()
         return self._conn
 
-    def update_agent(self, job_id: str, agent_id: str, values: dict[str, Any]) -> None:
-        """Assign column values to one agent (no SQL expressions: they are merged, so
-        only the final value of each column is written)."""
-        values = {k: clean_text(v) if isinstance(v, str) else v for k, v in values.items()}
-        merged = self._agent_updates.get((job_id, agent_id))
-        if merged is None:
-            self._agent_updates[(job_id, agent_id)] = values
-        else:
-            merged.update(values)
+    def guarded_update(self, stmt: Executable, params: dict[str, Any], row: Hashable) -> bool:
+        """Run an UPDATE of one row (`row` names it) whose WHERE holds its guard. True if it
+        changed the row. In an optimistic batch it is deferred and assumed to hold; if it did
+        not, the flush raises GuardRefusedError and the writer runs the batch again with
+        every op alone."""
+        if not self._optimistic:
+            return bool(self.conn.execute(stmt, params).rowcount)
+        if row in self._guarded_rows:
+            # A second change of the same row in this batch: its guard must see the first.
+            self._flush_guarded()
+        self._guarded.setdefault(stmt, []).append(params)
+        self._guarded_rows.add(row)
+        return True
 
-    def _flush_agent_updates(self) -> None:
-        if not self._agent_updates:
+    def _flush_guarded(self) -> None:
+        if not self._guarded:
             return
-        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for (job_id, agent_id), values in self._agent_updates.items():
-            row = {"b_job": job_id, "b_agent": agent_id}
-            row.update({f"v_{k}": v for k, v in values.items()})
-            groups.setdefault(tuple(sorted(values)), []).append(row)
-        self._agent_updates = {}
-        for columns, rows in groups.items():
-            stmt = (
-                update(_agents_table)
-                .where(
-                    _agents_table.c.job_id == bindparam("b_job"),
-                    _agents_table.c.agent_id == bindparam("b_agent"),
-                )
-                .values({c: bindparam(f"v_{c}") for c in columns})
-            )
-            self._conn.execute(stmt, rows)
+        groups, self._guarded = self._guarded, {}
+        self._guarded_rows = set()
+        for stmt, rows in groups.items():
+            if self._conn.execute(stmt, rows).rowcount != len(rows):
+                raise GuardRefusedError
 
     def _next_seq(self, job_id: str) -> int:
         current = self.seqs.get(job_id)
@@ -142,7 +145,7 @@ class Tx:
         self.events = [e for e in self.events if e.job_id != job_id]
 
     def flush(self) -> None:
-        self._flush_agent_updates()
+        self._flush_guarded()
         if self.events:
             self._conn.execute(
                 insert(_events_table),
@@ -247,8 +250,18 @@ class StoreWriter:
     # -- in the writer thread -------------------------------------------------------------
 
     def _commit(self, ops: list[Callable[[Tx], Any]]) -> tuple[list[Any], Tx]:
+        try:
+            return self._commit_once(ops, optimistic=True)
+        except GuardRefusedError:
+            # Some transition was refused (rare: a result landing on a cancelled agent, a
+            # fenced write): again, each guarded update run at once so its op sees the answer.
+            return self._commit_once(ops, optimistic=False)
+
+    def _commit_once(
+        self, ops: list[Callable[[Tx], Any]], *, optimistic: bool
+    ) -> tuple[list[Any], Tx]:
         with self._engine.begin() as conn:
-            tx = Tx(conn, self._seq_cache)
+            tx = Tx(conn, self._seq_cache, optimistic=optimistic)
             results = [op(tx) for op in ops]
             tx.flush()
         self._seq_cache.update(tx.seqs)

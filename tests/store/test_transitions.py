@@ -3,6 +3,7 @@ allow is refused by the database (no change, no event), on SQLite and PostgreSQL
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -151,3 +152,37 @@ async def test_a_finished_parent_creates_no_sub_agents(store: Store) -> None:
     assert await agent_row(store, job_id, "a0[0]") is None
     states = await store.read(lambda c: transitions.agent_states(c, job_id))
     assert [s.agent_id for s in states] == ["a0", "a1"]
+
+
+async def test_one_refused_transition_in_a_batch_leaves_the_others_written(store: Store) -> None:
+    # Written together, these land in one batch of the writer, whose guarded updates are
+    # written with one statement: a refusal among them must still reach only its own op.
+    job_id = await new_job(store, agents=6)
+    for a in ("a0", "a1", "a2", "a3"):
+        assert await store.write(started(job_id, a))
+    await store.write(
+        transitions.mark_agents_ended(job_id, ["a2"], AgentStatus.cancelled, "stopped")
+    )
+    before = await event_types(store, job_id)
+    batches = store.writer.batches
+    results = await asyncio.gather(
+        store.write(completed(job_id, "a0", "zero")),
+        store.write(completed(job_id, "a1", "one")),
+        store.write(completed(job_id, "a2", "two")),  # cancelled: refused
+        store.write(completed(job_id, "a3", "three")),
+        store.write(started(job_id, "a4")),
+        store.write(completed(job_id, "a4", "four")),  # the same row twice in one batch
+    )
+    assert results == [True, True, False, True, True, True]
+    assert store.writer.batches == batches + 1  # one batch: the case this test is about
+    rows = {a: await agent_row(store, job_id, a) for a in ("a0", "a1", "a2", "a3", "a4")}
+    assert {a: r.status for a, r in rows.items()} == {
+        "a0": AgentStatus.completed,
+        "a1": AgentStatus.completed,
+        "a2": AgentStatus.cancelled,
+        "a3": AgentStatus.completed,
+        "a4": AgentStatus.completed,
+    }
+    assert rows["a2"].output is None and rows["a4"].output == "four"
+    added = (await event_types(store, job_id))[len(before) :]
+    assert added.count("agent.completed") == 4 and added.count("agent.started") == 1
