@@ -120,6 +120,8 @@ class Ctx:
     http: aiohttp.ClientSession
     log: Callable[[str], None]
     profile_dir: Path | None = None
+    # The makespan scenario's strategies to run (None: all of them).
+    strategies: frozenset[str] | None = None
 
     async def service(self, sim_url: str, label: str, **env: str) -> Service:
         """A fresh service (cold limits, empty database); profiled with ``--profile``."""
@@ -300,6 +302,8 @@ async def scenario_makespan(ctx: Ctx) -> dict[str, Any]:
     try:
         for index, (name, job, strategies) in enumerate(cases):
             for strategy in strategies:
+                if ctx.strategies is not None and strategy not in ctx.strategies:
+                    continue
                 await reseed(sim, 1000 + index)  # the same latency draws for each strategy
                 ctx.log(f"makespan {name} ({len(job['agents'])} agents): {strategy}")
                 run: dict[str, Any] = {"graph": name, "agents": len(job["agents"])}
@@ -829,7 +833,7 @@ async def amain(args: argparse.Namespace) -> int:
     failures: list[str] = []
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout) as http:
-        ctx = Ctx(sizes, args.quick, out, work, http, log, args.profile_dir)
+        ctx = Ctx(sizes, args.quick, out, work, http, log, args.profile_dir, args.strategies)
         for name in args.only or list(SCENARIOS):
             t = time.monotonic()
             meta = {
@@ -871,6 +875,13 @@ def main() -> None:
     parser.add_argument("--out", help="results directory")
     parser.add_argument("--check", action="store_true", help="fail unless the output is sane")
     parser.add_argument(
+        "--strategies",
+        nargs="+",
+        type=str,
+        help="makespan: run only these (service-cold service-warm waves seed), e.g. to compare "
+        "two commits of the service without re-running the baselines",
+    )
+    parser.add_argument(
         "--profile", help="directory for py-spy profiles of each service (collapsed stacks)"
     )
     args = parser.parse_args()
@@ -878,6 +889,7 @@ def main() -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     args.work_dir = Path(tempfile.mkdtemp(prefix="swarm-bench-"))
     args.profile_dir = Path(args.profile) if args.profile else None
+    args.strategies = frozenset(args.strategies) if args.strategies else None
     if args.profile_dir is not None:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
     try:
