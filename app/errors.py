@@ -19,8 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.engine.graph import json_kind
-from app.engine.problems import did_you_mean, show
+from app.engine.problems import did_you_mean, json_kind, show
 from app.engine.spec import AGENT_ID_PATTERN, JOB_ID_PATTERN
 
 log = logging.getLogger(__name__)

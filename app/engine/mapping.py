@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.engine.chunking import chunk_text, count_tokens
-from app.engine.graph import MapPlan, json_kind, mappable_items, missing_item_path
+from app.engine.map_checks import MapPlan, mappable_items, missing_item_path
+from app.engine.problems import json_kind
 from app.engine.templates import DepOutput, MapItem, format_dep_output, lookup_context
 
 # How much of a bad planner answer an error message shows.

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.config import Settings
-from app.engine.graph import Graph, GraphValidationError, MapPlan, mappable_items, validate_graph
+from app.engine.graph import Graph, validate_graph
+from app.engine.map_checks import MapPlan, mappable_items
+from app.engine.problems import GraphValidationError
 from app.engine.spec import JobSpec, ResolvedAgent
 from app.engine.templates import MapItem, RefKind, format_value, lookup_context, scan_refs
 from app.errors import UnprocessableError

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.engine.graph import MapPlan
+from app.engine.map_checks import MapPlan
 from app.engine.mapping import (
     MAX_MERGE_LEVELS,
     Refusal,

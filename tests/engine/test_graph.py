@@ -7,14 +7,8 @@ from typing import Any
 
 import pytest
 
-from app.engine.graph import (
-    MAX_PROBLEMS,
-    Graph,
-    GraphProblem,
-    GraphValidationError,
-    ProblemType,
-    validate_graph,
-)
+from app.engine.graph import Graph, validate_graph
+from app.engine.problems import MAX_PROBLEMS, GraphProblem, GraphValidationError, ProblemType
 from app.engine.spec import AgentSpec, JobSpec
 from tests.engine.test_spec import BRIEF_EXAMPLE
 

@@ -12,11 +12,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from app.engine.dag import DagState, NodeState
-from app.engine.graph import (
-    GraphValidationError,
-    ProblemType,
-    validate_graph,
-)
+from app.engine.graph import validate_graph
+from app.engine.problems import GraphValidationError, ProblemType
 from app.engine.spec import AgentSpec, FailurePolicy, JobSpec
 
 PROPERTY_SETTINGS = settings(max_examples=120, deadline=None)

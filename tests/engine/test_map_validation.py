@@ -10,18 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.engine.chunking import chunk_text
-from app.engine.graph import (
-    Graph,
-    GraphProblem,
-    GraphValidationError,
-    MapPlan,
-    ProblemType,
-    item_paths,
-    mappable_items,
-    missing_item_path,
-    validate_graph,
-)
+from app.engine.graph import Graph, validate_graph
+from app.engine.map_checks import MapPlan, item_paths, mappable_items, missing_item_path
 from app.engine.mapping import items_from_text
+from app.engine.problems import GraphProblem, GraphValidationError, ProblemType
 from app.engine.spec import DEFAULT_CHUNK_TOKENS, JobSpec
 
 DOC = "The first paragraph talks about apples.\n\n" * 40
