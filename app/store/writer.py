@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ _agents_table = Agent.__table__  # type: ignore[attr-defined]
 # What the write probe writes: larger than a page (4 KiB in SQLite, 8 KiB in PostgreSQL),
 # so the database must find room for it, as for a submitted job.
 _PROBE_TEXT = os.urandom(12_288).hex()
+# The least time between a refused write and a probe: a full disk is not freed in
+# milliseconds, and readiness checks may come often.
+PROBE_INTERVAL_S = 2.0
 _probe_table = Table("swarm_write_probe", MetaData(), Column("data", Text))
 
 
@@ -209,6 +213,8 @@ class StoreWriter:
         # Why the last write failed for a condition of the database (full, read-only), or
         # None: cleared by the next write that lands, or by a probe that finds room again.
         self.unwritable: str | None = None
+        self._refused_at = 0.0  # time.monotonic() of the last refusal
+        self.probe_interval_s = PROBE_INTERVAL_S
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="store-writer")
@@ -286,6 +292,7 @@ class StoreWriter:
         if self.unwritable is None:
             log.error("the database cannot be written: %s; writes are refused until it can", reason)
         self.unwritable = reason
+        self._refused_at = time.monotonic()
         error = StoreUnwritableError(reason)
         error.__cause__ = exc
         return error
@@ -305,9 +312,12 @@ class StoreWriter:
     async def probe(self) -> str | None:
         """While writes are refused: whether the database takes one now (a transaction that
         allocates pages, then rolls back), so readiness recovers without waiting for a
-        real write. Returns why it still cannot be written, or None."""
+        real write; at most once per `probe_interval_s`. Returns why it still cannot be
+        written, or None."""
         if self.unwritable is None or self._closed:
             return self.unwritable
+        if time.monotonic() - self._refused_at < self.probe_interval_s:
+            return self.unwritable  # refused moments ago: no need to ask again yet
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._executor, self._probe_write)

@@ -24,6 +24,11 @@ def _store(service: Service) -> Store:
     return store
 
 
+@pytest.fixture(autouse=True)
+def _probe_at_once(service: Service) -> None:
+    _store(service).writer.probe_interval_s = 0  # /readyz probes on every call here
+
+
 async def fill_up(service: Service) -> None:
     """No page may be added to the writer's database from now on (its size is the limit),
     and the free pages it has are used up, so any sizeable write fails as on a full disk."""
