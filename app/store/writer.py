@@ -304,7 +304,9 @@ class StoreWriter:
             failure = None if ok else self._unwritable(value)
             refused = refused or failure is not None
             noted.append((False, failure) if failure is not None else (ok, value))
-        if not refused and any(ok for ok, _ in outcomes) and self.unwritable is not None:
+        # A refusal ("not found") wrote nothing, so it says nothing about the database.
+        wrote = any(ok and not isinstance(value, Refused) for ok, value in outcomes)
+        if not refused and wrote and self.unwritable is not None:
             log.warning("the database takes writes again")
             self.unwritable = None
         return noted
