@@ -157,9 +157,9 @@ def context_overflow(
     model: str,
     context_window: int | None,
     prompt_chars: int,
-    max_tokens: int | None,
     upstream: str,
     status: int | None,
+    max_tokens: int | None = None,
 ) -> UpstreamFailure:
     """The upstream refused the request as too long for the model: say whose limit was hit
     (the upstream's own, with its number, and how it compares with the registry's window)
@@ -225,7 +225,6 @@ def classify(
     context_window: int | None,
     prompt_chars: int,
     retry_after_cap_s: float = 60.0,
-    max_tokens: int | None = None,
 ) -> UpstreamFailure:
     if isinstance(exc, openai.APITimeoutError) and not _dropped_connection(exc):
         return UpstreamFailure(FailureReason.timeout, "the upstream did not answer in time")
@@ -296,7 +295,6 @@ def classify(
                 model=model,
                 context_window=context_window,
                 prompt_chars=prompt_chars,
-                max_tokens=max_tokens,
                 upstream=upstream,
                 status=status,
             )

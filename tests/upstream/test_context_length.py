@@ -32,7 +32,6 @@ def test_an_upstream_limit_below_the_registrys_is_named_with_both_numbers() -> N
         model="kimi-k2.5",
         context_window=262_144,
         prompt_chars=1,
-        max_tokens=300_000,
     )
     assert failure.reason is FailureReason.context_length and not failure.retryable
     assert failure.message.startswith(
