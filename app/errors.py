@@ -13,8 +13,6 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from app.store.writer import StoreUnwritableError
-
 log = logging.getLogger(__name__)
 
 
@@ -95,6 +93,9 @@ def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
 
 
 def install_handlers(app: FastAPI) -> None:
+    # The store's refusal, imported here: the error hierarchy itself needs no store.
+    from app.store.writer import StoreUnwritableError
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         headers = dict(exc.headers or {})
