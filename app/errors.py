@@ -93,9 +93,6 @@ def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
 
 
 def install_handlers(app: FastAPI) -> None:
-    # The store's refusal, imported here: the error hierarchy itself needs no store.
-    from app.store.writer import StoreUnwritableError
-
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         headers = dict(exc.headers or {})
@@ -114,6 +111,9 @@ def install_handlers(app: FastAPI) -> None:
         return JSONResponse(
             {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
         )
+
+    # The store's refusal, imported here: the error hierarchy itself needs no store.
+    from app.store.writer import StoreUnwritableError
 
     @app.exception_handler(StoreUnwritableError)
     async def _store_unwritable(request: Request, exc: StoreUnwritableError) -> JSONResponse:
