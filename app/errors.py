@@ -53,6 +53,27 @@ class TooManyRequestsError(ServiceError):
         super().__init__(detail, headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))})
 
 
+class ServiceUnavailableError(ServiceError):
+    """The service cannot do this now, through no fault of the request: try again later."""
+
+    status_code = 503
+
+    def __init__(self, detail: str, *, retry_after_s: float) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))})
+
+
+# How long a client is asked to wait before retrying a write the database refused (a full
+# disk or a read-only database is fixed by an operator, not in milliseconds).
+STORE_UNWRITABLE_RETRY_AFTER_S = 30
+
+
+def store_unwritable(reason: str) -> ServiceUnavailableError:
+    return ServiceUnavailableError(
+        f"the database cannot be written: {reason}; nothing was stored",
+        retry_after_s=STORE_UNWRITABLE_RETRY_AFTER_S,
+    )
+
+
 def _safe_errors(errors: Any) -> list[dict[str, Any]]:
     """Validation errors without the echoed input: it may be huge, or hold text (a lone
     surrogate) that cannot even be encoded in the response."""
@@ -262,6 +283,14 @@ def install_handlers(app: FastAPI) -> None:
         return JSONResponse(
             {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
         )
+
+    # The store's refusal, imported here: the error hierarchy itself needs no store.
+    from app.store.writer import StoreUnwritableError
+
+    @app.exception_handler(StoreUnwritableError)
+    async def _store_unwritable(request: Request, exc: StoreUnwritableError) -> JSONResponse:
+        # A route that wrote without translating the refusal: still a 503, never a 500.
+        return await _service_error(request, store_unwritable(exc.reason))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -23,14 +23,24 @@ async def healthz() -> Health:
     responses={503: {"model": Readiness, "description": "Not ready: see which part failed."}},
 )
 async def readyz(services: ServicesDep) -> JSONResponse:
-    """Ready to take jobs: the database answers and the scheduler runs."""
+    """Ready to take jobs: the database answers and takes writes, and the scheduler runs."""
     db_ok = await services.store.ping()
+    unwritable = await services.store.writer.probe()
     sched_ok = services.scheduler.running
+    problems = []
+    if not db_ok:
+        problems.append("database: it does not answer")
+    if unwritable is not None:
+        problems.append(f"database: it cannot be written: {unwritable}")
+    if not sched_ok:
+        problems.append("scheduler: it is not running")
     body = Readiness(
-        status="ok" if db_ok and sched_ok else "unavailable",
+        status="unavailable" if problems else "ok",
         database=db_ok,
+        database_writable=unwritable is None,
         scheduler=sched_ok,
         upstream=services.upstream_label,
+        problems=problems,
     )
     return JSONResponse(
         body.model_dump(mode="json"), status_code=200 if body.status == "ok" else 503

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, PlainSerializer, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 
 def _utc_iso(value: datetime) -> str:
@@ -32,6 +32,13 @@ class Health(ResponseModel):
 
 class Readiness(ResponseModel):
     status: str
-    database: bool
+    database: bool = Field(description="The database answers reads.")
+    database_writable: bool = Field(
+        description="The database takes writes (false after a write it refused: disk full, "
+        "read-only); true again as soon as one succeeds."
+    )
     scheduler: bool
     upstream: str
+    problems: list[str] = Field(
+        default_factory=list, description="What is not ready, and why (empty when ready)."
+    )

@@ -84,6 +84,7 @@ class Admission:
         model = spec.model or settings.default_model
         agents = spec.resolved_agents()
         self._check_routes(agents, model)
+        self._check_max_tokens(spec, graph, agents, model)
         if spec.budget_usd is not None:
             self._check_prices(agents, model)
         await asyncio.to_thread(check_prompt_sizes, spec, graph, agents, settings.max_prompt_chars)
@@ -110,6 +111,56 @@ class Admission:
                     break
         if problems:
             raise UnprocessableError(problems)
+
+    def _check_max_tokens(
+        self, spec: JobSpec, graph: Graph, agents: list[ResolvedAgent], default: str
+    ) -> None:
+        """`max_tokens` must leave room for a prompt in the model's window (the registry's
+        figure): one that does not could only fail when it runs. A job-wide max_tokens is
+        reported once per model, naming the agents that inherit it."""
+        registry = self.upstreams.registry
+        problems: list[Problem] = []
+        inherited: dict[str, list[str]] = {}
+        for i, agent in enumerate(agents):
+            info = registry.get(agent.model or default)
+            window = info.context_window
+            if agent.max_tokens is None or window is None or agent.max_tokens < window:
+                continue
+            if spec.agents[i].max_tokens is None:  # the job's default
+                inherited.setdefault(info.name, []).append(agent.id)
+                continue
+            what = f"agent {agent.id!r}"
+            if agent.id in graph.maps:
+                what = f"map node {agent.id!r} (each of its items)"
+            elif any(d in graph.maps for d in agent.depends_on):
+                what = f"agent {agent.id!r} (and its merge steps)"
+            problems.append(
+                {
+                    "loc": ["body", "agents", i, "max_tokens"],
+                    "type": "max_tokens_over_window",
+                    "msg": f"{what}: max_tokens {agent.max_tokens:,} does not fit the "
+                    f"{window:,}-token context window of model {info.name!r} (from the model "
+                    "registry), which must also hold the prompt; lower max_tokens below "
+                    f"{window:,} or use a model with a larger window",
+                }
+            )
+        for name, ids in inherited.items():
+            window = registry.get(name).context_window
+            shown = ", ".join(repr(a) for a in ids[:5]) + (
+                f" and {len(ids) - 5:,} more" if len(ids) > 5 else ""
+            )
+            problems.append(
+                {
+                    "loc": ["body", "max_tokens"],
+                    "type": "max_tokens_over_window",
+                    "msg": f"the job's max_tokens {spec.max_tokens:,} does not fit the "
+                    f"{window:,}-token context window of model {name!r} (from the model "
+                    f"registry), which must also hold the prompt; used by agent(s) {shown}; "
+                    f"lower max_tokens below {window:,}, or set a smaller one on those agents",
+                }
+            )
+        if problems:
+            raise UnprocessableError(problems[:MAX_PROBLEMS])
 
     def _check_prices(self, agents: list[ResolvedAgent], default: str) -> None:
         """A budget can only be enforced in money: every model must have a price."""

@@ -17,6 +17,13 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], responses=AUTH_RESPONSES)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such job (or agent)."},
 }
+# Every route that writes: the database may refuse the write for a while.
+_UNWRITABLE: dict[int | str, dict[str, Any]] = {
+    503: {
+        "description": "The database cannot be written now (disk full, read-only): nothing "
+        "was stored; `detail` says why. Retry after Retry-After seconds."
+    },
+}
 
 
 @router.post(
@@ -33,6 +40,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
             "see Retry-After."
         },
         422: {"description": "The job graph is invalid; `detail` names each problem."},
+        **_UNWRITABLE,
     },
 )
 async def submit_job(
@@ -115,7 +123,7 @@ async def get_results(job_id: str, jobs: JobsDep, tenant: TenantDep) -> JobResul
     "/{job_id}/cancel",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=CancelAccepted,
-    responses={**_ERRORS, 409: {"description": "The job has already finished."}},
+    responses={**_ERRORS, 409: {"description": "The job has already finished."}, **_UNWRITABLE},
 )
 async def cancel_job(job_id: str, jobs: JobsDep, tenant: TenantDep) -> CancelAccepted:
     """Stop pending agents and abort in-flight calls; the job ends `cancelled`."""
@@ -125,7 +133,11 @@ async def cancel_job(job_id: str, jobs: JobsDep, tenant: TenantDep) -> CancelAcc
 @router.delete(
     "/{job_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={**_ERRORS, 409: {"description": "The job is still queued or running."}},
+    responses={
+        **_ERRORS,
+        409: {"description": "The job is still queued or running."},
+        **_UNWRITABLE,
+    },
 )
 async def delete_job(job_id: str, jobs: JobsDep, tenant: TenantDep) -> Response:
     """Remove a finished job, its agents and its events."""

@@ -12,7 +12,7 @@ from sqlalchemy import Connection
 
 from app.engine.lifecycle import AgentKind, AgentStatus, JobStatus
 from app.engine.spec import JobSpec
-from app.errors import ServiceError
+from app.errors import ServiceError, store_unwritable
 from app.jobs import errors
 from app.jobs.admission import Admission, request_hash
 from app.jobs.schemas import (
@@ -39,7 +39,7 @@ from app.store.ids import new_job_id
 from app.store.jobs import JobStoreError, JobTotals, StoredJob
 from app.store.models import utcnow
 from app.store.store import Store
-from app.store.writer import WriteOp
+from app.store.writer import StoreUnwritableError, WriteOp
 
 T = TypeVar("T")
 
@@ -223,6 +223,8 @@ class JobsService:
             return await self.store.write(op)
         except JobStoreError as exc:
             raise _service_error(exc) from None
+        except StoreUnwritableError as exc:
+            raise store_unwritable(exc.reason) from None
 
 
 def _owned_job(conn: Connection, tenant: str, job_id: str) -> StoredJob:

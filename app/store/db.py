@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 # How long a reader waits on a lock before SQLite says "database is locked". Writes are
@@ -73,3 +75,41 @@ def make_engine(url: str, *, writer: bool = False) -> Engine:
 def make_throwaway_engine(url: str) -> Engine:
     """An engine that holds no pooled connections (migrations, one-off checks)."""
     return create_engine(normalise_url(url), poolclass=NullPool)
+
+
+# SQLite's primary result codes (the low byte of an extended code) that mean the database
+# cannot take writes at all, whatever is written; the text is what a user is told.
+_SQLITE_UNWRITABLE = {
+    sqlite3.SQLITE_FULL: "the disk or the database is full",
+    sqlite3.SQLITE_READONLY: "the database is read-only",
+    sqlite3.SQLITE_IOERR: "the disk failed to write",
+    sqlite3.SQLITE_CANTOPEN: "the database file cannot be opened",
+}
+# PostgreSQL SQLSTATEs (or their two-character classes) with the same meaning.
+_POSTGRES_UNWRITABLE = {
+    "25006": "the database is read-only",  # read_only_sql_transaction
+    "53100": "the database server's disk is full",  # disk_full
+    "53": "the database server is out of resources",  # insufficient_resources
+    "57P03": "the database server is not accepting connections",  # cannot_connect_now
+    "08": "the connection to the database failed",  # connection_exception
+}
+
+
+def unwritable_reason(exc: BaseException) -> str | None:
+    """Why the database refused a write for want of room, permission or a connection
+    (a condition of the database, not of the data), or None for any other failure."""
+    orig: BaseException | None = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(orig, sqlite3.Error):
+        code = getattr(orig, "sqlite_errorcode", None)
+        if isinstance(code, int) and (code & 0xFF) in _SQLITE_UNWRITABLE:
+            return f"{_SQLITE_UNWRITABLE[code & 0xFF]} ({orig})"
+        return None
+    sqlstate = getattr(orig, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        for key in (sqlstate, sqlstate[:2]):
+            if key in _POSTGRES_UNWRITABLE:
+                detail = str(orig).strip().splitlines()[0] if str(orig).strip() else sqlstate
+                return f"{_POSTGRES_UNWRITABLE[key]} ({detail})"
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return "the connection to the database failed"
+    return None

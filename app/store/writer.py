@@ -11,15 +11,29 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Executable, func, insert, select
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Executable,
+    MetaData,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+)
 
 from app.events.bus import EventBus, StoredEvent
 from app.events.types import TERMINAL_JOB_EVENTS
+from app.store.db import unwritable_reason
 from app.store.models import Event, utcnow
 from app.text import clean_text
 
@@ -28,10 +42,27 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _events_table = Event.__table__  # type: ignore[attr-defined]
+# What the write probe writes: larger than a page (4 KiB in SQLite, 8 KiB in PostgreSQL),
+# so the database must find room for it, as for a submitted job.
+_PROBE_TEXT = os.urandom(12_288).hex()
+# The least time between a refused write and a probe: a full disk is not freed in
+# milliseconds, and readiness checks may come often.
+PROBE_INTERVAL_S = 2.0
+_probe_table = Table("swarm_write_probe", MetaData(), Column("data", Text))
 
 
 class StoreClosedError(RuntimeError):
     pass
+
+
+class StoreUnwritableError(RuntimeError):
+    """The database refused a write for want of room or permission (disk full, read-only):
+    the operation stored nothing. Raised in place of the driver's error, which is its
+    cause."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the database cannot be written: {reason}")
+        self.reason = reason
 
 
 def _clean(value: Any) -> Any:
@@ -181,6 +212,11 @@ class StoreWriter:
         self._closed = False
         self.batches = 0
         self.ops = 0
+        # Why the last write failed for a condition of the database (full, read-only), or
+        # None: cleared by the next write that lands, or by a probe that finds room again.
+        self.unwritable: str | None = None
+        self._refused_at = 0.0  # time.monotonic() of the last refusal
+        self.probe_interval_s = PROBE_INTERVAL_S
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="store-writer")
@@ -229,12 +265,14 @@ class StoreWriter:
                 )
             except Exception as exc:  # the database itself failed (disk full, gone away)
                 log.exception("store write failed")
+                failure = self._unwritable(exc)
                 for _, fut in batch:
                     if not fut.done():
-                        fut.set_exception(exc)
+                        fut.set_exception(failure or exc)
                 continue
             self.batches += 1
             self.ops += len(batch)
+            outcomes = self._note_outcomes(outcomes)
             # Announce only what is committed, in commit order.
             self._bus.publish(events)
             for (_, fut), (ok, value) in zip(batch, outcomes, strict=True):
@@ -246,6 +284,55 @@ class StoreWriter:
                     fut.set_result(value)
                 else:
                     fut.set_exception(value)
+
+    def _unwritable(self, exc: BaseException) -> StoreUnwritableError | None:
+        """The error a caller gets for a write the database could not take (and the
+        writer's state updated), or None when `exc` is about the operation itself."""
+        reason = unwritable_reason(exc)
+        if reason is None:
+            return None
+        if self.unwritable is None:
+            log.error("the database cannot be written: %s; writes are refused until it can", reason)
+        self.unwritable = reason
+        self._refused_at = time.monotonic()
+        error = StoreUnwritableError(reason)
+        error.__cause__ = exc
+        return error
+
+    def _note_outcomes(self, outcomes: list[tuple[bool, Any]]) -> list[tuple[bool, Any]]:
+        noted: list[tuple[bool, Any]] = []
+        refused = False
+        for ok, value in outcomes:
+            failure = None if ok else self._unwritable(value)
+            refused = refused or failure is not None
+            noted.append((False, failure) if failure is not None else (ok, value))
+        # A refusal ("not found") wrote nothing, so it says nothing about the database.
+        wrote = any(ok and not isinstance(value, Refused) for ok, value in outcomes)
+        if not refused and wrote and self.unwritable is not None:
+            log.warning("the database takes writes again")
+            self.unwritable = None
+        return noted
+
+    async def probe(self) -> str | None:
+        """While writes are refused: whether the database takes one now (a transaction that
+        allocates pages, then rolls back), so readiness recovers without waiting for a
+        real write; at most once per `probe_interval_s`. Returns why it still cannot be
+        written, or None."""
+        if self.unwritable is None or self._closed:
+            return self.unwritable
+        if time.monotonic() - self._refused_at < self.probe_interval_s:
+            return self.unwritable  # refused moments ago: no need to ask again yet
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._probe_write)
+        except Exception as exc:
+            failure = self._unwritable(exc)
+            if failure is None:  # some other failure: not evidence either way
+                log.warning("the store's write probe failed", exc_info=True)
+            return self.unwritable
+        log.warning("the database takes writes again")
+        self.unwritable = None
+        return None
 
     # -- in the writer thread -------------------------------------------------------------
 
@@ -272,6 +359,17 @@ class StoreWriter:
             if event.type in TERMINAL_JOB_EVENTS:
                 self._seq_cache.pop(event.job_id, None)
         return results, tx
+
+    def _probe_write(self) -> None:
+        # A table made and dropped in one rolled-back transaction (DDL is transactional in
+        # SQLite and PostgreSQL): it leaves nothing behind, yet needs new pages, as a job does.
+        with self._engine.connect() as conn:
+            trans = conn.begin()
+            try:
+                _probe_table.create(conn)
+                conn.execute(insert(_probe_table), {"data": _PROBE_TEXT})
+            finally:
+                trans.rollback()
 
     def _write_batch(
         self, ops: list[Callable[[Tx], Any]]

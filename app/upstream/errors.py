@@ -122,6 +122,96 @@ def _dropped_connection(exc: BaseException) -> bool:
     return False
 
 
+# How upstreams state their own limit in a context-length error (the number is only shown
+# to the user; the error is classified by its code): OpenAI, vLLM and most compatible
+# servers ("maximum context length is 131072 tokens"), Anthropic ("… > 200000 maximum").
+_UPSTREAM_LIMIT = re.compile(
+    r"maximum context length is (\d[\d,]*)|> ?(\d[\d,]*) maximum|"
+    r"context (?:window|length) (?:of|is) (\d[\d,]*)",
+    re.IGNORECASE,
+)
+# What the upstream counted: "(100 in the messages, 300000 in the completion)".
+_UPSTREAM_COUNTS = re.compile(r"(\d+) in the messages, (\d+) in the completion")
+
+
+def _tokens_estimate(prompt_chars: int) -> int:
+    return max(1, -(-prompt_chars // 4)) if prompt_chars else 0
+
+
+def _upstream_limit(message: str) -> int | None:
+    match = _UPSTREAM_LIMIT.search(message)
+    if match is None:
+        return None
+    digits = next(g for g in match.groups() if g is not None).replace(",", "")
+    return int(digits) if digits.isdigit() and int(digits) > 0 else None
+
+
+def context_overflow(
+    *,
+    agent_id: str,
+    model: str,
+    context_window: int | None,
+    prompt_chars: int,
+    upstream: str,
+    status: int | None,
+    max_tokens: int | None = None,
+) -> UpstreamFailure:
+    """The upstream refused the request as too long for the model: say whose limit was hit
+    (the upstream's own, with its number, and how it compares with the registry's window)
+    and what the request asked for."""
+    limit = _upstream_limit(upstream)
+    counts = _UPSTREAM_COUNTS.search(upstream)
+    if counts is not None:
+        prompt, completion = int(counts.group(1)), int(counts.group(2))
+        asked = f"the prompt ({prompt:,} tokens as the upstream counted) plus max_tokens " + (
+            f"{completion:,}"
+        )
+    else:
+        asked = (
+            f"the prompt (about {_tokens_estimate(prompt_chars):,} tokens, "
+            f"{prompt_chars:,} characters)"
+        ) + (f" plus max_tokens {max_tokens:,}" if max_tokens else "")
+    registry = (
+        f"the model registry's context window for it is {context_window:,} tokens"
+        if context_window
+        else "the model registry has no context window for it"
+    )
+    if limit is None:
+        whose = f"the upstream's limit (it did not say how many tokens; {registry})"
+    elif context_window is None or limit == context_window:
+        whose = f"the upstream's limit of {limit:,} tokens ({registry})"
+    else:
+        whose = (
+            f"the upstream's own limit of {limit:,} tokens, not the registry's: {registry} "
+            f"(set context_window: {limit} for {model!r} in the models file)"
+        )
+    return UpstreamFailure(
+        FailureReason.context_length,
+        f"agent {agent_id!r}: {asked} is too long for model {model!r}: it is over {whose}; "
+        "shorten the task or its inputs, lower max_tokens, or use a model with a larger "
+        f"window; upstream said: {upstream}",
+        status,
+    )
+
+
+def window_exceeded(
+    *, agent_id: str, model: str, context_window: int, prompt_tokens: int, max_tokens: int | None
+) -> UpstreamFailure:
+    """A request found too long for the registry's window before it was sent (the run's
+    own check, with the offline token estimate): said as such, so it is never mistaken
+    for the upstream's refusal."""
+    asked = f"the prompt (about {prompt_tokens:,} tokens)" + (
+        f" plus max_tokens {max_tokens:,}" if max_tokens else ""
+    )
+    return UpstreamFailure(
+        FailureReason.context_length,
+        f"agent {agent_id!r}: {asked} is too long for model {model!r}: it is over the "
+        f"{context_window:,}-token context window of the model registry (checked before the "
+        "call, so nothing was sent); shorten the task or its inputs, lower max_tokens, or use "
+        "a model with a larger window",
+    )
+
+
 def classify(
     exc: BaseException,
     *,
@@ -218,14 +308,13 @@ def _classify(
             )
         code = _upstream_code(exc)
         if code == "context_length_exceeded" or (status == 400 and "context" in (code or "")):
-            window = f"{context_window:,} tokens" if context_window else "unknown"
-            return UpstreamFailure(
-                FailureReason.context_length,
-                f"agent {agent_id!r}: the prompt (about {prompt_chars // 4:,} tokens, "
-                f"{prompt_chars:,} characters) is too long for model {model!r} "
-                f"(context window {window}); shorten the task or its inputs, lower max_tokens, "
-                f"or use a model with a larger window; upstream said: {upstream}",
-                status,
+            return context_overflow(
+                agent_id=agent_id,
+                model=model,
+                context_window=context_window,
+                prompt_chars=prompt_chars,
+                upstream=upstream,
+                status=status,
             )
         return UpstreamFailure(
             FailureReason.bad_request,

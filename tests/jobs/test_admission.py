@@ -135,3 +135,81 @@ async def test_graph_problems_are_a_422_with_every_problem(admission: Admission)
     with pytest.raises(UnprocessableError) as caught:
         await admission.admit(job)
     assert any("missing" in p["msg"] for p in caught.value.detail)
+
+
+async def test_max_tokens_over_the_models_window_is_refused_per_agent(
+    admission: Admission,
+) -> None:
+    with pytest.raises(UnprocessableError) as caught:
+        await admission.admit(
+            spec(
+                agents=[
+                    {"id": "fits", "task": "t", "max_tokens": 262_143},
+                    {"id": "big", "task": "t", "max_tokens": 300_000},
+                    {"id": "ds", "task": "t", "model": "deepseek-v3.2", "max_tokens": 131_072},
+                ]
+            )
+        )
+    big, ds = caught.value.detail
+    assert big["loc"] == ["body", "agents", 1, "max_tokens"]
+    assert big["type"] == "max_tokens_over_window"
+    assert big["msg"].startswith(
+        "agent 'big': max_tokens 300,000 does not fit the 262,144-token context window of "
+        "model 'kimi-k2.5' (from the model registry)"
+    )
+    assert ds["loc"] == ["body", "agents", 2, "max_tokens"]
+    assert "131,072" in ds["msg"] and "'deepseek-v3.2'" in ds["msg"]
+
+
+async def test_the_jobs_max_tokens_over_a_window_is_reported_once_per_model(
+    admission: Admission,
+) -> None:
+    with pytest.raises(UnprocessableError) as caught:
+        await admission.admit(
+            spec(
+                max_tokens=200_000,
+                agents=[
+                    {"id": "a", "task": "t", "model": "deepseek-v3.2"},
+                    {"id": "b", "task": "t", "model": "deepseek-v3.2"},
+                    {"id": "c", "task": "t"},  # kimi-k2.5: 262,144 holds it
+                    {"id": "d", "task": "t", "model": "deepseek-v3.2", "max_tokens": 1000},
+                ],
+            )
+        )
+    [problem] = caught.value.detail
+    assert problem["loc"] == ["body", "max_tokens"]
+    assert problem["msg"].startswith(
+        "the job's max_tokens 200,000 does not fit the 131,072-token context window of model "
+        "'deepseek-v3.2' (from the model registry)"
+    )
+    assert "used by agent(s) 'a', 'b';" in problem["msg"]
+
+
+async def test_max_tokens_of_map_nodes_and_reducers_is_checked_too(admission: Admission) -> None:
+    with pytest.raises(UnprocessableError) as caught:
+        await admission.admit(
+            spec(
+                context={"items": ["x", "y"]},
+                agents=[
+                    {
+                        "id": "parts",
+                        "task": "t {{item}}",
+                        "map": {"over": "context.items"},
+                        "max_tokens": 262_144,
+                    },
+                    {"id": "merge", "task": "t", "depends_on": ["parts"], "max_tokens": 999_999},
+                ],
+            )
+        )
+    node, reducer = caught.value.detail
+    assert node["msg"].startswith("map node 'parts' (each of its items): max_tokens 262,144")
+    assert reducer["msg"].startswith("agent 'merge' (and its merge steps): max_tokens 999,999")
+
+
+async def test_max_tokens_of_a_model_without_a_known_window_is_not_checked(
+    admission: Admission,
+) -> None:
+    admitted = await admission.admit(
+        spec(agents=[{"id": "a", "task": "t", "model": "unknown-model", "max_tokens": 999_999}])
+    )
+    assert admitted.agents[0].max_tokens == 999_999
