@@ -26,9 +26,7 @@ def test_a_429_storm_fails_no_agent_with_default_retries(tmp_path: Path) -> None
                 time.sleep(15)
                 httpx2.post(f"{sim.url}/_sim/config", json={"rpm_cap": None}).raise_for_status()
                 job = wait_job(client, job_id, timeout=60)
-                agents = [
-                    client.get(f"/jobs/{job_id}/agents/a{i}").json() for i in range(20)
-                ]
+                agents = [client.get(f"/jobs/{job_id}/agents/a{i}").json() for i in range(20)]
         finally:
             svc.stop()
     finally:
