@@ -231,3 +231,21 @@ async def test_estimates_count_against_the_budget(
     assert "budget" in (done["error"] or "")
     assert done["usage_estimated"] is True and done["cost_usd"] > 0.001
     assert calls["n"] == 1  # nothing was started after the restart
+
+
+async def test_a_call_cancelled_in_flight_counts_at_its_estimate(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.latency_s = 30
+    job = await service.submit({"agents": [{"id": "a", "task": "x", "max_tokens": 10}]})
+    async with asyncio.timeout(10):
+        while fake_upstream.in_flight < 1:
+            await asyncio.sleep(0.01)
+    assert (await service.client.post(f"/jobs/{job['id']}/cancel")).status_code == 202
+    done = await service.wait(job["id"])
+    assert done["status"] == "cancelled"
+    a = await agent(service, job["id"], "a")
+    one = estimate_attempt(None, "x", 10, default_completion_tokens=4096)
+    assert a["status"] == "cancelled" and a["attempts"] == 1
+    assert a["usage"]["total_tokens"] == a["usage"]["estimated_tokens"] == one.total_tokens
+    assert done["usage_estimated"] is True and done["usage"]["estimated_tokens"] > 0
