@@ -249,3 +249,24 @@ async def test_a_call_cancelled_in_flight_counts_at_its_estimate(
     assert a["status"] == "cancelled" and a["attempts"] == 1
     assert a["usage"]["total_tokens"] == a["usage"]["estimated_tokens"] == one.total_tokens
     assert done["usage_estimated"] is True and done["usage"]["estimated_tokens"] > 0
+
+
+async def test_a_503s_retry_after_is_honoured(
+    settings: Settings, fake_upstream: FakeUpstream, slept: list[float]
+) -> None:
+    settings = settings.model_copy(update={"retry_after_cap_s": 60.0})
+
+    def script(body: dict[str, Any], n: int) -> httpx2.Response | None:
+        if n == 1:
+            return httpx2.Response(
+                503, json={"error": {"message": "overloaded"}}, headers={"retry-after": "3"}
+            )
+        return None
+
+    fake_upstream.script = script
+    async for service in start_service(settings):
+        job = await service.submit({"agents": [{"id": "a", "task": "x"}]})
+        assert (await service.wait(job["id"]))["status"] == "completed"
+        a = await agent(service, job["id"], "a")
+    assert 3.0 <= slept[0] <= 3.3
+    assert 3.0 <= a["waited_s"] <= 3.3 and a["failed_attempts"] == 0
