@@ -100,6 +100,14 @@ class Settings(BaseSettings):
     retry_backoff_cap_s: float = Field(30.0, ge=0)
     # A server's Retry-After above this is treated as this, so one bad header can't park a job.
     retry_after_cap_s: float = Field(60.0, ge=0)
+    # How long in all an agent may be told to wait (429, 503) before it fails, unless the job
+    # graph sets rate_limit_wait_s: waiting is not the agent's failure, so it is bounded by
+    # time, not by max_retries; generous, so a 429 storm of minutes fails nobody.
+    rate_limit_wait_s: float = Field(900.0, ge=0, le=86_400)
+    # Completion tokens assumed for an attempt whose answer never arrived (a crash, a
+    # time-out, a dropped connection, an abort) when the agent sets no max_tokens: its
+    # usage is then estimated from the request, so the job's figures bound spend from above.
+    unknown_completion_tokens: int = Field(4096, ge=0, le=1_000_000)
 
     # Store: how many queued writes one transaction may carry.
     write_batch_max: int = Field(500, ge=1)

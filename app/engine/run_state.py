@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from app.engine.attempts import Tally
 from app.engine.dag import DagState, NodeState
 from app.engine.graph import Graph
 from app.engine.lifecycle import AgentKind, AgentStatus, JobStatus
@@ -71,6 +72,13 @@ class StoredAgent:
     attempts: int = 0
     usage: Usage = field(default_factory=Usage)
     item_json: str | None = None
+    failed_attempts: int = 0
+    waited_s: float = 0.0
+    unsent: int = 0
+
+    @property
+    def tally(self) -> Tally:
+        return Tally(self.attempts, self.failed_attempts, self.waited_s, self.unsent)
 
 
 # -- decisions --------------------------------------------------------------------------
@@ -147,8 +155,9 @@ class RunState:
         self.dag = DagState(graph)
         self.outputs: dict[str, DepOutput] = {}
         self.spent_usd = 0.0
-        # Attempts made and answers paid for but unused, before a restart.
-        self.prior_attempts: dict[str, int] = {}
+        # Attempts made (and how they counted) and answers paid for but unused, before a
+        # restart; the usage includes the estimates of attempts the restart cut off.
+        self.prior_tally: dict[str, Tally] = {}
         self.prior_usage: dict[str, Usage] = {}
         self.subs: dict[str, SubAgent] = {}
         self.map_runs: dict[str, MapRun] = {}
@@ -442,7 +451,7 @@ class RunState:
         by_id = {r.agent_id: r for r in rows if r.parent_id is None}
         subs_of: dict[str, list[StoredAgent]] = {}
         for r in rows:
-            self.prior_attempts[r.agent_id] = r.attempts
+            self.prior_tally[r.agent_id] = r.tally
             self.spent_usd += r.usage.cost_usd or 0.0
             if not r.status.finished and r.usage:
                 self.prior_usage[r.agent_id] = r.usage

@@ -144,9 +144,20 @@ class AgentDefaults(BaseModel):
         default=None,
         description="'text' or 'json' (JSON mode). Unset means 'text'.",
     )
+    rate_limit_wait_s: float | None = Field(
+        default=None,
+        ge=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description=(
+            "How long in all, in seconds, the agent may be told to wait by the upstream (429 "
+            "with or without Retry-After, 503) before it fails. Waiting does not use up "
+            "max_retries. Unset means the service's default (SWARM_RATE_LIMIT_WAIT_S, 900)."
+        ),
+    )
 
     _numbers_only = field_validator(
-        "temperature", "max_tokens", "max_retries", "timeout_s", mode="before"
+        "temperature", "max_tokens", "max_retries", "timeout_s", "rate_limit_wait_s", mode="before"
     )(_json_number)
 
 
@@ -386,6 +397,7 @@ class JobSpec(AgentDefaults):
             max_tokens=_first_set(agent.max_tokens, self.max_tokens),
             max_retries=_first_set(agent.max_retries, self.max_retries),
             timeout_s=_first_set(agent.timeout_s, self.timeout_s),
+            rate_limit_wait_s=_first_set(agent.rate_limit_wait_s, self.rate_limit_wait_s),
             response_format=_first_set(agent.response_format, self.response_format)
             or ResponseFormat.text,
             map=agent.map,
@@ -400,9 +412,10 @@ class JobSpec(AgentDefaults):
 class ResolvedAgent:
     """One agent's settings after agent → job precedence.
 
-    ``None`` still means "not set anywhere": for ``model``, ``max_retries`` and ``timeout_s``
-    the caller applies the service's defaults; for ``temperature`` and ``max_tokens`` the
-    parameter is not sent upstream; for ``system_prompt`` no system message is sent.
+    ``None`` still means "not set anywhere": for ``model``, ``max_retries``, ``timeout_s``
+    and ``rate_limit_wait_s`` the caller applies the service's defaults; for
+    ``temperature`` and ``max_tokens`` the parameter is not sent upstream; for
+    ``system_prompt`` no system message is sent.
     """
 
     id: str
@@ -416,6 +429,7 @@ class ResolvedAgent:
     timeout_s: float | None
     response_format: ResponseFormat
     map: MapSpec | None = None
+    rate_limit_wait_s: float | None = None
 
 
 def _first_set(own: _T | None, inherited: _T | None) -> _T | None:

@@ -2,12 +2,16 @@
 
 A field is None where nothing reported it (an upstream that sends no usage, a model
 without a price); adding keeps what is known, so a sum is None only when every part is.
+The figures include estimates of attempts whose answer never arrived (a crash, a time-out,
+a dropped connection, an abort); `estimated_tokens` and `estimated_cost_usd` say how much
+of them is estimated.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import TypeVar
+from typing import Any, TypeVar
 
 _N = TypeVar("_N", int, float)
 
@@ -18,6 +22,9 @@ class Usage:
     completion_tokens: int | None = None
     total_tokens: int | None = None
     cost_usd: float | None = None
+    # Of the figures above, how much is an estimate rather than the upstream's report.
+    estimated_tokens: int | None = None
+    estimated_cost_usd: float | None = None
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -25,14 +32,44 @@ class Usage:
             _add(self.completion_tokens, other.completion_tokens),
             _add(self.total_tokens, other.total_tokens),
             _add(self.cost_usd, other.cost_usd),
+            _add(self.estimated_tokens, other.estimated_tokens),
+            _add(self.estimated_cost_usd, other.estimated_cost_usd),
         )
 
     def __bool__(self) -> bool:
         """Whether anything was reported at all."""
         return any(getattr(self, f.name) is not None for f in fields(self))
 
+    @property
+    def estimated(self) -> bool:
+        """Whether any of the figures is an estimate."""
+        return bool(self.estimated_tokens) or bool(self.estimated_cost_usd)
+
     def priced(self, cost_usd: float | None) -> Usage:
         return Usage(self.prompt_tokens, self.completion_tokens, self.total_tokens, cost_usd)
+
+    def as_estimate(self) -> Usage:
+        """These figures, flagged as wholly estimated."""
+        return Usage(
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.total_tokens,
+            self.cost_usd,
+            self.total_tokens,
+            self.cost_usd,
+        )
+
+    @classmethod
+    def from_columns(cls, values: Mapping[Any, Any]) -> Usage:
+        """The inverse of `columns` (also how an attempt's estimate is kept as JSON)."""
+        return cls(
+            prompt_tokens=_int(values.get("prompt_tokens")),
+            completion_tokens=_int(values.get("completion_tokens")),
+            total_tokens=_int(values.get("total_tokens")),
+            cost_usd=_float(values.get("cost_usd")),
+            estimated_tokens=_int(values.get("estimated_tokens")),
+            estimated_cost_usd=_float(values.get("estimated_cost_usd")),
+        )
 
     def columns(self) -> dict[str, int | float | None]:
         """The agent row's columns these values go in."""
@@ -53,3 +90,11 @@ def _add(a: _N | None, b: _N | None) -> _N | None:
     if b is None:
         return a
     return a + b
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)

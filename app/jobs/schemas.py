@@ -33,6 +33,12 @@ class Usage(ResponseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    estimated_tokens: int = Field(
+        0,
+        description="Of total_tokens, how many are estimated: attempts whose answer never "
+        "arrived (the service restarted, a time-out, a dropped connection, a cancel) are "
+        "counted from their request, so the figures are an upper bound on spend.",
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -82,6 +88,14 @@ class JobPublic(ResponseModel):
     cost_complete: bool = Field(
         True, description="False when some agent's model has no known price (not counted)."
     )
+    usage_estimated: bool = Field(
+        False,
+        description="True when usage and cost include estimates of attempts whose answer "
+        "never arrived (see README, How spend is counted).",
+    )
+    estimated_cost_usd: Usd | None = Field(
+        None, description="Of cost_usd, how much is estimated; null when nothing is."
+    )
     created_at: UtcDateTime
     started_at: UtcDateTime | None
     finished_at: UtcDateTime | None
@@ -107,6 +121,8 @@ class JobPublic(ResponseModel):
             usage=Usage.of(totals.usage),
             cost_usd=totals.usage.cost_usd,
             cost_complete=totals.cost_complete,
+            usage_estimated=totals.usage.estimated,
+            estimated_cost_usd=totals.usage.estimated_cost_usd,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
@@ -173,7 +189,27 @@ class AgentDetail(ResponseModel):
     finish_reason: str | None
     usage: Usage | None
     cost_usd: Usd | None
-    attempts: int = Field(description="Calls made to the upstream for this agent.")
+    usage_estimated: bool = Field(
+        False,
+        description="True when usage and cost include estimates of attempts whose answer "
+        "never arrived (see README, How spend is counted).",
+    )
+    estimated_cost_usd: Usd | None = Field(
+        None, description="Of cost_usd, how much is estimated; null when nothing is."
+    )
+    attempts: int = Field(
+        description="Calls made for this agent, including any cut off by a restart or cancel."
+    )
+    failed_attempts: int = Field(
+        0,
+        description="Attempts that failed for the agent's own reasons: what max_retries "
+        "bounds (being told to wait and attempts cut off by a restart do not count).",
+    )
+    waited_s: float = Field(
+        0.0,
+        description="Seconds the upstream told this agent to wait (429, 503): what "
+        "rate_limit_wait_s bounds.",
+    )
     rate_limited: int = Field(description="Attempts answered with 429.")
     latency_ms: float | None = Field(None, description="Duration of the successful call.")
     last_error: str | None
@@ -212,7 +248,10 @@ class JobMetrics(ResponseModel):
     usage: Usage
     cost_usd: Usd | None
     latency: LatencyStats = Field(description="Durations of the agents' successful calls.")
-    calls: int = Field(description="Upstream calls made (all attempts of all agents).")
+    calls: int = Field(
+        description="Upstream calls made: attempts of all agents that reached the upstream "
+        "(a refused connection is not a call; one whose outcome is unknown is)."
+    )
     retries: int = Field(description="Calls beyond each agent's first.")
     rate_limited: int = Field(description="Calls answered with 429.")
     wall_time_s: float | None = Field(

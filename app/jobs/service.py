@@ -199,7 +199,7 @@ class JobsService:
             usage=Usage.of(totals.usage),
             cost_usd=totals.usage.cost_usd,
             latency=latency_stats(calls.latencies_ms),
-            calls=calls.attempts,
+            calls=calls.calls,
             retries=calls.attempts - calls.agents_called,
             rate_limited=calls.rate_limited,
             wall_time_s=None if wall is None else round(wall, 3),

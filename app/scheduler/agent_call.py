@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.config import Settings
+from app.engine.attempts import Failure, GiveUp, RetryLimits, Tally, after_failure, estimate_attempt
 from app.engine.lifecycle import AgentKind
 from app.engine.mapping import PlanError, parse_plan
 from app.engine.run_state import SubAgent
@@ -30,12 +31,26 @@ from app.upstream.retry import retry_delay
 
 # Failures that mean "the upstream is saturated": they shrink the model's adaptive limit.
 OVERLOAD_REASONS = frozenset({FailureReason.rate_limited, FailureReason.timeout})
+# Failures after which what the upstream did with the request is unknown (no answer, or one
+# whose usage could not be read): the attempt is counted at its estimate.
+ANSWER_UNKNOWN = frozenset(
+    {
+        FailureReason.timeout,
+        FailureReason.connection,
+        FailureReason.malformed_response,
+        FailureReason.empty_output,
+    }
+)
 # The outcome label of swarm_upstream_requests for each failure.
 _OUTCOME_LABEL = {
     FailureReason.rate_limited: "429",
     FailureReason.server_error: "5xx",
     FailureReason.timeout: "timeout",
 }
+
+
+# The retry loop's sleep (tests make it instant while keeping the delays it is asked for).
+sleep = asyncio.sleep
 
 
 class StoreWriteError(RuntimeError):
@@ -140,12 +155,13 @@ class AgentCaller:
         prompt: Callable[[], str],
         *,
         kind: AgentKind = AgentKind.agent,
-        attempts_before: int = 0,
+        prior: Tally | None = None,
         unused: Usage | None = None,
         plan: PlanCheck | None = None,
     ) -> AgentOutcome:
-        """`prompt` is rendered once, after the route is known; `unused`: answers paid
-        for before a restart but not used."""
+        """`prompt` is rendered once, after the route is known; `prior`: the attempts made
+        before a restart; `unused`: answers paid for (or estimated) before a restart but
+        not used."""
         agent_id = agent.id
         try:
             route = self.route(agent)
@@ -157,18 +173,39 @@ class AgentCaller:
             return await self.fail(
                 agent_id, self._too_large(agent_id, kind, req), "prompt_too_large"
             )
-        max_retries = (
-            agent.max_retries
+        limits = RetryLimits(
+            max_retries=agent.max_retries
             if agent.max_retries is not None
-            else self.settings.default_max_retries
+            else self.settings.default_max_retries,
+            rate_limit_wait_s=agent.rate_limit_wait_s
+            if agent.rate_limit_wait_s is not None
+            else self.settings.rate_limit_wait_s,
         )
-        max_attempts = 1 + max_retries
-        attempt = attempts_before
-        # Answers paid for but not used (a planner's answer that was no list).
+        tally = prior or Tally()
+        # The most one attempt may cost, should its answer never arrive.
+        estimate = self._priced(
+            route,
+            estimate_attempt(
+                req.system_prompt,
+                req.prompt,
+                req.max_tokens,
+                default_completion_tokens=self.settings.unknown_completion_tokens,
+            ),
+        ).as_estimate()
+        # Answers paid for but not used (a planner's answer that was no list), and the
+        # estimates of attempts whose answer never arrived.
         wasted = unused or Usage()
         while True:
-            attempt += 1
-            outcome = await self._attempt(agent_id, attempt, route, req)
+            tally = tally.started()
+            attempt = tally.attempts
+            outcome = await self._attempt(agent_id, attempt, route, req, estimate)
+            if (
+                isinstance(outcome, UpstreamFailure)
+                and outcome.sent
+                and outcome.reason in ANSWER_UNKNOWN
+            ):
+                wasted += estimate
+                self._spend(estimate.cost_usd)
             if isinstance(outcome, CallResult) and plan is not None:
                 try:
                     parse_plan(outcome.output, plan.paths)
@@ -185,39 +222,48 @@ class AgentCaller:
                 result = outcome
                 break
             last = outcome
-            if last.retryable and attempt < max_attempts:
-                delay = retry_delay(
-                    attempt,
-                    last.retry_after_s,
-                    base_s=self.settings.retry_backoff_base_s,
-                    cap_s=self.settings.retry_backoff_cap_s,
-                    rng=self._rng,
-                )
+            delay = retry_delay(
+                attempt,
+                last.retry_after_s,
+                base_s=self.settings.retry_backoff_base_s,
+                cap_s=self.settings.retry_backoff_cap_s,
+                rng=self._rng,
+            )
+            step = after_failure(
+                tally,
+                limits,
+                Failure(last.message, last.retryable, last.told_to_wait, last.sent),
+                delay,
+            )
+            tally = step.tally
+            if isinstance(step, GiveUp):
                 await self.persist(
-                    ops.mark_agent_retrying(
+                    ops.mark_agent_failed(
                         self.job_id,
                         agent_id,
-                        attempt=attempt,
+                        error=step.error,
                         reason=str(last.reason),
-                        error=last.message,
-                        delay_s=delay,
-                        rate_limited=last.reason is FailureReason.rate_limited,
                         unused=wasted,
+                        tally=tally,
                     )
                 )
-                if self._draining():
-                    raise asyncio.CancelledError  # resumes on the next start
-                await asyncio.sleep(delay)
-                continue
-            error = last.message
-            if last.retryable:
-                error = f"gave up after {attempt} attempt(s): {last.message}"
+                return AgentOutcome(agent_id, False, error=step.error)
             await self.persist(
-                ops.mark_agent_failed(
-                    self.job_id, agent_id, error=error, reason=str(last.reason), unused=wasted
+                ops.mark_agent_retrying(
+                    self.job_id,
+                    agent_id,
+                    attempt=attempt,
+                    reason=str(last.reason),
+                    error=last.message,
+                    delay_s=step.delay_s,
+                    rate_limited=last.reason is FailureReason.rate_limited,
+                    unused=wasted,
+                    tally=tally,
                 )
             )
-            return AgentOutcome(agent_id, False, error=error)
+            if self._draining():
+                raise asyncio.CancelledError  # resumes on the next start
+            await sleep(step.delay_s)
         paid = self._priced(route, result.usage)
         await self.persist(
             ops.mark_agent_completed(
@@ -270,7 +316,7 @@ class AgentCaller:
         m.upstream_requests.labels(label, _OUTCOME_LABEL.get(failure.reason, "error")).inc()
 
     async def _attempt(
-        self, agent_id: str, attempt: int, route: Route, req: AgentRequest
+        self, agent_id: str, attempt: int, route: Route, req: AgentRequest, in_flight: Usage
     ) -> CallResult | UpstreamFailure:
         """One call through every limit: the model's adaptive limit and rate buckets, the
         global limit, the upstream's pool. The attempt is recorded (and counted) once all
@@ -301,6 +347,7 @@ class AgentCaller:
                         model=req.model,
                         system_prompt=req.system_prompt,
                         prompt=req.prompt,
+                        estimate=in_flight,
                     )
                 )
                 started = time.perf_counter()

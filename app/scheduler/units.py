@@ -97,7 +97,7 @@ class Units:
             agent,
             prompt,
             kind=kind,
-            attempts_before=state.prior_attempts.get(agent.id, 0),
+            prior=state.prior_tally.get(agent.id),
             unused=state.prior_usage.pop(agent.id, None),
             plan=self.plan_checks.get(agent.id),
         )

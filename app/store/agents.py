@@ -85,19 +85,25 @@ class AgentRecord:
     usage: Usage | None
     cost_usd: float | None
     attempts: int
+    failed_attempts: int
+    waited_s: float
     rate_limited: int
     latency_ms: float | None
     last_error: str | None
     started_at: datetime | None
     finished_at: datetime | None
 
+    @property
+    def usage_estimated(self) -> bool:
+        return self.usage is not None and self.usage.estimated
+
+    @property
+    def estimated_cost_usd(self) -> float | None:
+        return None if self.usage is None else self.usage.estimated_cost_usd
+
     @classmethod
     def from_row(cls, row: Any) -> AgentRecord:
-        usage = (
-            None
-            if row.total_tokens is None
-            else Usage(row.prompt_tokens, row.completion_tokens, row.total_tokens, row.cost_usd)
-        )
+        usage = None if row.total_tokens is None else Usage.from_columns(row._mapping)
         return cls(
             job_id=row.job_id,
             id=row.agent_id,
@@ -114,6 +120,8 @@ class AgentRecord:
             usage=usage,
             cost_usd=row.cost_usd,
             attempts=row.attempts,
+            failed_attempts=row.failed_attempts or 0,
+            waited_s=row.waited_s or 0.0,
             rate_limited=row.rate_limited,
             latency_ms=row.latency_ms,
             last_error=row.last_error,
@@ -125,6 +133,7 @@ class AgentRecord:
 @dataclass(frozen=True)
 class CallStats:
     attempts: int  # calls made, all agents
+    calls: int  # of those, the calls that reached the upstream (or may have)
     agents_called: int  # agents with at least one call
     rate_limited: int  # attempts answered with 429
     latencies_ms: list[float]  # the successful call of each completed agent
@@ -205,6 +214,7 @@ def call_stats(conn: Connection, job_id: str) -> CallStats:
             func.coalesce(func.sum(agents_t.c.attempts), 0),
             func.count().filter(agents_t.c.attempts > 0),
             func.coalesce(func.sum(agents_t.c.rate_limited), 0),
+            func.coalesce(func.sum(agents_t.c.unsent), 0),
         ).where(agents_t.c.job_id == job_id)
     ).one()
     latencies = conn.execute(
@@ -212,4 +222,7 @@ def call_stats(conn: Connection, job_id: str) -> CallStats:
             agents_t.c.job_id == job_id, agents_t.c.latency_ms.is_not(None)
         )
     ).scalars()
-    return CallStats(int(row[0]), int(row[1]), int(row[2]), [float(x) for x in latencies])
+    attempts, called, rate_limited, unsent = (int(x) for x in row)
+    return CallStats(
+        attempts, attempts - unsent, called, rate_limited, [float(x) for x in latencies]
+    )

@@ -121,7 +121,8 @@ class PriorSubmit:
 @dataclass(frozen=True)
 class JobTotals:
     """A job's agents counted by status, and what they used (tokens summed as 0 when none
-    reported any; cost None when no agent has a price)."""
+    reported any; cost None when no agent has a price), estimates of attempts whose answer
+    never arrived included (`usage.estimated_*` say how much)."""
 
     counts: dict[AgentStatus, int]
     usage: Usage
@@ -334,6 +335,8 @@ def job_totals(conn: Connection, job_id: str) -> JobTotals:
             func.sum(agents_t.c.cost_usd),
             func.count(agents_t.c.cost_usd),
             func.count(agents_t.c.total_tokens),
+            func.sum(agents_t.c.estimated_tokens),
+            func.sum(agents_t.c.estimated_cost_usd),
         )
         .where(agents_t.c.job_id == job_id)
         .group_by(agents_t.c.status)
@@ -341,10 +344,17 @@ def job_totals(conn: Connection, job_id: str) -> JobTotals:
     counts = dict.fromkeys(AgentStatus, 0)
     usage = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
     priced = with_usage = 0
-    for status, n, p, c, t, cost_sum, n_priced, n_usage in rows:
+    for status, n, p, c, t, cost_sum, n_priced, n_usage, est_tokens, est_cost in rows:
         counts[AgentStatus(status)] = int(n)
         cost = None if cost_sum is None else float(cost_sum)
-        usage += Usage(int(p), int(c), int(t), cost)
+        usage += Usage(
+            int(p),
+            int(c),
+            int(t),
+            cost,
+            None if est_tokens is None else int(est_tokens),
+            None if est_cost is None else float(est_cost),
+        )
         priced += int(n_priced)
         with_usage += int(n_usage)
     return JobTotals(counts=counts, usage=usage, cost_complete=priced == with_usage)

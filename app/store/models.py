@@ -100,7 +100,24 @@ class Agent(SQLModel, table=True):
     completion_tokens: int | None = None
     total_tokens: int | None = None
     cost_usd: float | None = None
+    # Of the usage figures, how much is an estimate: attempts whose answer never arrived
+    # (the process died, a time-out, a dropped connection, an abort) are counted from their
+    # request, so the figures bound what was spent from above.
+    estimated_tokens: int | None = None
+    estimated_cost_usd: float | None = None
+    # The estimate of the attempt in flight, set as it starts and cleared when its outcome
+    # is recorded; one left set (the outcome is unknown) is added to the usage above.
+    in_flight_json: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # Calls started (recorded just before each is sent), including any cut off by a
+    # restart, a drain or a cancel.
     attempts: int = 0
+    # Attempts that failed for the agent's own reasons: what max_retries bounds (being told
+    # to wait, and attempts our own restart cut off, are not counted).
+    failed_attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # Seconds the upstream told the agent to wait (429, 503): what rate_limit_wait_s bounds.
+    waited_s: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
+    # Attempts that never reached the upstream (the connection was refused).
+    unsent: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     rate_limited: int = 0
     latency_ms: float | None = None
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

@@ -11,6 +11,7 @@ from typing import Any, TypedDict
 
 from sqlalchemy import Connection, TextClause, Update, bindparam, func, insert, select, text, update
 
+from app.engine.attempts import Tally
 from app.engine.lifecycle import (
     AGENT_ENTERED_FROM,
     FINISHED_JOB_STATUSES,
@@ -24,7 +25,7 @@ from app.engine.run_state import StoredAgent
 from app.engine.usage import Usage
 from app.events.types import EventType
 from app.store.models import utcnow
-from app.store.tables import AGENT_ORDER, agents_t, dumps, jobs_t
+from app.store.tables import AGENT_ORDER, agents_t, dumps, jobs_t, loads
 from app.store.writer import Tx, WriteOp
 from app.text import clean_text
 
@@ -58,6 +59,34 @@ def _status_in(statuses: frozenset[AgentStatus]) -> TextClause:
     return text(f"agents.status IN ({listed})")
 
 
+_USAGE_COLUMNS = tuple(Usage().columns())
+
+
+def _tally_columns(tally: Tally) -> dict[str, Any]:
+    return {
+        "failed_attempts": tally.failed_attempts,
+        "waited_s": tally.waited_s,
+        "unsent": tally.unsent,
+    }
+
+
+def _count_unknown_outcomes(tx: Tx, job_id: str, agent_ids: set[str] | None) -> None:
+    """Add to their usage the estimate of each of these agents' calls whose outcome was
+    never recorded (`agent_ids` None: every such agent of the job)."""
+    q = select(agents_t.c.agent_id, agents_t.c.in_flight_json, *agents_t.c[_USAGE_COLUMNS]).where(
+        agents_t.c.job_id == job_id, agents_t.c.in_flight_json.is_not(None)
+    )
+    if agent_ids is not None:
+        q = q.where(agents_t.c.agent_id.in_(agent_ids))
+    for r in tx.conn.execute(q).all():
+        used = Usage.from_columns(r._mapping) + Usage.from_columns(loads(r.in_flight_json, {}))
+        tx.conn.execute(
+            update(agents_t)
+            .where(agents_t.c.job_id == job_id, agents_t.c.agent_id == r.agent_id)
+            .values(in_flight_json=None, **used.columns())
+        )
+
+
 # -- the job ------------------------------------------------------------------------------
 
 
@@ -88,6 +117,8 @@ def mark_job_started(job_id: str, resumed: bool) -> WriteOp[StartDecision]:
             .values(status=JobStatus.running, started_at=func.coalesce(jobs_t.c.started_at, now))
         )
         if resumed:
+            # The calls a crash cut off may have been paid for: their estimates are counted.
+            _count_unknown_outcomes(tx, job_id, None)
             # Agents caught mid-call by a crash go back to pending; their attempt stays counted.
             # (A running map node is waiting for its items, which resume under it.)
             # Nor is an agent waiting for its merge steps.
@@ -167,13 +198,18 @@ def mark_agent_started(
     model: str,
     system_prompt: str | None,
     prompt: str,
+    estimate: Usage | None = None,
 ) -> WriteOp[bool]:
+    """`estimate`: the most the call may cost, kept until its outcome is recorded, so that
+    if the process dies meanwhile the next start counts it."""
+
     def op(tx: Tx) -> bool:
         values: dict[str, Any] = {
             "attempts": attempt,
             "model": model,
             "system_prompt": system_prompt,
             "prompt": prompt,
+            "in_flight_json": None if estimate is None else dumps(estimate.columns()),
         }
         if attempt == 1:
             values["started_at"] = utcnow()
@@ -207,12 +243,16 @@ def mark_agent_retrying(
     delay_s: float,
     rate_limited: bool,
     unused: Usage | None = None,
+    tally: Tally | None = None,
 ) -> WriteOp[bool]:
     """`unused`: what the agent's unused answers have cost so far (a planner's answers that
-    were no list), kept on its row so that a restart does not forget them."""
+    were no list, estimates of attempts whose answer never arrived), kept on its row so
+    that a restart does not forget them; `tally`: how its attempts counted."""
 
     def op(tx: Tx) -> bool:
-        values: dict[str, Any] = {"last_error": clean_text(error)}
+        values: dict[str, Any] = {"last_error": clean_text(error), "in_flight_json": None}
+        if tally is not None:
+            values.update(_tally_columns(tally))
         if rate_limited:
             values["rate_limited"] = agents_t.c.rate_limited + 1
         if unused:
@@ -263,6 +303,7 @@ def mark_agent_completed(
             "latency_ms": latency_ms,
             "last_error": None,
             "finished_at": utcnow(),
+            "in_flight_json": None,
         }
         if not _enter(tx, job_id, agent_id, AgentStatus.completed, values):
             return False
@@ -284,12 +325,21 @@ class AgentFailedData(TypedDict):
 
 
 def mark_agent_failed(
-    job_id: str, agent_id: str, *, error: str, reason: str, unused: Usage | None = None
+    job_id: str,
+    agent_id: str,
+    *,
+    error: str,
+    reason: str,
+    unused: Usage | None = None,
+    tally: Tally | None = None,
 ) -> WriteOp[bool]:
     def op(tx: Tx) -> bool:
         values: dict[str, Any] = {"last_error": error, "finished_at": utcnow()}
         if unused:
             values.update(unused.columns())
+        if tally is not None:
+            values.update(_tally_columns(tally))
+            values["in_flight_json"] = None
         if not _enter(tx, job_id, agent_id, AgentStatus.failed, values):
             return False
         tx.emit(
@@ -439,6 +489,8 @@ def mark_agents_ended(
             }
             if not ended:
                 continue
+            # An agent cancelled mid-call may still be billed for it: its estimate counts.
+            _count_unknown_outcomes(tx, job_id, ended)
             tx.conn.execute(
                 update(agents_t)
                 .where(
@@ -491,10 +543,15 @@ def agent_states(conn: Connection, job_id: str) -> list[StoredAgent]:
             agents_t.c.prompt_tokens,
             agents_t.c.completion_tokens,
             agents_t.c.total_tokens,
+            agents_t.c.estimated_tokens,
+            agents_t.c.estimated_cost_usd,
             agents_t.c.last_error,
             agents_t.c.kind,
             agents_t.c.parent_id,
             agents_t.c.item_json,
+            agents_t.c.failed_attempts,
+            agents_t.c.waited_s,
+            agents_t.c.unsent,
         )
         .where(agents_t.c.job_id == job_id)
         .order_by(*AGENT_ORDER)
@@ -508,13 +565,11 @@ def agent_states(conn: Connection, job_id: str) -> list[StoredAgent]:
             output=r.output,
             last_error=r.last_error,
             attempts=int(r.attempts or 0),
-            usage=Usage(
-                r.prompt_tokens,
-                r.completion_tokens,
-                r.total_tokens,
-                None if r.cost_usd is None else float(r.cost_usd),
-            ),
+            usage=Usage.from_columns(r._mapping),
             item_json=r.item_json,
+            failed_attempts=int(r.failed_attempts or 0),
+            waited_s=float(r.waited_s or 0.0),
+            unsent=int(r.unsent or 0),
         )
         for r in rows
     ]

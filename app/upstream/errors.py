@@ -67,16 +67,30 @@ def redact(text: str) -> str:
     return _KEYISH.sub(REDACTED, SECRETS.mask(clean_text(text)))
 
 
+# Answers that say "wait", not "you failed": a rate limit, and a server saying it is
+# overloaded (503 Service Unavailable, with or without Retry-After).
+OVERLOAD_STATUSES = frozenset({503})
+
+
 @dataclass(frozen=True)
 class UpstreamFailure:
     reason: FailureReason
     message: str
     status: int | None = None
     retry_after_s: float | None = None
+    # False when the request never reached the upstream (the connection was not made).
+    sent: bool = True
 
     @property
     def retryable(self) -> bool:
         return self.reason in RETRYABLE
+
+    @property
+    def told_to_wait(self) -> bool:
+        """The upstream is busy, not the request wrong: waiting is the remedy."""
+        return self.reason is FailureReason.rate_limited or (
+            self.reason is FailureReason.server_error and self.status in OVERLOAD_STATUSES
+        )
 
 
 def _upstream_message(exc: openai.APIStatusError) -> str:
@@ -212,6 +226,30 @@ def window_exceeded(
     )
 
 
+def _never_sent(exc: BaseException) -> bool:
+    """Whether the connection was never made (refused, unreachable, connect time-out), so
+    the request cannot have reached the upstream."""
+    try:
+        import aiohttp
+    except ImportError:  # pragma: no cover - aiohttp is a dependency
+        aiohttp = None  # type: ignore[assignment]
+    unsent: tuple[type[BaseException], ...] = (
+        httpx2.ConnectError,
+        httpx2.ConnectTimeout,
+        ConnectionRefusedError,
+    )
+    if aiohttp is not None:
+        unsent += (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, unsent):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def classify(
     exc: BaseException,
     *,
@@ -232,7 +270,11 @@ def classify(
         retry_after_cap_s=retry_after_cap_s,
     )
     masked = SECRETS.mask(failure.message)
-    return failure if masked == failure.message else replace(failure, message=masked)
+    if masked != failure.message:
+        failure = replace(failure, message=masked)
+    if failure.reason in (FailureReason.timeout, FailureReason.connection) and _never_sent(exc):
+        failure = replace(failure, sent=False)
+    return failure
 
 
 def _classify(
@@ -280,6 +322,13 @@ def _classify(
         if status in (408, 409):
             return UpstreamFailure(
                 FailureReason.conflict, f"the upstream asked to retry ({status})", status
+            )
+        if status in OVERLOAD_STATUSES:
+            return UpstreamFailure(
+                FailureReason.server_error,
+                f"the upstream is overloaded ({status}): {upstream}",
+                status,
+                parse_retry_after(exc.response.headers, cap_s=retry_after_cap_s),
             )
         if status >= 500:
             return UpstreamFailure(

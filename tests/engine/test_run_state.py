@@ -660,7 +660,7 @@ def test_restore_counts_what_was_spent_and_keeps_unused_answers_of_unfinished_ag
     )
     assert run.spent_usd == 0.75
     assert run.prior_usage == {"b": paid}
-    assert run.prior_attempts["a"] == 2
+    assert run.prior_tally["a"].attempts == 2
     assert start_all(run) == ["b", "side"]
 
 

@@ -274,3 +274,22 @@ def test_lone_surrogates_in_context_and_metadata_are_located() -> None:
         assert error["msg"].startswith(what + " holds a lone UTF-16 surrogate")
     # Paired surrogates (an emoji sent as two escapes) are fine.
     JobSpec.model_validate({**body, "context": {"\U0001f600": "\U0001f600"}})
+
+
+def test_rate_limit_wait_s_is_a_job_default_an_agent_may_override() -> None:
+    spec = JobSpec.model_validate(
+        {
+            "rate_limit_wait_s": 60,
+            "agents": [{"id": "a", "task": "x"}, {"id": "b", "task": "y", "rate_limit_wait_s": 0}],
+        }
+    )
+    a, b = spec.resolved_agents()
+    assert (a.rate_limit_wait_s, b.rate_limit_wait_s) == (60, 0)
+    unset = JobSpec.model_validate({"agents": [{"id": "a", "task": "x"}]})
+    assert unset.resolved_agents()[0].rate_limit_wait_s is None  # the service's default
+
+
+@pytest.mark.parametrize("value", [-1, "60", True, 86_401])
+def test_rate_limit_wait_s_must_be_a_sensible_number(value: Any) -> None:
+    with pytest.raises(ValidationError, match="rate_limit_wait_s"):
+        JobSpec.model_validate({"rate_limit_wait_s": value, "agents": [{"id": "a", "task": "x"}]})

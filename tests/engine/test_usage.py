@@ -1,3 +1,5 @@
+import pytest
+
 from app.engine.lifecycle import AgentStatus, JobStatus, agent_may_enter, job_may_enter
 from app.engine.usage import Usage
 
@@ -23,7 +25,10 @@ def test_columns_and_tokens() -> None:
         "completion_tokens": 2,
         "total_tokens": 3,
         "cost_usd": 0.5,
+        "estimated_tokens": None,
+        "estimated_cost_usd": None,
     }
+    assert Usage.from_columns(u.columns()) == u
     assert u.tokens() == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
     assert u.priced(None).cost_usd is None
 
@@ -41,3 +46,15 @@ def test_finished_jobs_never_change() -> None:
         for old in (JobStatus.completed, JobStatus.failed, JobStatus.cancelled):
             assert not job_may_enter(new, old)
     assert not job_may_enter(JobStatus.completed, JobStatus.queued)
+
+
+def test_an_estimate_keeps_its_flag_through_sums() -> None:
+    reported = Usage(10, 5, 15, 0.01)
+    guessed = Usage(100, 50, 150, 0.2).as_estimate()
+    assert not reported.estimated and guessed.estimated
+    total = reported + guessed
+    assert (total.total_tokens, total.estimated_tokens) == (165, 150)
+    assert total.cost_usd == pytest.approx(0.21) and total.estimated_cost_usd == 0.2
+    assert total.estimated
+    # Unpriced: the tokens still say it is an estimate.
+    assert Usage(1, 1, 2).as_estimate().estimated

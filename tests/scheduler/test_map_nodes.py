@@ -688,8 +688,11 @@ async def test_a_planners_unused_answers_stay_counted_across_a_restart(
         plan = await agent(second, job["id"], "plan")
     assert calls["n"] == 3
     assert plan["attempts"] == 3
-    # The first (unused) answer and the last; the abandoned call never reported usage.
-    assert plan["usage"]["completion_tokens"] == 14
+    # The first (unused) answer and the last, reported; the abandoned call never reported
+    # usage, so it counts at its estimate: the whole answer allowance (no max_tokens set).
+    assert plan["usage"]["completion_tokens"] == 14 + settings.unknown_completion_tokens
+    assert plan["usage_estimated"] is True
+    assert plan["usage"]["estimated_tokens"] > settings.unknown_completion_tokens
 
 
 async def test_a_restart_skips_the_rest_of_a_map_that_is_failing(

@@ -102,13 +102,13 @@ async def test_non_retryable_errors_fail_at_once_with_advice(
 async def test_exhausted_retries_fail_with_the_last_error(
     service: Service, fake_upstream: FakeUpstream
 ) -> None:
-    fake_upstream.script = fail_when("first", 503)
+    fake_upstream.script = fail_when("first", 500)
     body = {**PIPELINE, "max_retries": 2}
     job = await service.submit(body)
     await service.wait(job["id"])
     a = (await service.client.get(f"/jobs/{job['id']}/agents/a")).json()
     assert a["attempts"] == 3
-    assert "gave up after 3 attempt(s)" in a["last_error"] and "503" in a["last_error"]
+    assert "gave up after 3 attempt(s)" in a["last_error"] and "500" in a["last_error"]
 
 
 async def test_dropped_connections_and_timeouts_are_retried(

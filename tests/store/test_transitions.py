@@ -186,3 +186,69 @@ async def test_one_refused_transition_in_a_batch_leaves_the_others_written(store
     assert rows["a2"].output is None and rows["a4"].output == "four"
     added = (await event_types(store, job_id))[len(before) :]
     assert added.count("agent.completed") == 4 and added.count("agent.started") == 1
+
+
+ESTIMATE = Usage(100, 400, 500, 0.25).as_estimate()
+
+
+def started_with_estimate(job_id: str, agent_id: str, attempt: int = 1) -> Any:
+    return transitions.mark_agent_started(
+        job_id,
+        agent_id,
+        attempt=attempt,
+        model="m",
+        system_prompt=None,
+        prompt="p",
+        estimate=ESTIMATE,
+    )
+
+
+async def test_a_call_a_crash_cut_off_counts_at_its_estimate_on_the_next_start(
+    store: Store,
+) -> None:
+    job_id = await new_job(store)
+    await store.write(transitions.mark_job_started(job_id, False))
+    # a0: in flight at the crash, after an earlier answer that was paid for but unused.
+    await store.write(started_with_estimate(job_id, "a0"))
+    retry = transitions.mark_agent_retrying(
+        job_id,
+        "a0",
+        attempt=1,
+        reason="invalid_plan",
+        error="no list",
+        delay_s=0.0,
+        rate_limited=False,
+        unused=Usage(10, 5, 15, 0.01),
+    )
+    await store.write(retry)
+    await store.write(started_with_estimate(job_id, "a0", attempt=2))
+    # a1: its call answered; nothing about it is unknown.
+    await store.write(started_with_estimate(job_id, "a1"))
+    await store.write(completed(job_id, "a1"))
+    assert (await store.write(transitions.mark_job_started(job_id, True))).start
+    a0 = await agent_row(store, job_id, "a0")
+    assert a0.status == AgentStatus.pending and a0.attempts == 2
+    assert a0.usage == Usage(110, 405, 515, 0.26, 500, 0.25)
+    assert a0.usage_estimated and a0.estimated_cost_usd == 0.25
+    a1 = await agent_row(store, job_id, "a1")
+    assert a1.usage == Usage(3, 2, 5, 0.01) and not a1.usage_estimated
+    # What the resumed run reads: the estimate is spent (so the budget sees it).
+    rows = await store.read(lambda c: transitions.agent_states(c, job_id))
+    assert rows[0].usage.cost_usd == pytest.approx(0.26)
+    totals = await store.read(lambda c: job_store.job_totals(c, job_id))
+    assert totals.usage.estimated_tokens == 500 and totals.usage.estimated
+    # Counted once: another start finds nothing unknown.
+    await store.write(transitions.mark_job_started(job_id, True))
+    assert (await agent_row(store, job_id, "a0")).usage == a0.usage
+
+
+async def test_a_call_cancelled_in_flight_counts_at_its_estimate(store: Store) -> None:
+    job_id = await new_job(store)
+    await store.write(transitions.mark_job_started(job_id, False))
+    await store.write(started_with_estimate(job_id, "a0"))
+    await store.write(transitions.cancel_unfinished_agents(job_id, "cancelled by request"))
+    a0 = await agent_row(store, job_id, "a0")
+    assert a0.status == AgentStatus.cancelled
+    assert a0.usage == ESTIMATE and a0.usage_estimated
+    # a1 never started: nothing to count.
+    assert (await agent_row(store, job_id, "a1")).usage is None
