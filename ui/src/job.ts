@@ -646,7 +646,7 @@ export function showJob(app: HTMLElement, jobId: string): () => void {
       onEvents,
       onState: (state, detail) => {
         streamState.dataset.state = state;
-        streamState.textContent = state === "live" ? "live" : state === "reconnecting" ? `reconnecting (${detail})` : detail ?? "";
+        streamState.textContent = state === "live" ? "live" : state === "reconnecting" ? `reconnecting (${detail})` : detail ?? "stream ended";
         if (state === "ended" && detail !== "not found") void reconcile();
       },
     });
