@@ -107,7 +107,8 @@ async def scenario_ui(ctx: Ctx) -> dict[str, Any]:
                 await toggle.click()
                 await page.wait_for_selector(".cell", timeout=30_000)
                 expand_ms = (time.monotonic() - t) * 1000
-            ctx.log(f"ui: click to panel {click_ms:.0f} ms, expand {expand_ms} ms")
+            expanded = "-" if expand_ms is None else f"{expand_ms:.0f} ms"
+            ctx.log(f"ui: click to panel {click_ms:.0f} ms, expand {expanded}")
             final = await svc.wait(job_id, timeout_s=600)
             ended = time.monotonic()
             await page.wait_for_selector(

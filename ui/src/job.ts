@@ -168,7 +168,7 @@ export function showJob(app: HTMLElement, jobId: string): () => void {
         width: 420,
         height: 150,
         legend: { show: false },
-        title: "tokens (blue) and cost (orange) over time",
+        title: "tokens (blue, left) and cost (orange, right) so far",
         cursor: { show: false },
         scales: { x: { time: false }, tokens: { auto: true }, cost: { auto: true } },
         axes: [
@@ -179,7 +179,7 @@ export function showJob(app: HTMLElement, jobId: string): () => void {
         series: [
           { label: "s" },
           { label: "tokens", scale: "tokens", stroke: "#3b82f6", width: 2 },
-          { label: "cost $", scale: "cost", stroke: "#f59e0b", width: 2 },
+          { label: "cost $", scale: "cost", stroke: "#f59e0b", width: 2, dash: [6, 4] },
         ],
       },
       chartData,
