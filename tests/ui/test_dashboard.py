@@ -342,3 +342,34 @@ def test_the_upstream_page_shows_the_check(page: Page, service: Proc) -> None:
     expect(page.locator("#upstream-status")).to_have_text("ok")
     expect(page.locator("section.upstream[data-status=ok]")).to_have_count(1)
     expect(page.locator("section.upstream")).to_contain_text("kimi-k2.5 (default): offered")
+
+
+def test_the_panel_lists_each_retry_with_its_reason(page: Page, tmp_path: Path) -> None:
+    sim = start_simulator(tmp_path, "--latency-uniform-ms", "20,50", "--error-rate", "0.4")
+    svc = start_service(
+        tmp_path,
+        {"SWARM_UPSTREAM_BASE_URL": sim.url + "/v1", "SWARM_RETRY_BACKOFF_BASE_S": "0.05"},
+    )
+    try:
+        with httpx2.Client(base_url=svc.url, timeout=10) as client:
+            graph = {
+                "name": "flaky",
+                "max_retries": 8,
+                "agents": [{"id": f"a{i}", "task": f"Task {i}."} for i in range(12)],
+            }
+            job_id = submit(client, graph)
+            wait_job(client, job_id)
+            details = [client.get(f"/jobs/{job_id}/agents/a{i}").json() for i in range(12)]
+            retried = max(details, key=lambda d: len(d["retries"]))
+            assert retried["retries"], "no agent was retried at a 40 % error rate"
+            open_job(page, svc.url, job_id)
+            page.click(f".dag-node[data-agent-id='{retried['id']}']")
+            rows = page.locator("[data-block=retries] tr.retry")
+            expect(rows).to_have_count(len(retried["retries"]))
+            first = retried["retries"][0]
+            expect(rows.first).to_contain_text(first["reason"])
+            expect(rows.first).to_contain_text(first["error"])
+            expect(page.locator("[data-field=attempts] .v")).to_have_text(str(retried["attempts"]))
+    finally:
+        svc.stop()
+        sim.stop()
