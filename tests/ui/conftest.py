@@ -39,7 +39,9 @@ new MutationObserver((records) => {
 """
 
 
-@pytest.fixture(scope="session")
+# One browser per module: Playwright's sync API runs an event loop of its own, under which
+# the async tests of other modules could not run theirs.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.skip(
@@ -108,7 +110,11 @@ class CuttingProxy:
                 conn, _ = self._server.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                conn.close()
+                continue
             with self._lock:
                 self._open.update((conn, upstream))
             for a, b in ((conn, upstream), (upstream, conn)):
@@ -121,6 +127,9 @@ class CuttingProxy:
         for s in (src, dst):
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        with self._lock:
+            self._open.difference_update((src, dst))
 
     def cut(self) -> None:
         with self._lock:

@@ -102,8 +102,11 @@ def test_jobs_list_shows_a_submitted_job_without_asking_for_a_key(
 
 
 def test_each_agent_is_a_node_whose_status_goes_pending_running_completed(
-    page: Page, service: Proc, client: httpx2.Client
+    page: Page, simulator: Proc, service: Proc, client: httpx2.Client
 ) -> None:
+    # Slow collectors: the cleaner and the analyzer are still pending seconds after the
+    # submit, however slowly the page loads.
+    httpx2.post(f"{simulator.url}/_sim/config", json={"latency_uniform_ms": [2000, 2500]})
     graph = pipeline()
     job_id = submit(client, graph)
     open_job(page, service.url, job_id)
@@ -247,8 +250,8 @@ def test_a_page_opened_mid_job_converges_to_the_final_state(
     graph = {
         "name": "mid-job",
         "max_concurrency": 4,
-        "agents": [{"id": f"doc_{i}", "task": f"Analyse document {i}."} for i in range(24)]
-        + [{"id": "report", "task": "Merge.", "depends_on": [f"doc_{i}" for i in range(24)]}],
+        "agents": [{"id": f"doc_{i}", "task": f"Analyse document {i}."} for i in range(40)]
+        + [{"id": "report", "task": "Merge.", "depends_on": [f"doc_{i}" for i in range(40)]}],
     }
     job_id = submit(client, graph)
     deadline = time.monotonic() + 30
@@ -268,7 +271,7 @@ def test_a_page_whose_stream_is_cut_reconnects_and_converges(
     graph = {
         "name": "cut",
         "max_concurrency": 3,
-        "agents": [{"id": f"doc_{i}", "task": f"Analyse document {i}."} for i in range(21)],
+        "agents": [{"id": f"doc_{i}", "task": f"Analyse document {i}."} for i in range(30)],
     }
     resumed_after: list[str] = []
     page.on(

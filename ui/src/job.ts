@@ -596,10 +596,17 @@ export function showJob(app: HTMLElement, jobId: string): () => void {
     return all;
   };
 
-  const reconcile = async () => {
+  const reconcile = async (): Promise<void> => {
     // The job ended: one last read makes the page the database's final state, whatever the
-    // stream delivered.
-    const fresh = await loadAgents();
+    // stream delivered. The service may be gone for a moment (a restart): try again.
+    let fresh: AgentSummary[];
+    try {
+      fresh = await loadAgents();
+    } catch {
+      if (!stopped) window.setTimeout(() => void reconcile(), 2000);
+      return;
+    }
+    if (stopped) return;
     let added = false;
     for (const s of fresh) {
       const a = agents.get(s.id);
@@ -633,7 +640,13 @@ export function showJob(app: HTMLElement, jobId: string): () => void {
       return;
     }
     renderHeader();
-    const list = await loadAgents();
+    let list: AgentSummary[];
+    try {
+      list = await loadAgents();
+    } catch (e) {
+      app.replaceChildren(el("p", { class: "error" }, `Could not load the agents: ${e instanceof Error ? e.message : String(e)}`));
+      return;
+    }
     if (stopped) return;
     for (const a of list) addAgent(a);
     renderIndex();
