@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint typecheck openapi install clean bench bench-quick
+.PHONY: run test lint typecheck openapi install clean bench bench-quick ui
 
 # Under a lock (scripts/install.sh): `make run` and `make test` may start at the same moment.
 $(VENV)/.installed: pyproject.toml
@@ -38,6 +38,11 @@ bench: install
 
 bench-quick: install
 	$(PY) -m bench.run --quick --check
+
+## Rebuild the web dashboard (ui/, TypeScript + Vite) into app/ui/static, which is committed:
+## `make run` needs no Node. A test fails when the bundle is older than the sources.
+ui:
+	cd ui && npm ci && npm run build
 
 ## Regenerate openapi/openapi.json from the app.
 openapi: install

@@ -33,6 +33,7 @@ from app.metrics import Metrics
 from app.scheduler.scheduler import Scheduler
 from app.store import migrate
 from app.store.store import Store
+from app.ui import routes as ui_routes
 from app.upstream.local_simulator import LocalSimulator
 from app.upstream.pool import UpstreamPool
 from app.upstream.registry import ModelRegistry
@@ -230,6 +231,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_routes.router)
     app.include_router(health.router)
     app.include_router(upstream.router)
+    app.include_router(ui_routes.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(StartupRefusalMessage)
     return app

@@ -55,6 +55,7 @@ from bench.procs import (
     start_service,
     start_simulator,
 )
+from bench.ui import scenario_ui
 
 TRANSPORTS = ("aiohttp", "httpx2")
 
@@ -783,6 +784,8 @@ SCENARIOS: dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]] = {
     "api_load": scenario_api_load,
     "map": scenario_map,
 }
+# Run only when named (--only ui): it drives Chromium (/usr/bin/chromium) through Playwright.
+NAMED_ONLY: dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]] = {"ui": scenario_ui}
 
 
 def write_text(path: Path, text: str) -> None:
@@ -845,7 +848,7 @@ async def amain(args: argparse.Namespace) -> int:
                 "sizes": asdict(sizes),
             }
             try:
-                result = await SCENARIOS[name](ctx)
+                result = await (SCENARIOS.get(name) or NAMED_ONLY[name])(ctx)
             except Exception as exc:
                 log(f"{name} FAILED: {type(exc).__name__}: {exc}")
                 failures.append(f"{name}: {type(exc).__name__}: {exc}")
@@ -871,7 +874,9 @@ async def amain(args: argparse.Namespace) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small version of each")
-    parser.add_argument("--only", nargs="+", choices=list(SCENARIOS), help="scenarios to run")
+    parser.add_argument(
+        "--only", nargs="+", choices=[*SCENARIOS, *NAMED_ONLY], help="scenarios to run"
+    )
     parser.add_argument("--out", help="results directory")
     parser.add_argument("--check", action="store_true", help="fail unless the output is sane")
     parser.add_argument(
