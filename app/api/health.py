@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from app.api.deps import ServicesDep
@@ -22,10 +22,15 @@ async def healthz() -> Health:
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "Not ready: see which part failed."}},
 )
-async def readyz(services: ServicesDep) -> JSONResponse:
-    """Ready to take jobs: the database answers and the scheduler runs."""
+async def readyz(services: ServicesDep, request: Request) -> JSONResponse:
+    """Ready to take jobs: the database answers and the scheduler runs. With replicas
+    (SWARM_ROLE=api|worker) the connection on which replicas notify each other must be
+    up as well (`scheduler` reports it on an API replica, which runs no job)."""
     db_ok = await services.store.ping()
     sched_ok = services.scheduler.running
+    listener = getattr(request.app.state, "listener", None)
+    if listener is not None:
+        sched_ok = sched_ok and bool(listener.connected)
     body = Readiness(
         status="ok" if db_ok and sched_ok else "unavailable",
         database=db_ok,
