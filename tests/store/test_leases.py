@@ -15,8 +15,7 @@ from sqlalchemy import Engine, select, text
 from app.engine.lifecycle import JobStatus
 from app.events.bus import EventBus
 from app.store import jobs as job_store
-from app.store import leases
-from app.store import migrate
+from app.store import leases, migrate
 from app.store.leases import Lease, LeaseLostError
 from app.store.notify import EVENTS_CHANNEL, libpq_url
 from app.store.store import Store
