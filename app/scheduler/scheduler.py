@@ -255,7 +255,10 @@ class Scheduler:
         self._cancelled.discard(job_id)
         lease = self._run_leases.pop(job_id, None)
         if lease is not None and lease.lost:
-            # Another worker holds the job now: nothing of it is ours to write or resume.
+            # Another worker holds the job now: nothing of it is ours to write or resume
+            # (its refused write is the expected end of such a run, not a crash).
+            if not task.cancelled():
+                task.exception()
             log.warning("stopped the run of a job whose lease was lost", extra={"job_id": job_id})
             self._launched_at.pop(job_id, None)
             self._crashes.pop(job_id, None)

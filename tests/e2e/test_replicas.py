@@ -101,3 +101,132 @@ def test_a_killed_worker_job_completes_on_another_and_the_stream_stays_whole(
     cost = sum(d["cost_usd"] for d in completed)
     assert final["cost_usd"] == pytest.approx(cost, rel=1e-9)
     assert final["counts"]["completed"] == 1000
+
+
+def test_cancel_on_one_api_replica_stops_the_job_and_streams_survive_an_api_kill(
+    tmp_path: Path, postgres_url: str, simulator: Proc
+) -> None:
+    httpx2.post(f"{simulator.url}/_sim/config", json={"latency_uniform_ms": [300, 600]})
+    with cluster(tmp_path, postgres_url, simulator, apis=2, workers=3) as c:
+        api1, api2 = (p.url for p in c.apis)
+        job_id = httpx2.post(f"{api1}/jobs", json=swarm(300, concurrency=10), timeout=10).json()[
+            "id"
+        ]
+        # Two clients follow the job on api #1; it is killed under them.
+        followers = [Follower([api1, api2], job_id).start() for _ in range(2)]
+        wait_completed(api2, job_id, 20)
+        c.apis[0].stop(sig_kill=True)
+        wait_completed(api2, job_id, 40)
+
+        asked = time.monotonic()
+        response = httpx2.post(f"{api2}/jobs/{job_id}/cancel", timeout=10)
+        assert response.status_code == 202, response.text
+        job = wait_status(api2, job_id, FINISHED, timeout=10)
+        stopped_in = time.monotonic() - asked
+        assert job["status"] == "cancelled"
+        assert stopped_in < 1.0, f"the cancel took {stopped_in:.2f}s"
+        calls_at_stop = len(sim_requests(simulator))
+        for follower in followers:
+            follower.join(30)
+            assert follower.reconnects >= 1  # moved from the killed replica to the other
+        expected = replay(api2, job_id)
+        # A worker serves health and metrics only.
+        worker = next(iter(c.workers.values()))
+        refused = httpx2.get(f"{worker.url}/jobs/{job_id}")
+        assert refused.status_code == 404 and "worker" in refused.json()["detail"]
+        assert httpx2.get(f"{worker.url}/metrics").status_code == 200
+        time.sleep(1)
+        assert len(sim_requests(simulator)) == calls_at_stop  # nothing started after it
+
+    assert expected[-1][1] == "job.cancelled"
+    for follower in followers:
+        seen = [(int(e.id or 0), e.event, e.json()) for e in follower.events]
+        assert seen == expected  # nothing lost, nothing twice across the reconnection
+
+
+def test_a_paused_worker_cannot_write_the_job_another_took_over(
+    tmp_path: Path, postgres_url: str, simulator: Proc
+) -> None:
+    httpx2.post(f"{simulator.url}/_sim/config", json={"latency_uniform_ms": [200, 400]})
+    with cluster(tmp_path, postgres_url, simulator, apis=1, workers=2) as c:
+        api = c.apis[0].url
+        job_id = httpx2.post(f"{api}/jobs", json=swarm(200, concurrency=20), timeout=10).json()[
+            "id"
+        ]
+        follower = Follower([api], job_id).start()
+        wait_completed(api, job_id, 20)
+        owner = c.owner(job_id)
+        assert owner in c.workers
+        paused = c.workers[owner]
+        os.kill(paused.proc.pid, signal.SIGSTOP)
+        # Past its lease: the other worker claims the job and resumes it.
+        deadline = time.monotonic() + LEASE_S + 10
+        while c.owner(job_id) in (owner, None) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        taker = c.owner(job_id)
+        assert taker not in (owner, None)
+        wait_completed(api, job_id, 60)
+        # It wakes up with answers in hand and tries to write them: all refused.
+        os.kill(paused.proc.pid, signal.SIGCONT)
+        job = wait_status(api, job_id, FINISHED, timeout=60)
+        assert job["status"] == "completed"
+        follower.join(30)
+        deadline = time.monotonic() + 5
+        while "lease" not in paused.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        log = paused.log()
+        tokens = c.sql("SELECT lease_token FROM jobs WHERE id = :j", j=job_id)
+        agents = httpx2.get(f"{api}/jobs/{job_id}", timeout=10).json()["agents"]
+
+    assert (
+        "writes refused: this worker lost the job's lease" in log or "lost the job's lease" in log
+    )
+    assert tokens == 2  # claimed twice: by the paused worker, then by the other
+    seen = [(int(e.id or 0), e.event, e.json()) for e in follower.events]
+    assert [s for s, _, _ in seen] == list(range(1, len(seen) + 1))
+    completed = [d["agent_id"] for _, t, d in seen if t == "agent.completed"]
+    # Each agent completed once: the paused worker's late answers were never written.
+    assert sorted(completed) == sorted(f"a{i}" for i in range(200))
+    assert all(a["status"] == "completed" for a in agents)
+    starts = [d["resumed"] for _, t, d in seen if t == "job.started"]
+    assert starts == [False, True]
+
+
+def test_workers_and_apis_reconnect_after_the_database_cuts_their_connections(
+    tmp_path: Path, postgres_url: str, simulator: Proc
+) -> None:
+    httpx2.post(f"{simulator.url}/_sim/config", json={"latency_uniform_ms": [50, 150]})
+    with cluster(tmp_path, postgres_url, simulator, apis=1, workers=2) as c:
+        api = c.apis[0].url
+        job_id = httpx2.post(f"{api}/jobs", json=swarm(400, concurrency=20), timeout=10).json()[
+            "id"
+        ]
+        follower = Follower([api], job_id).start()
+        wait_completed(api, job_id, 50)
+        # What a PostgreSQL restart does to its clients: every connection of the service's
+        # database is cut (twice, a second apart, as the server comes back).
+        database = postgres_url.rsplit("/", 1)[1]
+        for _ in range(2):
+            cut = c.sql(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = :d AND pid <> pg_backend_pid()",
+                d=database,
+            )
+            assert cut >= 3
+            time.sleep(1)
+        job = wait_status(api, job_id, FINISHED, timeout=60)
+        assert job["status"] == "completed", job
+        follower.join(30)
+        for p in [*c.apis, *c.workers.values()]:
+            assert httpx2.get(f"{p.url}/readyz", timeout=5).status_code == 200, p.log()
+        expected = replay(api, job_id)
+        # A new job after the outage is picked up at once.
+        asked = time.monotonic()
+        second = httpx2.post(f"{api}/jobs", json=swarm(1, concurrency=1), timeout=10).json()
+        wait_status(api, second["id"], {"running", *FINISHED}, timeout=10)
+        picked_up_in = time.monotonic() - asked
+
+    seen = [(int(e.id or 0), e.event, e.json()) for e in follower.events]
+    assert seen == expected
+    assert len([1 for _, t, _ in seen if t == "agent.completed"]) == 400
+    assert picked_up_in < 1.0
