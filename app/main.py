@@ -36,7 +36,7 @@ from app.metrics import Metrics
 from app.scheduler.leases import worker_name
 from app.scheduler.scheduler import Scheduler
 from app.store import events as event_store
-from app.store import migrate
+from app.store import leases, migrate
 from app.store import notify as pg
 from app.store.store import Store
 from app.upstream.local_simulator import LocalSimulator
@@ -192,6 +192,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sender = worker_name(settings)
         if role is not Role.all:
             store.writer.share_with_replicas(sender)
+            for engine in (store.write_engine, store.read_engine):
+                leases.bound_idle_transactions(engine, settings.lease_s)
         auth = Authenticator(settings, store)
         try:
             await auth.refresh(force=True)

@@ -92,7 +92,9 @@ class EventRelay:
     async def _run(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), self._catch_up_s)
+                # asyncio.timeout, not wait_for (which on 3.11 can swallow a cancel).
+                async with asyncio.timeout(self._catch_up_s):
+                    await self._wake.wait()
             except TimeoutError:
                 self.catch_up()
             self._wake.clear()

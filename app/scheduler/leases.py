@@ -24,8 +24,10 @@ import anyio.to_thread
 from sqlalchemy import Connection
 
 from app.config import Settings
+from app.engine.lifecycle import JobStatus
 from app.store import leases as lease_store
 from app.store.leases import Lease, Renewal
+from app.store.notify import JOBS_CHANNEL, notify
 from app.store.store import Store
 
 if TYPE_CHECKING:
@@ -84,7 +86,10 @@ class LeaseKeeper:
             self._renewed_at.pop(lease.job_id, None)
         if not lease.lost:
             try:
-                await self._in_tx(lambda c: lease_store.release_lease(c, lease))
+                status = await self._in_tx(lambda c: lease_store.release_lease(c, lease))
+                if isinstance(status, JobStatus) and not status.finished:
+                    # Drained mid-run (shutting down): another worker takes it over now.
+                    await notify(self.store.read_engine, JOBS_CHANNEL, lease.job_id)
             except Exception:
                 log.warning(
                     "releasing a lease failed; it expires by itself",
@@ -114,8 +119,11 @@ class LeaseKeeper:
                         "claiming jobs failed; retrying",
                         extra={"error": f"{type(exc).__name__}: {str(exc)[:200]}"},
                     )
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that lands
+            # as the event is set, and this loop would never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.claim_poll_s)
+                async with asyncio.timeout(self.settings.claim_poll_s):
+                    await self._wake.wait()
 
     async def _claim(self) -> None:
         free = self.settings.worker_max_jobs - len(self.leases)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, event, text
 
 from app.engine.lifecycle import JobStatus
 
@@ -85,6 +86,7 @@ _RELEASE = text(
     """
     UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL
     WHERE id = :job_id AND lease_token = :token
+    RETURNING status
     """
 )
 
@@ -114,13 +116,32 @@ def renew_lease(conn: Connection, lease: Lease, lease_s: float) -> Renewal | Non
     return Renewal(JobStatus(row.status), bool(row.cancel_requested))
 
 
-def release_lease(conn: Connection, lease: Lease) -> None:
+def release_lease(conn: Connection, lease: Lease) -> JobStatus | None:
     """Give the job up at once (the run ended or was drained): another worker may claim
-    it without waiting for the lease to expire. A lost lease releases nothing."""
-    conn.execute(_RELEASE, {"job_id": lease.job_id, "token": lease.token})
+    it without waiting for the lease to expire. A lost lease releases nothing. Returns the
+    job's status (None when nothing was released)."""
+    row = conn.execute(_RELEASE, {"job_id": lease.job_id, "token": lease.token}).first()
+    return None if row is None else JobStatus(row.status)
 
 
 def holds_lease(conn: Connection, lease: Lease) -> bool:
     """The fencing check, in the writer's transaction."""
     result = conn.execute(_HOLDS, {"job_id": lease.job_id, "token": lease.token})
     return bool(result.rowcount)
+
+
+def bound_idle_transactions(engine: Engine, seconds: float) -> None:
+    """Have the database end any session of `engine` that sits in an open transaction for
+    longer than `seconds`: a worker paused mid-transaction (SIGSTOP, a VM frozen) would
+    otherwise keep its job's row locked for ever, and no other worker could claim it.
+    Given the lease's length, it never cuts a transaction of a worker still alive."""
+    ms = max(1000, int(seconds * 1000))
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute(f"SET idle_in_transaction_session_timeout = {ms}")
+        cur.close()
+        dbapi_conn.commit()
+
+    engine.dispose()  # connections opened before this get the setting too

@@ -164,7 +164,13 @@ def test_a_paused_worker_cannot_write_the_job_another_took_over(
         while c.owner(job_id) in (owner, None) and time.monotonic() < deadline:
             time.sleep(0.1)
         taker = c.owner(job_id)
-        assert taker not in (owner, None)
+        assert taker not in (owner, None), (
+            c.sql(
+                "SELECT string_agg(state || ' ' || coalesce(wait_event, '') || ' ' || query, "
+                "' | ') FROM pg_stat_activity WHERE state <> 'idle' AND pid <> pg_backend_pid()"
+            ),
+            [w.log()[-3000:] for w in c.workers.values() if w is not paused],
+        )
         wait_completed(api, job_id, 60)
         # It wakes up with answers in hand and tries to write them: all refused.
         os.kill(paused.proc.pid, signal.SIGCONT)
@@ -230,3 +236,42 @@ def test_workers_and_apis_reconnect_after_the_database_cuts_their_connections(
     assert seen == expected
     assert len([1 for _, t, _ in seen if t == "agent.completed"]) == 400
     assert picked_up_in < 1.0
+
+
+def test_workers_keep_to_their_cap_and_a_stopped_worker_hands_its_job_over(
+    tmp_path: Path, postgres_url: str, simulator: Proc
+) -> None:
+    httpx2.post(f"{simulator.url}/_sim/config", json={"latency_uniform_ms": [150, 250]})
+    with cluster(
+        tmp_path,
+        postgres_url,
+        simulator,
+        apis=1,
+        workers=2,
+        SWARM_WORKER_MAX_JOBS="1",
+        SWARM_SHUTDOWN_GRACE_S="2",
+    ) as c:
+        api = c.apis[0].url
+        ids = []
+        for name in ("x", "y", "z"):
+            body = swarm(30, concurrency=2, prefix=name)
+            ids.append(httpx2.post(f"{api}/jobs", json=body, timeout=10).json()["id"])
+            time.sleep(0.5)
+        x, y, z = ids
+        wait_completed(api, y, 2)
+        # One job per worker: the two spread over both, the third waits for a free slot.
+        owners = {c.owner(x), c.owner(y)}
+        assert owners == set(c.workers), owners
+        assert c.owner(z) is None
+        assert httpx2.get(f"{api}/jobs/{z}", timeout=5).json()["status"] == "queued"
+
+        # SIGTERM: the worker drains and lets its job go (not finished: resumed elsewhere).
+        stopped = c.workers[str(c.owner(x))]
+        stopped.proc.terminate()
+        assert stopped.proc.wait(timeout=20) in (0, -signal.SIGTERM)
+        for job_id in ids:
+            assert wait_status(api, job_id, FINISHED, timeout=60)["status"] == "completed"
+        starts = [d["resumed"] for _, t, d in replay(api, x) if t == "job.started"]
+
+    assert starts == [False, True]
+    assert "Traceback" not in stopped.log(), stopped.log()
