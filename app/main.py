@@ -193,7 +193,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if role is not Role.all:
             store.writer.share_with_replicas(sender)
             for engine in (store.write_engine, store.read_engine):
-                leases.bound_idle_transactions(engine, settings.lease_s)
+                leases.prepare_replica_sessions(engine, sender, settings.lease_s)
         auth = Authenticator(settings, store)
         try:
             await auth.refresh(force=True)
@@ -248,7 +248,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         listener: pg.PgListener | None = None
         relay: EventRelay | None = None
         if role is not Role.all:
-            listener = pg.PgListener(settings.database_url)
+            listener = pg.PgListener(settings.database_url, leases.session_name(sender))
             if scheduler.keeper is not None:
                 listener.on(pg.JOBS_CHANNEL, scheduler.keeper.on_submit)
                 listener.on(pg.CANCEL_CHANNEL, scheduler.keeper.on_cancel)

@@ -142,10 +142,23 @@ class LeaseKeeper:
             await self.scheduler.run_claimed(lease)
         if len(claimed) == free:
             self.wake()  # there may be more: the next claim comes when a slot frees
+            return
+        ended = await anyio.to_thread.run_sync(self._end_dead_owners_sync)
+        if ended:
+            log.warning(
+                "ended the database sessions of workers whose expired leases still held "
+                "their jobs locked (frozen mid-statement)",
+                extra={"sessions": ended},
+            )
+            self.wake()
 
     def _claim_sync(self, free: int) -> list[Lease]:
         with self.store.read_engine.begin() as conn:
             return lease_store.claim_jobs(conn, self.owner, free, self.settings.lease_s)
+
+    def _end_dead_owners_sync(self) -> dict[str, int]:
+        with self.store.read_engine.begin() as conn:
+            return lease_store.end_dead_owners_sessions(conn, self.owner, self.settings.lease_s)
 
     async def _renew_loop(self) -> None:
         period = self.settings.lease_s / 3

@@ -130,18 +130,56 @@ def holds_lease(conn: Connection, lease: Lease) -> bool:
     return bool(result.rowcount)
 
 
-def bound_idle_transactions(engine: Engine, seconds: float) -> None:
-    """Have the database end any session of `engine` that sits in an open transaction for
-    longer than `seconds`: a worker paused mid-transaction (SIGSTOP, a VM frozen) would
-    otherwise keep its job's row locked for ever, and no other worker could claim it.
-    Given the lease's length, it never cuts a transaction of a worker still alive."""
-    ms = max(1000, int(seconds * 1000))
+def session_name(owner: str) -> str:
+    """The application_name of a replica's database sessions."""
+    return f"swarm:{owner}"[:63]
+
+
+def prepare_replica_sessions(engine: Engine, owner: str, lease_s: float) -> None:
+    """Name `engine`'s sessions after the replica (so a dead worker's sessions can be found)
+    and have the database end any that sits in an open transaction for longer than a
+    lease: a worker paused mid-transaction (SIGSTOP, a frozen VM) would otherwise keep its
+    job's row locked, and no other worker could claim the job. Given the lease's length,
+    it never cuts a transaction of a worker that is alive."""
+    ms = max(1000, int(lease_s * 1000))
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
         cur.execute(f"SET idle_in_transaction_session_timeout = {ms}")
+        cur.execute("SELECT set_config('application_name', %s, false)", (session_name(owner),))
         cur.close()
         dbapi_conn.commit()
 
-    engine.dispose()  # connections opened before this get the setting too
+    engine.dispose()  # connections opened before this get the settings too
+
+
+_STUCK_OWNERS = text(
+    f"""
+    SELECT DISTINCT lease_owner FROM jobs
+    WHERE status IN ({_UNFINISHED})
+      AND lease_owner IS NOT NULL AND lease_owner <> :owner
+      AND lease_expires_at < now() - make_interval(secs => :lease_s)
+    """
+)
+
+_TERMINATE = text(
+    """
+    SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+    WHERE datname = current_database() AND application_name = :name
+      AND pid <> pg_backend_pid()
+    """
+)
+
+
+def end_dead_owners_sessions(conn: Connection, owner: str, lease_s: float) -> dict[str, int]:
+    """Jobs whose lease expired a whole lease ago and still could not be claimed are held
+    by a row lock of their old worker, frozen mid-statement (the database waits on its
+    socket, so no time-out applies). That worker gave its jobs up itself by now: end its
+    sessions, releasing the locks. Returns the sessions ended per old owner."""
+    ended: dict[str, int] = {}
+    for (stuck,) in conn.execute(_STUCK_OWNERS, {"owner": owner, "lease_s": lease_s}).all():
+        n = int(conn.execute(_TERMINATE, {"name": session_name(str(stuck))}).scalar_one())
+        if n:
+            ended[str(stuck)] = n
+    return ended

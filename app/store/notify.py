@@ -91,8 +91,9 @@ class PgListener:
     every (re)connection it calls `on_connect` hooks (notifications sent while it was
     away are lost: the hooks catch up from the tables)."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, name: str = "swarm") -> None:
         self._url = libpq_url(database_url)
+        self._name = name
         self._handlers: dict[str, Callable[[str], None]] = {}
         self._on_connect: list[Callable[[], None]] = []
         self._task: asyncio.Task[None] | None = None
@@ -136,7 +137,12 @@ class PgListener:
 
     async def _listen(self) -> None:
         conn = await psycopg.AsyncConnection.connect(
-            self._url, autocommit=True, connect_timeout=5, keepalives=1, keepalives_idle=10
+            self._url,
+            autocommit=True,
+            connect_timeout=5,
+            keepalives=1,
+            keepalives_idle=10,
+            application_name=self._name,
         )
         async with conn:
             for channel in self._handlers:

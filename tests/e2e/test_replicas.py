@@ -78,6 +78,7 @@ def test_a_killed_worker_job_completes_on_another_and_the_stream_stays_whole(
         assert took <= LEASE_S + 5, f"took {took:.1f}s after the kill"
         follower.join(30)
         final = httpx2.get(f"{api2}/jobs/{job_id}", params={"agents": "false"}).json()
+        expected = replay(api1, job_id)
 
     # No agent completed before the kill was called again; those in flight were retried.
     calls = Counter(r["messages"][-1]["content"] for r in sim_requests(simulator))
@@ -88,6 +89,7 @@ def test_a_killed_worker_job_completes_on_another_and_the_stream_stays_whole(
 
     # The stream the client followed is the replay: gap-free, no duplicate at any seam.
     seen = [(int(e.id or 0), e.event, e.json()) for e in follower.events]
+    assert seen == expected
     assert [s for s, _, _ in seen] == list(range(1, len(seen) + 1))
     assert seen[-1][1] == "job.completed"
     completed = [d for _, t, d in seen if t == "agent.completed"]

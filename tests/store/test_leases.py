@@ -151,3 +151,29 @@ async def test_each_committed_batch_is_announced_to_the_other_replicas(
         {"s": "test-writer", "j": {"job1": [1, 1]}},
         {"s": "test-writer", "j": {"job1": [2, 2]}},
     ]
+
+
+async def test_a_job_locked_by_a_frozen_worker_is_freed_once_its_lease_is_long_gone(
+    store: Store, postgres_url: str
+) -> None:
+    await _submit(store, "job1")
+    engine = store.read_engine
+    (lease,) = await asyncio.to_thread(_tx, engine, lambda c: leases.claim_jobs(c, "dead", 1, 1))
+    # The dead worker froze in the middle of a transaction that holds the job's row lock.
+    frozen = await psycopg.AsyncConnection.connect(
+        libpq_url(postgres_url), application_name=leases.session_name("dead")
+    )
+    await frozen.execute("UPDATE jobs SET lease_token = lease_token WHERE id = 'job1'")
+    await asyncio.sleep(2.2)  # its lease (1 s) expired more than a lease ago
+
+    claimed = await asyncio.to_thread(_tx, engine, lambda c: leases.claim_jobs(c, "b", 1, 1))
+    assert claimed == []  # skipped: locked
+    ended = await asyncio.to_thread(
+        _tx, engine, lambda c: leases.end_dead_owners_sessions(c, "b", 1)
+    )
+    assert ended == {"dead": 1}
+    (taken,) = await asyncio.to_thread(_tx, engine, lambda c: leases.claim_jobs(c, "b", 1, 1))
+    assert taken.job_id == "job1" and taken.token == lease.token + 1
+    with pytest.raises(psycopg.OperationalError):
+        await frozen.execute("SELECT 1")
+    await frozen.close()
