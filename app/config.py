@@ -32,6 +32,15 @@ class AuthMode(StrEnum):
     off = "off"
 
 
+class Role(StrEnum):
+    # One process does everything (SQLite or PostgreSQL, no Redis needed): the default.
+    all = "all"
+    # HTTP and event streams only; jobs are run by the worker replicas (PostgreSQL only).
+    api = "api"
+    # Claims and runs jobs under leases; serves only /healthz, /readyz and /metrics.
+    worker = "worker"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SWARM_", env_file=None, extra="ignore")
 
@@ -145,6 +154,20 @@ class Settings(BaseSettings):
     # connections get this long to finish, then are cut (unfinished calls resume on the next
     # start). Stop a container with more than this (docker stop -t 30).
     shutdown_grace_s: float = Field(10.0, ge=0)
+
+    # Replicas (see README, "Running replicas"): what this process does, and for workers how
+    # long a claimed job's lease lasts without renewal (renewed every third of it). A
+    # worker that dies is replaced this long after its last renewal; a shorter lease means
+    # faster takeover but more renewal writes and less tolerance of a slow database.
+    role: Role = Role.all
+    lease_s: float = Field(15.0, ge=1, le=3600)
+    # Jobs one worker runs at once (each job's own max_concurrency still applies).
+    worker_max_jobs: int = Field(16, ge=1)
+    # Workers learn of new jobs and cancels from PostgreSQL notifications; this slow poll
+    # is the safety net for a notification lost while the listening connection was down.
+    claim_poll_s: float = Field(5.0, gt=0)
+    # A worker's name in the jobs' lease_owner column (default: host name and process id).
+    worker_id: str | None = Field(None, max_length=64)
 
     @property
     def is_sqlite(self) -> bool:

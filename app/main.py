@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
 import signal
 import sys
@@ -23,15 +25,19 @@ from app.api import health, metrics_routes, upstream
 from app.api.auth import Authenticator
 from app.api.deps import Services
 from app.api.limits import BodySizeLimit
-from app.config import Environment, Settings, get_settings
+from app.config import Environment, Role, Settings, get_settings
 from app.errors import install_handlers
-from app.events.bus import EventBus
+from app.events.bus import EventBus, StoredEvent
+from app.events.relay import EventRelay
 from app.jobs import router as jobs
 from app.jobs import stream
 from app.logging_setup import configure_logging, log_events
 from app.metrics import Metrics
+from app.scheduler.leases import worker_name
 from app.scheduler.scheduler import Scheduler
-from app.store import migrate
+from app.store import events as event_store
+from app.store import leases, migrate
+from app.store import notify as pg
 from app.store.store import Store
 from app.ui import routes as ui_routes
 from app.upstream.local_simulator import LocalSimulator
@@ -55,6 +61,45 @@ class NoUpstreamError(StartupRefused):
 
 class InsecureStartError(StartupRefused):
     """Starting as configured would expose the API without authentication."""
+
+
+class RoleNeedsPostgresError(StartupRefused):
+    """SWARM_ROLE=api|worker on SQLite: replicas share jobs through PostgreSQL only."""
+
+
+# What a worker serves; every other path answers 404 saying where the API is.
+WORKER_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class WorkerPathsOnly:
+    """ASGI middleware of a worker replica: health and metrics only."""
+
+    BODY = json.dumps(
+        {
+            "detail": "not served here: this replica is a worker (SWARM_ROLE=worker), which "
+            "runs jobs and serves only /healthz, /readyz and /metrics; send API requests "
+            "to an api replica"
+        }
+    ).encode()
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in WORKER_PATHS:
+            await self.app(scope, receive, send)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 404,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(self.BODY)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": self.BODY})
 
 
 class StartupRefusalMessage:
@@ -126,6 +171,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(settings.log_format, settings.log_level)
+        role = settings.role
+        if role is not Role.all and settings.is_sqlite:
+            raise RoleNeedsPostgresError(
+                f"SWARM_ROLE={role.value} needs PostgreSQL (SWARM_DATABASE_URL=postgresql://…): "
+                "replicas share their jobs through it, and SQLite serves one process only "
+                "(SWARM_ROLE=all)"
+            )
         registry = ModelRegistry.load(settings.models_file)
         no_upstream = UpstreamPool.nothing_configured(settings, registry)
         if no_upstream and settings.environment is Environment.production:
@@ -138,6 +190,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         bus = EventBus(subscriber_queue_size=settings.sse_subscriber_queue)
         store = Store(settings.database_url, bus, batch_max=settings.write_batch_max)
         await store.start()
+        sender = worker_name(settings)
+        if role is not Role.all:
+            store.writer.share_with_replicas(sender)
+            for engine in (store.write_engine, store.read_engine):
+                leases.prepare_replica_sessions(engine, sender, settings.lease_s)
         auth = Authenticator(settings, store)
         try:
             await auth.refresh(force=True)
@@ -189,6 +246,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             auth=auth,
         )
         await scheduler.start()
+        listener: pg.PgListener | None = None
+        relay: EventRelay | None = None
+        if role is not Role.all:
+            listener = pg.PgListener(settings.database_url, leases.session_name(sender))
+            if scheduler.keeper is not None:
+                listener.on(pg.JOBS_CHANNEL, scheduler.keeper.on_submit)
+                listener.on(pg.CANCEL_CHANNEL, scheduler.keeper.on_cancel)
+                listener.on_connect(scheduler.keeper.wake)
+            if role is Role.api:
+                relay = _relay(store, bus, sender)
+                listener.on(pg.EVENTS_CHANNEL, relay.on_notification)
+                listener.on_connect(relay.catch_up)
+                await relay.start()
+            await listener.start()
+        app.state.listener = listener
         stopping: asyncio.Task[None] | None = None
 
         def drain() -> None:
@@ -203,7 +275,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         signals = SignalDrain(asyncio.get_running_loop(), drain)
         signals.install()
-        log.info("ready: database %s, upstream %s", _safe_db(settings.database_url), label)
+        log.info(
+            "ready (role %s): database %s, upstream %s",
+            role.value,
+            _safe_db(settings.database_url),
+            label,
+        )
         try:
             yield
         finally:
@@ -211,6 +288,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             drain()
             assert stopping is not None
             await stopping
+            if listener is not None:
+                await listener.close()
+            if relay is not None:
+                await relay.close()
             await store.close()
             await upstreams.aclose()
             if simulator is not None:
@@ -233,8 +314,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(upstream.router)
     app.include_router(ui_routes.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    if settings.role is Role.worker:
+        app.add_middleware(WorkerPathsOnly)
     app.add_middleware(StartupRefusalMessage)
     return app
+
+
+def _relay(store: Store, bus: EventBus, sender: str) -> EventRelay:
+    """The live feed of events other replicas commit, read from the events table."""
+
+    async def read_after(job_id: str, after: int, upto: int) -> list[StoredEvent]:
+        return await store.read(
+            functools.partial(
+                event_store.events_after, job_id=job_id, after=after, limit=upto - after
+            )
+        )
+
+    async def newest(job_ids: list[str]) -> dict[str, int]:
+        return await store.read(lambda c: pg.newest_seqs(c, job_ids))
+
+    return EventRelay(bus, sender=sender, read_after=read_after, newest_seqs=newest)
 
 
 def _safe_db(url: str) -> str:

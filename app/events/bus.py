@@ -109,6 +109,19 @@ class EventBus:
             for sub in tuple(self._subs.get(event.job_id, ())):
                 sub.offer(event)
 
+    def deliver(self, events: list[StoredEvent]) -> None:
+        """Hand events committed by another replica to this process's subscribers (not to
+        the listeners: metrics and the log are the writing replica's)."""
+        for event in events:
+            for sub in tuple(self._subs.get(event.job_id, ())):
+                sub.offer(event)
+
+    def has_subscribers(self, job_id: str) -> bool:
+        return bool(self._subs.get(job_id))
+
+    def subscribed_jobs(self) -> list[str]:
+        return [job_id for job_id, subs in self._subs.items() if subs]
+
     @property
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self._subs.values())

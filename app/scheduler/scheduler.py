@@ -1,23 +1,35 @@
 """The in-process scheduler: owns every job run of this process, the global concurrency
-limit, resuming unfinished jobs at start-up, cancellation and graceful shutdown."""
+limit, resuming unfinished jobs at start-up, cancellation and graceful shutdown.
+
+By role (SWARM_ROLE): `all` runs every job of the database in this process (resumed at
+start); `worker` runs the jobs it claims under leases (app/scheduler/leases.py), each run
+fenced by its lease; `api` runs nothing: a submit or a cancel is announced to the workers.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
-from app.config import Settings
+from app.config import Role, Settings
 from app.engine.graph import Graph, validate_graph
 from app.engine.lifecycle import JobStatus
 from app.engine.spec import JobSpec
 from app.metrics import Metrics
 from app.scheduler.gates import Gates
+from app.scheduler.leases import LeaseKeeper
 from app.scheduler.runner import JobRunner
 from app.store import jobs as job_store
 from app.store import model_limits
+from app.store.leases import CURRENT_LEASE, Lease
+from app.store.notify import CANCEL_CHANNEL, JOBS_CHANNEL, notify
 from app.store.store import Store
+from app.store.writer import WriteOp
 from app.upstream.pool import UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -58,9 +70,20 @@ class Scheduler:
         self._saved_limits: dict[str, model_limits.LearnedLimit] = {}
         self._saved_at: dict[str, float] = {}
         self._limit_saver: asyncio.Task[None] | None = None
+        self.role = settings.role
+        # Workers: the leases this process holds (claims, renewals); None in other roles.
+        self.keeper: LeaseKeeper | None = (
+            LeaseKeeper(self, store, settings) if self.role is Role.worker else None
+        )
+        self._cancelled: set[str] = set()
+        # The lease each run here was started under.
+        self._run_leases: dict[str, Lease] = {}
+        self._notices: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.running = True
+        if self.role is Role.api:
+            return  # runs no job: the workers do
         memory = self.settings.model_limit_memory_s
         if memory > 0:
             try:
@@ -75,8 +98,11 @@ class Scheduler:
                     extra={"limits": {m: round(v.limit, 1) for m, v in self.gates.learned.items()}},
                 )
             self._saved_limits = dict(self.gates.learned)
-        for job_id in await self.store.read(job_store.unfinished_job_ids):
-            await self._resume(job_id)
+        if self.keeper is not None:
+            await self.keeper.start()
+        else:
+            for job_id in await self.store.read(job_store.unfinished_job_ids):
+                await self._resume(job_id)
         self._limit_saver = asyncio.create_task(self._save_limits_periodically())
 
     async def save_learned_limits(self) -> None:
@@ -114,10 +140,28 @@ class Scheduler:
                 log.exception("saving the learned model limits failed")
             self.gates.evict_idle()
 
-    async def _resume(self, job_id: str) -> None:
+    async def run_claimed(self, lease: Lease) -> None:
+        """Run a job this worker just claimed: restored from the database like a restart
+        (completed agents are never called again)."""
+        try:
+            started = await self._resume(lease.job_id, lease)
+        except Exception:
+            log.exception("starting a claimed job failed", extra={"job_id": lease.job_id})
+            started = False
+        if not started and lease.job_id not in self.runs and self.keeper is not None:
+            await self.keeper.release(lease)
+
+    def _lease(self, job_id: str) -> Lease | None:
+        return None if self.keeper is None else self.keeper.leases.get(job_id)
+
+    async def _write_for(self, job_id: str, op: WriteOp[Any]) -> Any:
+        """A write of a job outside its run, fenced by this worker's lease on it."""
+        return await self.store.writer.run(op, lease=self._lease(job_id))
+
+    async def _resume(self, job_id: str, lease: Lease | None = None) -> bool:
         row = await self.store.read(lambda c: job_store.get_job(c, job_id))
         if row is None or JobStatus(row.status).finished or job_id in self.runs:
-            return
+            return False
         try:
             spec = JobSpec.model_validate_json(row.spec_json)
             # The limits a job was accepted under are not checked again (settings may have
@@ -131,15 +175,16 @@ class Scheduler:
         except Exception as exc:
             # One unreadable row must never keep the service (and every other job) down.
             log.error("cannot resume job", exc_info=exc, extra={"job_id": job_id})
-            await self.store.write(
+            await self.store.writer.run(
                 job_store.end_unfinished_job(
                     job_id,
                     JobStatus.failed,
                     f"the stored job can no longer be read ({type(exc).__name__}); "
                     "it was not resumed",
-                )
+                ),
+                lease=lease,
             )
-            return
+            return False
         log.info("resuming job", extra={"job_id": job_id, "status": row.status})
         self._launch(
             job_id,
@@ -149,10 +194,16 @@ class Scheduler:
             model=row.model,
             resumed=row.status == JobStatus.running,
             cancel_requested=bool(row.cancel_requested),
+            lease=lease,
         )
+        return job_id in self.runs
 
     def submit(self, job_id: str, spec: JobSpec, graph: Graph, *, tenant: str, model: str) -> None:
-        """Start a freshly stored job (called after its insert committed)."""
+        """Start a freshly stored job (called after its insert committed); from an API
+        replica, tell the workers (one of them claims it)."""
+        if self.role is not Role.all:
+            self._announce(JOBS_CHANNEL, job_id)
+            return
         self._launch(
             job_id, spec, graph, tenant=tenant, model=model, resumed=False, cancel_requested=False
         )
@@ -167,6 +218,7 @@ class Scheduler:
         model: str,
         resumed: bool,
         cancel_requested: bool,
+        lease: Lease | None = None,
     ) -> None:
         if job_id in self.runs or not self.running:
             return
@@ -184,8 +236,15 @@ class Scheduler:
         )
         self.runs[job_id] = run
         self._launched_at[job_id] = time.monotonic()
+        # Every write of the run, and of each task it starts, is fenced by its lease.
+        if lease is not None:
+            self._run_leases[job_id] = lease
+        context = contextvars.copy_context()
+        context.run(CURRENT_LEASE.set, lease)
         task = asyncio.create_task(
-            run.run(resumed=resumed, cancel_requested=cancel_requested), name=f"job:{job_id}"
+            run.run(resumed=resumed, cancel_requested=cancel_requested),
+            name=f"job:{job_id}",
+            context=context,
         )
         self.tasks[job_id] = task
         task.add_done_callback(functools.partial(self._done, job_id))
@@ -193,9 +252,23 @@ class Scheduler:
     def _done(self, job_id: str, task: asyncio.Task[None]) -> None:
         self.runs.pop(job_id, None)
         self.tasks.pop(job_id, None)
+        self._cancelled.discard(job_id)
+        lease = self._run_leases.pop(job_id, None)
+        if lease is not None and lease.lost:
+            # Another worker holds the job now: nothing of it is ours to write or resume
+            # (its refused write is the expected end of such a run, not a crash).
+            if not task.cancelled():
+                task.exception()
+            log.warning("stopped the run of a job whose lease was lost", extra={"job_id": job_id})
+            self._launched_at.pop(job_id, None)
+            self._crashes.pop(job_id, None)
+            self._spawn(self._release(lease))
+            return
         if task.cancelled() or task.exception() is None:
             self._launched_at.pop(job_id, None)
             self._crashes.pop(job_id, None)
+            if lease is not None:
+                self._spawn(self._release(lease))
             return
         exc = task.exception()
         log.error("job run crashed", exc_info=exc, extra={"job_id": job_id})
@@ -214,18 +287,37 @@ class Scheduler:
             recovery = asyncio.create_task(self._recover(job_id, delay))
             self._recoveries.add(recovery)
             recovery.add_done_callback(self._recoveries.discard)
+        elif lease is not None:
+            self._spawn(self._release(lease))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
+    async def _release(self, lease: Lease) -> None:
+        if self.keeper is not None:
+            await self.keeper.release(lease)
 
     async def _recover(self, job_id: str, delay: float) -> None:
         """Resume a crashed run from what the database says, after a pause."""
         await asyncio.sleep(delay)
+        lease = self._lease(job_id)
         if not self.running:
+            if lease is not None:
+                await self._release(lease)
             return
+        if self.keeper is not None and (lease is None or lease.lost):
+            return  # the job is no longer this worker's
         try:
-            await self._resume(job_id)
+            resumed = await self._resume(job_id, lease)
         except Exception:
             log.exception(
                 "recovering job failed; it resumes on the next start", extra={"job_id": job_id}
             )
+            resumed = False
+        if not resumed and lease is not None and job_id not in self.runs:
+            await self._release(lease)
 
     async def _give_up(self, job_id: str, crashes: int, exc: BaseException | None) -> None:
         """Fail a job whose run keeps crashing (it is not resumed again)."""
@@ -235,20 +327,59 @@ class Scheduler:
             "it was stopped"
         )
         try:
-            await self.store.write(job_store.end_unfinished_job(job_id, JobStatus.failed, reason))
+            await self._write_for(
+                job_id, job_store.end_unfinished_job(job_id, JobStatus.failed, reason)
+            )
         except Exception:
             log.exception("failing a crashing job failed", extra={"job_id": job_id})
+        lease = self._lease(job_id)
+        if lease is not None:
+            await self._release(lease)
 
     async def cancel(self, job_id: str) -> None:
-        """Cancel the job: through its run if it runs here, else directly in the database
-        (a run that crashed, or a job no run has picked up)."""
-        run = self.runs.get(job_id)
-        if run is not None:
-            run.cancel("cancelled by request")
+        """Cancel the job (its cancel_requested flag is already set): through its run if
+        it runs here; with replicas, by telling the worker that holds it (a job no worker
+        holds yet is claimed, sees the flag and ends cancelled); else directly in the
+        database (a run that crashed, or a job no run has picked up)."""
+        if self.cancel_here(job_id):
+            return
+        if self.role is not Role.all:
+            self._announce(CANCEL_CHANNEL, job_id)
             return
         await self.store.write(
             job_store.end_unfinished_job(job_id, JobStatus.cancelled, "cancelled by request")
         )
+
+    def cancel_here(self, job_id: str) -> bool:
+        """Cancel the job's run if it runs in this process."""
+        run = self.runs.get(job_id)
+        if run is None:
+            return False
+        if job_id not in self._cancelled:
+            self._cancelled.add(job_id)
+            log.info("cancelling job", extra={"job_id": job_id})
+            run.cancel("cancelled by request")
+        return True
+
+    def lease_lost(self, job_id: str) -> None:
+        """Another worker holds the job now: stop its run here at once, writing nothing."""
+        run = self.runs.get(job_id)
+        if run is not None:
+            run.abort_for_shutdown()
+
+    def _announce(self, channel: str, payload: str) -> None:
+        """Tell the other replicas (best effort: the workers' poll is the safety net)."""
+
+        async def send() -> None:
+            try:
+                await notify(self.store.read_engine, channel, payload)
+            except Exception as exc:
+                log.warning(
+                    "notifying the workers failed; they find the job on their next poll",
+                    extra={"channel": channel, "error": type(exc).__name__},
+                )
+
+        self._spawn(send())
 
     async def wait_idle(self, job_id: str) -> None:
         task = self.tasks.get(job_id)
@@ -256,7 +387,8 @@ class Scheduler:
             await asyncio.shield(task)
 
     def drain(self) -> None:
-        """Shutting down: from now on no upstream call starts (calls in flight go on)."""
+        """Shutting down: from now on no upstream call starts (calls in flight go on), and
+        a worker claims no more jobs."""
         self.running = False
         if self._limit_saver is not None:
             self._limit_saver.cancel()
@@ -277,7 +409,14 @@ class Scheduler:
                 for run in list(self.runs.values()):
                     run.abort_for_shutdown()
                 await asyncio.wait(pending, timeout=5)
-        if self.settings.model_limit_memory_s > 0:
+        if self.keeper is not None:
+            # Let the drained jobs go now, so another worker takes them over at once.
+            if self._notices:
+                await asyncio.wait(list(self._notices), timeout=5)
+            await self.keeper.close()
+            for lease in list(self.keeper.leases.values()):
+                await self.keeper.release(lease)
+        if self.role is not Role.api and self.settings.model_limit_memory_s > 0:
             try:
                 await self.save_learned_limits()
             except Exception:

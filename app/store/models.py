@@ -65,6 +65,12 @@ class Job(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # Replicas (SWARM_ROLE=worker): the worker holding the job, until when (the database's
+    # clock, so workers' clocks never matter), and the fencing token, bumped at every
+    # claim: a write of the job is accepted only with the current token.
+    lease_owner: str | None = Field(default=None, max_length=64)
+    lease_expires_at: datetime | None = None
+    lease_token: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class Agent(SQLModel, table=True):

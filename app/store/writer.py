@@ -4,6 +4,13 @@ Callers hand it an operation (a function of a `Tx`); operations queued while a b
 being written are committed together in the next one. Events an operation emits get the
 job's next gap-free `seq`, are inserted in the same transaction, and are published to the
 bus only after the commit — so a subscriber never sees what the database lacks.
+
+With replicas (SWARM_ROLE=api|worker on PostgreSQL) the writes of a leased job are fenced:
+once per job in each transaction, before the first of its operations, the job's lease
+token is checked (app/store/leases.py); operations of a lease that was lost are refused
+with LeaseLostError and write nothing. Each committed batch is also announced to the other
+replicas (a `pg_notify` in the same transaction), and the per-job sequence cache is kept
+only while this process holds the job's lease (another replica may write its events).
 """
 
 from __future__ import annotations
@@ -34,7 +41,9 @@ from sqlalchemy import (
 from app.events.bus import EventBus, StoredEvent
 from app.events.types import TERMINAL_JOB_EVENTS
 from app.store.db import unwritable_reason
+from app.store.leases import CURRENT_LEASE, Lease, LeaseLostError, holds_lease
 from app.store.models import Event, utcnow
+from app.store.notify import EVENTS_CHANNEL, event_payloads, notify_in
 from app.text import clean_text
 
 log = logging.getLogger(__name__)
@@ -196,7 +205,9 @@ class Tx:
 
 # An operation returns its answer, or a Refused that the caller gets raised instead.
 WriteOp = Callable[[Tx], T | Refused]
-_Item = tuple[Callable[[Tx], Any], "asyncio.Future[Any]"]
+# An operation with the lease it is fenced by (None: unfenced).
+_Op = tuple[Callable[[Tx], Any], Lease | None]
+_Item = tuple[Callable[[Tx], Any], "asyncio.Future[Any]", Lease | None]
 
 
 class StoreWriter:
@@ -208,6 +219,10 @@ class StoreWriter:
         # One thread, one connection: SQLite sees exactly one writer.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         self._seq_cache: dict[str, int] = {}
+        # Shared with other processes: the token each cached seq was written under.
+        self._shared_as: str | None = None
+        self._seq_tokens: dict[str, int] = {}
+        self.refused_lost = 0
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.batches = 0
@@ -217,6 +232,12 @@ class StoreWriter:
         self.unwritable: str | None = None
         self._refused_at = 0.0  # time.monotonic() of the last refusal
         self.probe_interval_s = PROBE_INTERVAL_S
+
+    def share_with_replicas(self, sender: str) -> None:
+        """Other processes write the same database (SWARM_ROLE=api|worker): announce each
+        committed batch of events, as `sender`, and trust the sequence cache only for jobs
+        this process holds the lease of."""
+        self._shared_as = sender
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="store-writer")
@@ -231,11 +252,13 @@ class StoreWriter:
             await self._task
         self._executor.shutdown(wait=True)
 
-    async def run(self, op: WriteOp[T]) -> T:
+    async def run(self, op: WriteOp[T], *, lease: Lease | None = None) -> T:
+        """Write `op` in the next batch; fenced by `lease`, or by the lease of the task's
+        context (a leased job's run)."""
         if self._closed:
             raise StoreClosedError("the store is shutting down")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((op, fut))
+        self._queue.put_nowait((op, fut, lease or CURRENT_LEASE.get()))
         return await fut
 
     @property
@@ -261,12 +284,12 @@ class StoreWriter:
                 batch.append(nxt)
             try:
                 outcomes, events = await loop.run_in_executor(
-                    self._executor, self._write_batch, [op for op, _ in batch]
+                    self._executor, self._write_batch, [(op, lease) for op, _, lease in batch]
                 )
             except Exception as exc:  # the database itself failed (disk full, gone away)
                 log.exception("store write failed")
                 failure = self._unwritable(exc)
-                for _, fut in batch:
+                for _, fut, _ in batch:
                     if not fut.done():
                         fut.set_exception(failure or exc)
                 continue
@@ -275,7 +298,7 @@ class StoreWriter:
             outcomes = self._note_outcomes(outcomes)
             # Announce only what is committed, in commit order.
             self._bus.publish(events)
-            for (_, fut), (ok, value) in zip(batch, outcomes, strict=True):
+            for (_, fut, _), (ok, value) in zip(batch, outcomes, strict=True):
                 if fut.done():
                     continue
                 if ok and isinstance(value, Refused):
@@ -336,29 +359,69 @@ class StoreWriter:
 
     # -- in the writer thread -------------------------------------------------------------
 
-    def _commit(self, ops: list[Callable[[Tx], Any]]) -> tuple[list[Any], Tx]:
+    def _commit(self, ops: list[_Op]) -> tuple[list[Any], Tx]:
         try:
             return self._commit_once(ops, optimistic=True)
         except GuardRefusedError:
-            # Some transition was refused (rare: a result landing on a cancelled agent, a
-            # fenced write): again, each guarded update run at once so its op sees the answer.
+            # Some transition was refused (rare: a result landing on a cancelled agent):
+            # again, each guarded update run at once so its op sees the answer.
             return self._commit_once(ops, optimistic=False)
 
-    def _commit_once(
-        self, ops: list[Callable[[Tx], Any]], *, optimistic: bool
-    ) -> tuple[list[Any], Tx]:
+    def _commit_once(self, ops: list[_Op], *, optimistic: bool) -> tuple[list[Any], Tx]:
+        tokens = {lease.job_id: lease.token for _, lease in ops if lease is not None}
+        seq_cache = self._seq_cache
+        if self._shared_as is not None:
+            # Another replica may have written a job's events since: only a seq cached
+            # under the lease this batch writes with is still the job's last.
+            seq_cache = {
+                j: s for j, s in self._seq_cache.items() if self._seq_tokens.get(j) == tokens.get(j)
+            }
+        held: dict[str, bool] = {}
         with self._engine.begin() as conn:
-            tx = Tx(conn, self._seq_cache, optimistic=optimistic)
-            results = [op(tx) for op in ops]
+            tx = Tx(conn, seq_cache, optimistic=optimistic)
+            results: list[Any] = []
+            for op, lease in ops:
+                if lease is not None:
+                    ok = held.get(lease.job_id)
+                    if ok is None:
+                        ok = held[lease.job_id] = holds_lease(tx.conn, lease)
+                    if not ok:
+                        results.append(self._refuse_lost(lease))
+                        continue
+                results.append(op(tx))
             tx.flush()
-        self._seq_cache.update(tx.seqs)
+            if self._shared_as is not None and tx.events:
+                for payload in event_payloads(self._shared_as, tx.events):
+                    notify_in(conn, EVENTS_CHANNEL, payload)
+        if self._shared_as is None:
+            self._seq_cache.update(tx.seqs)
+        else:
+            for job_id, seq in tx.seqs.items():
+                if held.get(job_id):
+                    self._seq_cache[job_id] = seq
+                    self._seq_tokens[job_id] = tokens[job_id]
+                else:
+                    self._seq_cache.pop(job_id, None)
+                    self._seq_tokens.pop(job_id, None)
         for job_id in tx.forgotten:
             self._seq_cache.pop(job_id, None)
+            self._seq_tokens.pop(job_id, None)
         for event in tx.events:
             # A finished job emits nothing more: keep the cache to jobs still running.
             if event.type in TERMINAL_JOB_EVENTS:
                 self._seq_cache.pop(event.job_id, None)
+                self._seq_tokens.pop(event.job_id, None)
         return results, tx
+
+    def _refuse_lost(self, lease: Lease) -> Refused:
+        if not lease.lost:
+            log.warning(
+                "writes refused: this worker lost the job's lease (another worker holds it)",
+                extra={"job_id": lease.job_id, "lease_token": lease.token},
+            )
+        lease.lost = True
+        self.refused_lost += 1
+        return Refused(LeaseLostError(lease.job_id))
 
     def _probe_write(self) -> None:
         # A table made and dropped in one rolled-back transaction (DDL is transactional in
@@ -371,9 +434,7 @@ class StoreWriter:
             finally:
                 trans.rollback()
 
-    def _write_batch(
-        self, ops: list[Callable[[Tx], Any]]
-    ) -> tuple[list[tuple[bool, Any]], list[StoredEvent]]:
+    def _write_batch(self, ops: list[_Op]) -> tuple[list[tuple[bool, Any]], list[StoredEvent]]:
         try:
             results, tx = self._commit(ops)
             return [(True, r) for r in results], tx.events
