@@ -4,19 +4,15 @@ test's own (deleted after it), and a private redis-server that a test may stop."
 from __future__ import annotations
 
 import shutil
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from redis import Redis
 
 from tests.helpers.processes import free_port
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
+from tests.scheduler.redis_server import REDIS_URL, RedisServer
 
 
 @pytest.fixture
@@ -35,53 +31,6 @@ def redis_prefix() -> Iterator[str]:
         if keys:
             client.delete(*keys)
         client.close()
-
-
-@dataclass
-class RedisServer:
-    """A redis-server of the test's own, on a free loopback port, that can be stopped and
-    started again on the same port (an outage and a restart with its data lost)."""
-
-    port: int
-    workdir: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                Redis(port=self.port, socket_timeout=0.5).ping()
-                return
-            except Exception:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
 
 
 @pytest.fixture

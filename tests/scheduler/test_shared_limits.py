@@ -22,7 +22,7 @@ from app.scheduler.shared_limits import (
     SharedTokenBucket,
 )
 from app.upstream.registry import ModelInfo
-from tests.scheduler.conftest import REDIS_URL, RedisServer
+from tests.scheduler.redis_server import REDIS_URL, RedisServer
 
 
 @pytest.fixture
