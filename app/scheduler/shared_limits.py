@@ -48,8 +48,9 @@ __all__ = [
 # What counts as "Redis is unreachable" (refused, reset, timed out, restarting).
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError)
 # A call that cannot get a slot asks Redis again after about this long (a release in this
-# process wakes it at once); slots freed by other processes are seen within it.
-POLL_S = 0.05
+# process wakes it at once): a slot freed by another process waits about this long, which
+# must stay small beside a call (tens of ms to minutes). About 100 small scripts a second.
+POLL_S = 0.01
 # A process waiting for a pool keeps its place in the pool's queue while it asks again
 # within this (ms); a process that stopped asking drops out of it after this.
 WAITER_TTL_MS = 3_000
