@@ -341,7 +341,7 @@ class AdaptiveLimiter:
         return self._slow_start
 
     def snapshot(self) -> AdaptiveSnapshot:
-        return AdaptiveSnapshot(self._limit, self.in_flight, self.waiting, self._decreases)
+        return AdaptiveSnapshot(self.limit, self.in_flight, self.waiting, self.decreases)
 
     async def acquire(
         self, key: str = "", *, group: str | None = None, active: bool = True

@@ -17,6 +17,7 @@ import os
 import random
 import socket
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -255,7 +256,8 @@ class SharedLimits:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._beat: asyncio.Task[None] | None = None
         self._closed = False
-        self._listeners: list[Callable[[bool], None]] = []
+        # Weak: a limiter dropped with its model's gate must not be kept alive by this list.
+        self._listeners: list[weakref.WeakMethod[Callable[[bool], None]]] = []
         r = self.redis
         self.acquire_script = r.register_script(_ACQUIRE)
         self.release_script = r.register_script(_RELEASE)
@@ -292,8 +294,10 @@ class SharedLimits:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def add_listener(self, listener: Callable[[bool], None]) -> None:
-        """`listener(available)` is called whenever Redis is lost or back."""
-        self._listeners.append(listener)
+        """`listener(available)` (a bound method) is called whenever Redis is lost or
+        back, for as long as its object lives."""
+        self._listeners = [ref for ref in self._listeners if ref() is not None]
+        self._listeners.append(weakref.WeakMethod(listener))
 
     async def beat(self) -> None:
         """One heartbeat: this process is alive, the group's live count, held leases
@@ -347,8 +351,10 @@ class SharedLimits:
         self._notify(True)
 
     def _notify(self, available: bool) -> None:
-        for listener in self._listeners:
-            listener(available)
+        for ref in list(self._listeners):
+            listener = ref()
+            if listener is not None:
+                listener(available)
 
     # -- background commands
 

@@ -258,3 +258,62 @@ def test_without_redis_each_worker_takes_its_share() -> None:
     assert gate.concurrency.maximum == 4
     assert gate.rate is not None and gate.rate.requests is not None
     assert gate.rate.requests.capacity == 200
+
+
+async def test_gates_share_models_and_save_the_shared_limit(redis_prefix: str) -> None:
+    """Two processes' gates over one Redis: a model's limit cut by one is the limit the
+    other shows, saves (model_limits) and reports in /metrics."""
+    settings = Settings(
+        redis_url=REDIS_URL, redis_key_prefix=redis_prefix, model_concurrency_initial=16
+    )
+    first, second = Gates(settings), Gates(settings)
+    try:
+        info = ModelInfo(name="m")
+        a, b = first.for_model(info).concurrency, second.for_model(info).concurrency
+        assert isinstance(a, SharedAdaptiveLimiter)
+        permit = await a.acquire("job")
+        a.release(permit, Outcome.overload)
+        assert first.shared is not None
+        await first.shared.flush()
+        permit = await b.acquire("job")
+        b.release(permit, Outcome.error)
+        assert second.shared is not None
+        await second.shared.flush()
+        learned = second.learned_limits()["m"]
+        assert learned.limit == pytest.approx(16 * settings.adaptive_decrease)
+        assert not learned.slow_start
+        assert b.snapshot().limit == learned.limit
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_bucket_falls_back_to_its_share(
+    private_redis: RedisServer, redis_prefix: str
+) -> None:
+    links = [SharedLimits(private_redis.url, prefix=redis_prefix, lease_s=1.0) for _ in "abc"]
+    try:
+        for link in [*links, links[0]]:
+            await link.beat()
+        assert links[0].live == 3
+        bucket = SharedTokenBucket(links[0], "m:rpm", rate_per_s=3, capacity=180)
+        assert await bucket.try_take_shared(100) == 0
+        private_redis.stop()
+        # A third of the bucket now, in this process alone: 60 at once, then 1 a second.
+        assert await bucket.try_take_shared(60) == 0
+        assert await bucket.try_take_shared(1) > 0
+        assert not links[0].available
+    finally:
+        for link in links:
+            await link.close()
+
+
+async def test_a_dropped_limiter_is_not_kept_alive(workers: list[SharedLimits]) -> None:
+    import gc
+    import weakref
+
+    limiter = SharedAdaptiveLimiter(workers[0], "m", initial=2, maximum=2)
+    ref = weakref.ref(limiter)
+    del limiter
+    gc.collect()
+    assert ref() is None
