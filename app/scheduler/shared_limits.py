@@ -445,20 +445,14 @@ class _SharedPool:
         except BaseException:
             self.waiting -= 1
             raise
+        asking: str | None = None
         try:
             while shared.available:
-                member = uuid.uuid4().hex
+                member = asking = uuid.uuid4().hex
                 self.changed.clear()
                 try:
                     got = await shared.acquire_script(
-                        keys=[
-                            self.slots,
-                            self.active,
-                            self.state,
-                            self.waitq,
-                            self.waitexp,
-                            self.seq,
-                        ],
+                        keys=self._keys,
                         args=[
                             shared.lease_ms,
                             member,
@@ -472,6 +466,7 @@ class _SharedPool:
                 except REDIS_ERRORS as exc:
                     shared.mark_down(exc)
                     return None
+                asking = None
                 if not fixed:
                     self._observe(float(got[1]), int(got[2]), int(got[3]))
                 if int(got[0]) == 1:
@@ -482,6 +477,15 @@ class _SharedPool:
                     await asyncio.wait_for(self.changed.wait(), POLL_S * (0.5 + random.random()))
             return None
         except BaseException:
+            if asking is not None and shared.available:
+                # Cancelled while Redis answered: a slot it may have granted is freed now
+                # rather than when its lease runs out.
+                shared.spawn(
+                    shared.release_script(
+                        keys=[self.slots, self.active, self.state],
+                        args=[asking, "error", -1, 0, 0, 0, 0, 1],
+                    )
+                )
             if self.waiting == 1 and shared.available:
                 shared.spawn(
                     shared.leave_script(keys=[self.waitq, self.waitexp], args=[shared.member])
