@@ -118,6 +118,20 @@ class Settings(BaseSettings):
     # usage is then estimated from the request, so the job's figures bound spend from above.
     unknown_completion_tokens: int = Field(4096, ge=0, le=1_000_000)
 
+    # Redis (redis://[:password@]host:port/db): when set, the per-model adaptive limits,
+    # the rpm/tpm buckets, the global concurrency limit and the per-tenant submit rate
+    # and active-job limit hold across every process that names it (README, "Shared
+    # limits"). A secret: it may carry a password, and is never logged.
+    redis_url: SecretStr | None = None
+    # Prefix of every Redis key, so several deployments (or tests) can share one Redis.
+    redis_key_prefix: str = Field("swarm:", min_length=1, max_length=64)
+    # A limit slot held in Redis expires this long after its holder stopped renewing it
+    # (renewed every third of it), so a killed worker's slots come back within about this.
+    limit_lease_s: float = Field(10.0, ge=1, le=600)
+    # Without Redis, the number of `worker` processes: each takes 1/N of every limit (a
+    # `worker` without Redis and without this is refused at start).
+    worker_count: int | None = Field(None, ge=1, le=1000)
+
     # Store: how many queued writes one transaction may carry.
     write_batch_max: int = Field(500, ge=1)
 

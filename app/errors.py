@@ -25,6 +25,11 @@ from app.engine.spec import AGENT_ID_PATTERN, JOB_ID_PATTERN
 log = logging.getLogger(__name__)
 
 
+class StartupRefused(RuntimeError):
+    """Starting as configured would be wrong; the message says why and what to do (printed
+    alone, without a traceback, and the process exits non-zero)."""
+
+
 class ServiceError(Exception):
     status_code = 500
 

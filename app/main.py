@@ -26,7 +26,7 @@ from app.api.auth import Authenticator
 from app.api.deps import Services
 from app.api.limits import BodySizeLimit
 from app.config import Environment, Role, Settings, get_settings
-from app.errors import install_handlers
+from app.errors import StartupRefused, install_handlers
 from app.events.bus import EventBus, StoredEvent
 from app.events.relay import EventRelay
 from app.jobs import router as jobs
@@ -49,10 +49,6 @@ log = logging.getLogger("app")
 # Event streams are ended by the lifespan's drain (each closes cleanly, after its last
 # event); sse-starlette's own watcher would cancel them mid-response instead.
 AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
-
-
-class StartupRefused(RuntimeError):
-    """Starting as configured would be wrong; the message says why and what to do."""
 
 
 class NoUpstreamError(StartupRefused):

@@ -81,6 +81,22 @@ class Metrics:
             "swarm_model_waiting", "Calls waiting for the model's limit.", ["model"], registry=r
         )
         self.sse_streams = Gauge("swarm_sse_streams_open", "Open SSE streams.", registry=r)
+        self.shared_limits_up = Gauge(
+            "swarm_shared_limits_redis_up",
+            "1 while the limits are shared over Redis, 0 while this process falls back to "
+            "its share (only with SWARM_REDIS_URL).",
+            registry=r,
+        )
+        self.shared_limits_workers = Gauge(
+            "swarm_shared_limits_workers",
+            "Worker processes seen alive over Redis (divides the limits in a fallback).",
+            registry=r,
+        )
+        self.shared_limits_fallbacks = Gauge(
+            "swarm_shared_limits_fallbacks",
+            "Times this process lost Redis and fell back to its share of the limits.",
+            registry=r,
+        )
         self.store_pending = Gauge(
             "swarm_store_pending_writes", "Writes queued for the single writer.", registry=r
         )

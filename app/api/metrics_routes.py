@@ -55,4 +55,9 @@ async def prometheus_metrics(services: ServicesDep) -> Response:
         m.concurrency_limit.labels(OTHER_MODEL).set(others[1])
         m.waiting.labels(OTHER_MODEL).set(others[2])
     m.store_pending.set(services.store.writer.pending)
+    shared = services.scheduler.gates.shared
+    if shared is not None:
+        m.shared_limits_up.set(1 if shared.available else 0)
+        m.shared_limits_workers.set(shared.live)
+        m.shared_limits_fallbacks.set(shared.fallbacks)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

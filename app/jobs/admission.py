@@ -5,9 +5,11 @@ sizes, chunk windows and what can be stored; and the digest of a request's meani
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +21,9 @@ from app.engine.spec import JobSpec, ResolvedAgent
 from app.engine.templates import MapItem, RefKind, format_value, lookup_context, scan_refs
 from app.errors import UnprocessableError
 from app.jobs.errors import TooManySubmits
+from app.scheduler.gates import shared_limits
 from app.scheduler.limits import TokenBucket
+from app.scheduler.shared_limits import SharedTokenBucket
 from app.upstream.pool import NoRouteError, UpstreamPool
 
 # How deep `context` and `metadata` may nest. Deeper JSON cannot be read back by the
@@ -45,24 +49,56 @@ class Admitted:
 
 
 class Admission:
-    """The submit-time checks; owns the per-tenant submit buckets."""
+    """The submit-time checks; owns the per-tenant submit buckets (in Redis, shared by
+    every API process, when SWARM_REDIS_URL is set)."""
 
     def __init__(self, settings: Settings, upstreams: UpstreamPool) -> None:
         self.settings = settings
         self.upstreams = upstreams
         self._buckets: dict[str, TokenBucket] = {}
+        self.shared = shared_limits(settings, "submitters")
 
-    def take_submit(self, tenant: str) -> None:
-        """Per-tenant submit rate: a bucket of two seconds' worth, refilled continuously."""
+    def _bucket(self, tenant: str) -> TokenBucket:
         rate = self.settings.tenant_submits_per_s
         bucket = self._buckets.get(tenant)
         if bucket is None:
-            bucket = self._buckets[tenant] = TokenBucket(
-                rate_per_s=rate, capacity=max(1.0, 2 * rate)
-            )
-        wait = bucket.try_take(1)
+            capacity = max(1.0, 2 * rate)
+            if self.shared is not None:
+                bucket = SharedTokenBucket(
+                    self.shared, "submits:" + tenant, rate_per_s=rate, capacity=capacity
+                )
+            else:
+                bucket = TokenBucket(rate_per_s=rate, capacity=capacity)
+            self._buckets[tenant] = bucket
+        return bucket
+
+    def take_submit(self, tenant: str) -> None:
+        """Per-tenant submit rate in this process: a bucket of two seconds' worth,
+        refilled continuously."""
+        wait = self._bucket(tenant).try_take(1)
         if wait > 0:
-            raise TooManySubmits(rate, wait)
+            raise TooManySubmits(self.settings.tenant_submits_per_s, wait)
+
+    async def check_submit(self, tenant: str) -> None:
+        """Per-tenant submit rate, across every API process when the limits are shared."""
+        bucket = self._bucket(tenant)
+        if not isinstance(bucket, SharedTokenBucket):
+            self.take_submit(tenant)
+            return
+        wait = await bucket.try_take_shared(1)
+        if wait > 0:
+            raise TooManySubmits(self.settings.tenant_submits_per_s, wait)
+
+    @contextlib.asynccontextmanager
+    async def active_jobs_turn(self, tenant: str) -> AsyncIterator[None]:
+        """Held around the insert that checks the tenant's active-job limit: with the
+        limits shared, one process at a time counts and inserts for a tenant, so
+        parallel submits to several API processes cannot all slip under the limit."""
+        if self.shared is None:
+            yield
+            return
+        async with self.shared.lock("active-jobs:" + tenant, hold_s=10, wait_s=10):
+            yield
 
     async def admit(self, spec: JobSpec) -> Admitted:
         """Validate the job against the graph rules and this service's limits, models and

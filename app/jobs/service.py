@@ -68,7 +68,7 @@ class JobsService:
                 if prior.request_hash != body_hash:
                     raise errors.IdempotencyConflict(prior.id)
                 return Submitted(await self.get(tenant, prior.id, with_agents=False), False)
-        self.admission.take_submit(tenant)
+        await self.admission.check_submit(tenant)
         admitted = await self.admission.admit(spec)
         new = job_store.new_job(
             job_id=new_job_id(),
@@ -86,7 +86,8 @@ class JobsService:
             map_nodes=admitted.graph.maps.keys(),
         )
         max_active = self.admission.settings.tenant_max_active_jobs
-        job_id, created = await self._write(job_store.create_job(new, max_active=max_active))
+        async with self.admission.active_jobs_turn(tenant):
+            job_id, created = await self._write(job_store.create_job(new, max_active=max_active))
         if created:
             self.scheduler.submit(job_id, spec, admitted.graph, tenant=tenant, model=admitted.model)
         return Submitted(await self.get(tenant, job_id, with_agents=False), created)

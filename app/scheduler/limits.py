@@ -233,6 +233,9 @@ class Permit:
     outcome: Outcome | None = None
     # Set by `activate`: the call is really made (not still waiting for other limits).
     active: bool = False
+    # The slot's id in Redis when the limit is shared across processes (None: granted by
+    # this process alone).
+    shared: str | None = None
     _released: bool = field(default=False, init=False, repr=False)
 
 
@@ -338,7 +341,7 @@ class AdaptiveLimiter:
         return self._slow_start
 
     def snapshot(self) -> AdaptiveSnapshot:
-        return AdaptiveSnapshot(self._limit, self.in_flight, self.waiting, self._decreases)
+        return AdaptiveSnapshot(self.limit, self.in_flight, self.waiting, self.decreases)
 
     async def acquire(
         self, key: str = "", *, group: str | None = None, active: bool = True

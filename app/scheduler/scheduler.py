@@ -421,3 +421,5 @@ class Scheduler:
                 await self.save_learned_limits()
             except Exception:
                 log.exception("saving the learned model limits failed")
+        # The last releases of shared limits are sent, and Redis's connections closed.
+        await self.gates.close()
