@@ -9,12 +9,14 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx2
+from redis import Redis
 from sqlalchemy import create_engine, text
 
 from app.store import migrate
@@ -92,12 +94,43 @@ class Cluster:
                 p.proc.wait(timeout=10)
 
 
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def redis_answers() -> bool:
+    client = Redis.from_url(REDIS_URL, socket_timeout=2)
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+def forget_redis_keys(prefix: str) -> None:
+    client = Redis.from_url(REDIS_URL, socket_timeout=2)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=500))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 @contextlib.contextmanager
 def cluster(
     tmp_path: Path, database_url: str, simulator: Proc, *, apis: int, workers: int, **env: str
 ) -> Iterator[Cluster]:
     # The migration step, run once before the replicas start (as in compose.yaml).
     migrate.upgrade(database_url)
+    prefix = f"swarmtest:{uuid.uuid4().hex[:10]}:"
+    # As in production, the replicas share their limits over Redis; where none answers,
+    # each worker takes its declared share instead (SWARM_WORKER_COUNT).
+    shared = (
+        {"SWARM_REDIS_URL": REDIS_URL, "SWARM_REDIS_KEY_PREFIX": prefix}
+        if redis_answers()
+        else {"SWARM_WORKER_COUNT": str(workers)}
+    )
     common = {
         "SWARM_DATABASE_URL": database_url,
         "SWARM_MIGRATE_ON_START": "false",
@@ -107,6 +140,7 @@ def cluster(
         "SWARM_RETRY_BACKOFF_BASE_S": "0.01",
         "SWARM_SSE_HEARTBEAT_S": "0.5",
         "SWARM_LOG_LEVEL": "info",
+        **shared,
         **env,
     }
     api_procs = [spawn(tmp_path, f"api-{i}", {**common, "SWARM_ROLE": "api"}) for i in range(apis)]
@@ -124,6 +158,8 @@ def cluster(
         yield c
     finally:
         c.stop()
+        if "SWARM_REDIS_URL" in shared:
+            forget_redis_keys(prefix)
 
 
 def swarm(n: int, *, concurrency: int, prefix: str = "agent") -> dict[str, Any]:
