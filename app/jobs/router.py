@@ -145,6 +145,7 @@ async def cancel_job(job_id: str, jobs: JobsDep, tenant: TenantDep) -> CancelAcc
     response_model=RetryAccepted,
     responses={
         **_ERRORS,
+        400: {"description": "The body cannot be read at all (e.g. not UTF-8)."},
         409: {
             "description": "The job is queued or running, completed, has nothing to retry, "
             "or its budget is spent (raise budget_usd)."
