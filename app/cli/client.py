@@ -272,6 +272,23 @@ class SwarmClient:
         result: dict[str, Any] = self._json("GET", f"/jobs/{job_id}/metrics", what=f"job {job_id}")
         return result
 
+    def retry(
+        self, job_id: str, *, budget_usd: float | None = None, max_retries: int | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        if budget_usd is not None:
+            body["budget_usd"] = budget_usd
+        if max_retries is not None:
+            body["max_retries"] = max_retries
+        result: dict[str, Any] = self._json(
+            "POST",
+            f"/jobs/{job_id}/retry",
+            json=body,
+            what=f"cannot retry job {job_id}",
+            ok=(202,),
+        )
+        return result
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._json(
             "POST", f"/jobs/{job_id}/cancel", what=f"cannot cancel job {job_id}", ok=(202,)
@@ -300,11 +317,13 @@ class SwarmClient:
         job_id: str,
         *,
         after: int = 0,
+        run_from: int = 0,
         on_drop: Callable[[str, int], None] | None = None,
         on_resume: Callable[[int], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> Iterator[Event]:
-        """The job's events after `after`, until the terminal one.
+        """The job's events after `after`, until the terminal one (the first after seq
+        `run_from`: a retried job's stream holds the earlier runs' terminal events too).
 
         When the connection drops (or the service closes the stream early: a restart, its
         lifetime cap, a slow reader cut off), it reconnects with `Last-Event-ID` set to the
@@ -345,7 +364,7 @@ class SwarmClient:
                             continue
                         last = event.seq
                         yield event
-                        if event.terminal:
+                        if event.terminal and event.seq > run_from:
                             return
                         if failing_since is not None:
                             failing_since, attempt = None, 0  # the stream works again

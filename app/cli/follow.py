@@ -134,6 +134,15 @@ class JobState:
                     self._move(agent_id, "pending")
                 return "job resumed after a restart of the service"
             return "job started"
+        if kind == "job.retried":
+            # Its failed, skipped and cancelled agents (and their parents) run again.
+            self.status = "running"
+            self.finished = None
+            for status in ("failed", "skipped", "cancelled"):
+                for agent_id in list(self.by_status[status]):
+                    self._move(agent_id, "pending")
+                    self.errors.pop(agent_id, None)
+            return f"job retried: {data.get('agents', 0)} agent(s) run again"
         if kind in ("job.completed", "job.failed", "job.cancelled"):
             self.finished = ts
             error = data.get("error")

@@ -152,7 +152,7 @@ def _read_graph(path: str) -> tuple[bytes, list[str]]:
     return raw, ids
 
 
-def follow_job(client: SwarmClient, job_id: str, *, plain: bool) -> int:
+def follow_job(client: SwarmClient, job_id: str, *, plain: bool, run_from: int = 0) -> int:
     """Watch a job to its end (live view or plain lines), print the summary, and return
     the exit code: 0 completed, 1 failed or cancelled, 130 interrupted."""
     job = client.job(job_id)
@@ -174,7 +174,7 @@ def follow_job(client: SwarmClient, job_id: str, *, plain: bool) -> int:
     try:
         with follower.showing():
             for event in client.events(
-                job_id, on_drop=follower.dropped, on_resume=follower.resumed
+                job_id, run_from=run_from, on_drop=follower.dropped, on_resume=follower.resumed
             ):
                 follower.event(event)
     except KeyboardInterrupt:
@@ -395,6 +395,43 @@ def cancel(
     out.print(
         f"cancellation requested for job {job_id} (it was {answer.get('status')})", markup=False
     )
+
+
+@app.command()
+@plain_errors
+def retry(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="The job's id.")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Watch the job live until it ends again.")
+    ] = False,
+    budget_usd: Annotated[
+        float | None,
+        typer.Option(
+            "--budget-usd", help="A new spending cap for the job, earlier spend included."
+        ),
+    ] = None,
+    max_retries: Annotated[
+        int | None, typer.Option("--max-retries", help="A new max_retries for the job.")
+    ] = None,
+    plain: Annotated[
+        bool, typer.Option("--plain", help="One line per state change, even on a terminal.")
+    ] = False,
+) -> None:
+    """Run a failed or cancelled job again: its failed, skipped and cancelled agents go
+    back to pending, completed ones are kept. With --follow, watch it and exit 0
+    (completed) or 1 (failed or cancelled)."""
+    with _ctx(ctx).client() as client:
+        answer = client.retry(job_id, budget_usd=budget_usd, max_retries=max_retries)
+        out.print(
+            f"retrying job {job_id}: {answer.get('agents_retried', 0):,} agent(s) run again",
+            markup=False,
+        )
+        if not follow:
+            out.print(Text(f"follow it: swarmctl watch {job_id}", style="dim"), soft_wrap=True)
+            return
+        code = follow_job(client, job_id, plain=plain, run_from=int(answer.get("retried_seq", 0)))
+    raise typer.Exit(code)
 
 
 @app.command("list")

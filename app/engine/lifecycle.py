@@ -54,9 +54,14 @@ SUB_AGENT_KINDS = frozenset({AgentKind.item, AgentKind.merge})
 # From which statuses each status may be entered. The store's transitions are guarded with
 # these (`WHERE status IN …`), so an impossible transition is refused by the database.
 # A restart re-enters `running` from `running` (the call was cut off), and a retry from
-# `running` (the next attempt); finished agents never change again.
+# `running` (the next attempt). A finished agent changes only when its finished job is
+# retried: one that failed, was skipped or cancelled goes back to `pending`, and so does a
+# map node that completed (under `continue`) with an item that failed, since its output is
+# made of its items'. Any other completed agent never changes again (the retry's store op
+# picks which agents; this table only bounds what it may do).
+RETRIED_AGENT_STATUSES = frozenset({AgentStatus.failed, AgentStatus.skipped, AgentStatus.cancelled})
 AGENT_ENTERED_FROM: dict[AgentStatus, frozenset[AgentStatus]] = {
-    AgentStatus.pending: frozenset(),
+    AgentStatus.pending: RETRIED_AGENT_STATUSES | {AgentStatus.completed},
     AgentStatus.running: UNFINISHED_AGENT_STATUSES,
     AgentStatus.completed: UNFINISHED_AGENT_STATUSES,
     AgentStatus.failed: UNFINISHED_AGENT_STATUSES,
@@ -64,9 +69,12 @@ AGENT_ENTERED_FROM: dict[AgentStatus, frozenset[AgentStatus]] = {
     AgentStatus.cancelled: UNFINISHED_AGENT_STATUSES,
 }
 
+# A failed or cancelled job comes back to `running` only by a retry (POST /jobs/{id}/retry);
+# a completed job never changes again.
+RETRIED_JOB_STATUSES = frozenset({JobStatus.failed, JobStatus.cancelled})
 JOB_ENTERED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.queued: frozenset(),
-    JobStatus.running: frozenset({JobStatus.queued, JobStatus.running}),
+    JobStatus.running: frozenset({JobStatus.queued, JobStatus.running}) | RETRIED_JOB_STATUSES,
     JobStatus.completed: frozenset({JobStatus.running}),
     JobStatus.failed: frozenset({JobStatus.queued, JobStatus.running}),
     JobStatus.cancelled: frozenset({JobStatus.queued, JobStatus.running}),

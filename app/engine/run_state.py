@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from app.engine.attempts import Tally
 from app.engine.dag import DagState, NodeState
 from app.engine.graph import Graph
-from app.engine.lifecycle import AgentKind, AgentStatus, JobStatus
+from app.engine.lifecycle import RETRIED_AGENT_STATUSES, AgentKind, AgentStatus, JobStatus
 from app.engine.mapping import item_from_json, render_parts
 from app.engine.spec import FailurePolicy, JobSpec, ResolvedAgent
 from app.engine.templates import DepOutput, MapItem
@@ -547,3 +547,31 @@ def _undone(decision: Decision, finished: set[str]) -> Decision:
         elif w.agent_id not in finished:
             writes.append(w)
     return Decision(writes, decision.abort)
+
+
+# -- retry of a finished job ---------------------------------------------------------------
+
+
+def agents_to_retry(rows: Sequence[StoredAgent], graph: Graph | None = None) -> list[str]:
+    """Which agents of a failed or cancelled job go back to pending when it is retried, in
+    the rows' order: every failed, skipped or cancelled agent (map items and merge steps
+    included); the map node or reducer of any such sub-agent, whose output is made of
+    theirs; and (with `graph`) every agent downstream of one going back that completed
+    anyway — under `continue` it ran on a failure note in place of that output — with its
+    sub-agents. Any other completed agent keeps its output and is not called again.
+
+    The same rows, replayed by `RunState.restore` once these are pending, resume the run:
+    what is completed is not called again, what is pending runs."""
+    retried = {r.agent_id for r in rows if r.status in RETRIED_AGENT_STATUSES}
+    retried |= {r.parent_id for r in rows if r.agent_id in retried and r.parent_id is not None}
+    if graph is not None:
+        todo = [a for a in graph.topo_order if a in retried]
+        downstream: set[str] = set()
+        while todo:
+            for dependent in graph.dependents.get(todo.pop(), ()):
+                if dependent not in retried and dependent not in downstream:
+                    downstream.add(dependent)
+                    todo.append(dependent)
+        retried |= downstream
+        retried |= {r.agent_id for r in rows if r.parent_id in downstream}
+    return [r.agent_id for r in rows if r.agent_id in retried]

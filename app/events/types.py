@@ -8,6 +8,7 @@ from enum import StrEnum
 class EventType(StrEnum):
     job_queued = "job.queued"  # stored; waiting for the scheduler
     job_started = "job.started"  # the scheduler picked it up (again, after a restart)
+    job_retried = "job.retried"  # a finished job's failed agents are back to pending
     # a map node fanned out, or a reducer planned a merge level: the sub-agents it created
     agent_expanded = "agent.expanded"
     agent_started = "agent.started"  # a call is about to be made (attempt N)

@@ -26,6 +26,11 @@ class JobAlreadyFinished(ConflictError):
         super().__init__(f"job already finished ({status}); nothing to cancel")
 
 
+class JobNotRetryable(ConflictError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
 class JobStillRunning(ConflictError):
     def __init__(self, job_id: str, status: JobStatus) -> None:
         super().__init__(

@@ -1,4 +1,4 @@
-"""Routes for jobs: submit, list, inspect, results, cancel, delete."""
+"""Routes for jobs: submit, list, inspect, results, cancel, retry, delete."""
 
 from __future__ import annotations
 
@@ -10,7 +10,16 @@ from app.api.auth import AUTH_RESPONSES, TenantDep
 from app.api.deps import JobsDep
 from app.engine.lifecycle import AgentKind, AgentStatus, JobStatus
 from app.engine.spec import JobSpec
-from app.jobs.schemas import AgentDetail, AgentPage, CancelAccepted, JobPage, JobPublic, JobResults
+from app.jobs.schemas import (
+    AgentDetail,
+    AgentPage,
+    CancelAccepted,
+    JobPage,
+    JobPublic,
+    JobResults,
+    RetryAccepted,
+    RetryRequest,
+)
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=AUTH_RESPONSES)
 
@@ -128,6 +137,31 @@ async def get_results(job_id: str, jobs: JobsDep, tenant: TenantDep) -> JobResul
 async def cancel_job(job_id: str, jobs: JobsDep, tenant: TenantDep) -> CancelAccepted:
     """Stop pending agents and abort in-flight calls; the job ends `cancelled`."""
     return await jobs.cancel(tenant, job_id)
+
+
+@router.post(
+    "/{job_id}/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=RetryAccepted,
+    responses={
+        **_ERRORS,
+        400: {"description": "The body cannot be read at all (e.g. not UTF-8)."},
+        409: {
+            "description": "The job is queued or running, completed, has nothing to retry, "
+            "or its budget is spent (raise budget_usd)."
+        },
+        **_UNWRITABLE,
+    },
+)
+async def retry_job(
+    job_id: str, jobs: JobsDep, tenant: TenantDep, body: RetryRequest | None = None
+) -> RetryAccepted:
+    """Run a failed or cancelled job again under the same id. Its failed, skipped and
+    cancelled agents (map items and merge steps included) go back to pending with their
+    attempt history kept; completed agents keep their outputs and are not called again.
+    Events continue with the next sequence numbers, `job.retried` first; counts, usage and
+    cost accumulate over the runs."""
+    return await jobs.retry(tenant, job_id, body or RetryRequest())
 
 
 @router.delete(

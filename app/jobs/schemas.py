@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.api.schemas import ResponseModel, UtcDateTime
 from app.engine import usage
@@ -230,6 +230,41 @@ class JobResults(ResponseModel):
 class CancelAccepted(ResponseModel):
     id: str
     status: JobStatus
+    detail: str
+
+
+class RetryRequest(BaseModel):
+    """The optional body of ``POST /jobs/{id}/retry``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    budget_usd: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="A new spending cap for the whole job, the earlier runs' spend included "
+        "(needed when the job was stopped by its budget). Unset keeps the job's.",
+    )
+    max_retries: int | None = Field(
+        default=None,
+        ge=0,
+        le=20,
+        description="A new max_retries for the job (and every agent whose own is lower). An "
+        "agent's failed attempts count across runs; each retried agent gets at least one "
+        "attempt. Unset keeps the job's.",
+    )
+
+
+class RetryAccepted(ResponseModel):
+    id: str
+    status: JobStatus
+    agents_retried: int = Field(
+        description="Agents (map items and merge steps included) back to pending."
+    )
+    retried_seq: int = Field(
+        description="The sequence number of the `job.retried` event: follow the retry's "
+        "events with `GET /jobs/{id}/events?after=retried_seq-1`."
+    )
     detail: str
 
 

@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from sqlalchemy import Connection
 
+from app.engine.graph import Graph, validate_graph
 from app.engine.lifecycle import AgentKind, AgentStatus, JobStatus
 from app.engine.spec import JobSpec
 from app.errors import ServiceError, store_unwritable
@@ -27,13 +28,16 @@ from app.jobs.schemas import (
     JobPublic,
     JobResults,
     LatencyStats,
+    RetryAccepted,
     RetryRecord,
+    RetryRequest,
     Usage,
 )
 from app.scheduler.scheduler import Scheduler
 from app.store import agents as agent_store
 from app.store import events as event_store
 from app.store import jobs as job_store
+from app.store import transitions as ops
 from app.store.agents import CallStats, ListedAgent
 from app.store.ids import new_job_id
 from app.store.jobs import JobStoreError, JobTotals, StoredJob
@@ -215,6 +219,42 @@ class JobsService:
         await self.scheduler.cancel(job_id)
         return CancelAccepted(id=job_id, status=current, detail="cancellation requested")
 
+    async def retry(self, tenant: str, job_id: str, body: RetryRequest) -> RetryAccepted:
+        """Run a failed or cancelled job again under the same id: its failed, skipped and
+        cancelled agents go back to pending, completed ones keep their outputs."""
+        result = await self._write(
+            ops.retry_job(
+                job_id,
+                tenant,
+                graph=self._stored_graph,
+                budget_usd=body.budget_usd,
+                max_retries=body.max_retries,
+            )
+        )
+        if result.refused is not None:
+            raise _retry_refused(job_id, result)
+        await self.scheduler.resume(job_id)
+        return RetryAccepted(
+            id=job_id,
+            status=JobStatus.running,
+            agents_retried=result.retried,
+            retried_seq=result.seq,
+            detail=f"{result.retried} agent(s) back to pending; the job runs again",
+        )
+
+    def _stored_graph(self, spec_json: str) -> Graph | None:
+        """The graph of a stored job (None if it can no longer be read; its run says so)."""
+        try:
+            spec = JobSpec.model_validate_json(spec_json)
+            return validate_graph(
+                spec,
+                max_agents=max(len(spec.agents), 1),
+                max_map_items=self.admission.settings.max_map_items,
+                max_map_items_per_job=2**62,
+            )
+        except Exception:
+            return None
+
     async def delete(self, tenant: str, job_id: str) -> None:
         """Remove a finished job, its agents and its events."""
         await self._write(job_store.delete_job(job_id, tenant))
@@ -233,6 +273,26 @@ def _owned_job(conn: Connection, tenant: str, job_id: str) -> StoredJob:
     if job is None:
         raise errors.JobNotFound()
     return job
+
+
+def _retry_refused(job_id: str, result: ops.RetryResult) -> ServiceError:
+    """Why a job cannot be retried, as the caller's error."""
+    refused = result.refused
+    if refused is ops.RetryRefusal.not_found:
+        return errors.JobNotFound()
+    if refused is ops.RetryRefusal.not_finished:
+        return errors.JobNotRetryable(
+            f"job is {result.status}; only a failed or cancelled job can be retried "
+            f"(cancel it first: POST /jobs/{job_id}/cancel)"
+        )
+    if refused is ops.RetryRefusal.completed:
+        return errors.JobNotRetryable("job completed; nothing to retry")
+    if refused is ops.RetryRefusal.budget_spent:
+        return errors.JobNotRetryable(
+            f"the job's budget of ${result.budget_usd or 0:.4f} is spent "
+            f"(${result.spent_usd:.4f}); retry with a higher budget_usd"
+        )
+    return errors.JobNotRetryable(f"job is {result.status} but no agent is left to retry")
 
 
 def _service_error(exc: JobStoreError) -> ServiceError:

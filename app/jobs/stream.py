@@ -153,10 +153,11 @@ async def job_events(
 
 
 def _until_terminal(rows: list[StoredEvent]) -> tuple[list[StoredEvent], bool]:
-    """The events of `rows` up to and including the first terminal one, and whether there
-    was one."""
+    """The events of `rows` up to and including the first terminal one that ends them, and
+    whether there was one. A terminal event followed by more (a retry's `job.retried`)
+    ended a run, not the job's stream."""
     for i, event in enumerate(rows):
-        if event.type in TERMINAL_JOB_EVENTS:
+        if event.type in TERMINAL_JOB_EVENTS and i == len(rows) - 1:
             return rows[: i + 1], True
     return rows, False
 
@@ -184,9 +185,9 @@ async def job_event_batches(
             if batch:
                 yield batch
                 last = batch[-1].seq
-            if terminal:
+            if terminal and last >= await store.read(lambda c: event_store.last_seq(c, job_id)):
                 return
-            if len(rows) < REPLAY_PAGE:
+            if len(rows) < REPLAY_PAGE and not terminal:
                 break
         job, newest = await store.read(
             lambda c: (job_store.get_job(c, job_id), event_store.last_seq(c, job_id))

@@ -208,6 +208,14 @@ class Scheduler:
             job_id, spec, graph, tenant=tenant, model=model, resumed=False, cancel_requested=False
         )
 
+    async def resume(self, job_id: str) -> None:
+        """Run a job the store has just made runnable again (a retried job), from its rows
+        as on a restart; waits out a run of it still finishing."""
+        task = self.tasks.get(job_id)
+        if task is not None:
+            await asyncio.wait([task])
+        await self._resume(job_id)
+
     def _launch(
         self,
         job_id: str,

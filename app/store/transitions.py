@@ -5,27 +5,30 @@ transition; the payload of the event each emits is defined beside it."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, TypedDict
 
 from sqlalchemy import Connection, TextClause, Update, bindparam, func, insert, select, text, update
 
 from app.engine.attempts import Tally
+from app.engine.graph import Graph
 from app.engine.lifecycle import (
     AGENT_ENTERED_FROM,
     FINISHED_JOB_STATUSES,
     JOB_ENTERED_FROM,
+    RETRIED_JOB_STATUSES,
     UNFINISHED_AGENT_STATUSES,
     AgentKind,
     AgentStatus,
     JobStatus,
 )
-from app.engine.run_state import StoredAgent
+from app.engine.run_state import StoredAgent, agents_to_retry
 from app.engine.usage import Usage
 from app.events.types import EventType
 from app.store.models import utcnow
-from app.store.tables import AGENT_ORDER, agents_t, dumps, jobs_t, loads
+from app.store.tables import AGENT_ORDER, agents_t, dumps, jobs_t, loads, owned
 from app.store.writer import Tx, WriteOp
 from app.text import clean_text
 
@@ -178,6 +181,129 @@ def mark_job_finished(job_id: str, status: JobStatus, error: str | None) -> Writ
             data["error"] = error
         tx.emit(job_id, _TERMINAL_EVENT[status], **data)
         return True
+
+    return op
+
+
+# -- a retry of a finished job ----------------------------------------------------------
+
+
+class RetryRefusal(StrEnum):
+    not_found = "not_found"  # no such job for this tenant
+    not_finished = "not_finished"  # still queued or running
+    completed = "completed"  # every agent completed: nothing failed
+    nothing_to_retry = "nothing_to_retry"  # failed or cancelled, yet no agent to run again
+    budget_spent = "budget_spent"  # the job's budget is spent and the retry did not raise it
+
+
+@dataclass(frozen=True)
+class RetryResult:
+    refused: RetryRefusal | None = None
+    status: JobStatus | None = None  # the job's status when refused (or `running`)
+    retried: int = 0  # agents back to pending
+    spent_usd: float = 0.0
+    budget_usd: float | None = None
+    seq: int = 0  # the sequence number of the `job.retried` event
+
+
+class JobRetriedData(TypedDict):
+    agents: int  # how many agents went back to pending
+    from_status: dict[str, int]  # of those, how many were failed, skipped, cancelled, …
+    previous_status: str  # the job's status before the retry
+    budget_usd: float | None
+    max_retries: int | None  # the job's max_retries, when the retry set it
+
+
+def retry_job(
+    job_id: str,
+    tenant: str | None,
+    *,
+    graph: Callable[[str], Graph | None],
+    budget_usd: float | None,
+    max_retries: int | None,
+) -> WriteOp[RetryResult]:
+    """Make a failed or cancelled job runnable again under the same id: the agents
+    `agents_to_retry` names go back to pending (their attempts, usage and cost kept), the
+    job back to running with its error cleared, and `job.retried` is emitted with the next
+    sequence number. `budget_usd` / `max_retries`, when given, replace the job's. The run
+    itself is then resumed from these rows, exactly as after a restart. `graph` reads the
+    stored spec's graph."""
+
+    def op(tx: Tx) -> RetryResult:
+        job = tx.conn.execute(
+            select(jobs_t.c.status, jobs_t.c.spec_json, jobs_t.c.budget_usd).where(
+                owned(job_id, tenant)
+            )
+        ).first()
+        if job is None:
+            return RetryResult(RetryRefusal.not_found)
+        status = JobStatus(job.status)
+        if status is JobStatus.completed:
+            return RetryResult(RetryRefusal.completed, status)
+        if status not in RETRIED_JOB_STATUSES:
+            return RetryResult(RetryRefusal.not_finished, status)
+        rows = agent_states(tx.conn, job_id)
+        ids = agents_to_retry(rows, graph(job.spec_json))
+        if not ids:
+            return RetryResult(RetryRefusal.nothing_to_retry, status)
+        spent = sum(r.usage.cost_usd or 0.0 for r in rows)
+        budget = job.budget_usd if budget_usd is None else budget_usd
+        if budget is not None and spent >= budget:
+            return RetryResult(
+                RetryRefusal.budget_spent, status, spent_usd=spent, budget_usd=budget
+            )
+        spec = loads(job.spec_json, {})
+        if budget_usd is not None:
+            spec["budget_usd"] = budget_usd
+        if max_retries is not None:
+            # The job's value, and every agent's own one below it, so the raise applies to
+            # each agent; `max_retries` counts an agent's failed attempts across runs.
+            spec["max_retries"] = max_retries
+            for agent in spec.get("agents", []):
+                own = agent.get("max_retries")
+                if own is not None and own < max_retries:
+                    agent["max_retries"] = max_retries
+        tx.conn.execute(
+            update(jobs_t)
+            .where(jobs_t.c.id == job_id, jobs_t.c.status.in_(RETRIED_JOB_STATUSES))
+            .values(
+                status=JobStatus.running,
+                error=None,
+                finished_at=None,
+                cancel_requested=False,
+                budget_usd=budget,
+                spec_json=dumps(spec),
+            )
+        )
+        before = {r.agent_id: r.status for r in rows}
+        allowed = AGENT_ENTERED_FROM[AgentStatus.pending]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            tx.conn.execute(
+                update(agents_t)
+                .where(
+                    agents_t.c.job_id == job_id,
+                    agents_t.c.agent_id.in_(chunk),
+                    agents_t.c.status.in_(allowed),
+                )
+                .values(status=AgentStatus.pending, finished_at=None)
+            )
+        from_status: dict[str, int] = {}
+        for agent_id in ids:
+            key = str(before[agent_id])
+            from_status[key] = from_status.get(key, 0) + 1
+        tx.emit(
+            job_id,
+            EventType.job_retried,
+            **JobRetriedData(
+                agents=len(ids),
+                from_status=from_status,
+                previous_status=str(status),
+                budget_usd=budget,
+                max_retries=max_retries,
+            ),
+        )
+        return RetryResult(None, JobStatus.running, len(ids), spent, budget, tx.events[-1].seq)
 
     return op
 

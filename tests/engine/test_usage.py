@@ -33,18 +33,19 @@ def test_columns_and_tokens() -> None:
     assert u.priced(None).cost_usd is None
 
 
-def test_finished_agents_never_change() -> None:
+def test_finished_agents_change_only_back_to_pending_by_a_retry() -> None:
     for new in AgentStatus:
         for old in (AgentStatus.completed, AgentStatus.failed, AgentStatus.skipped):
-            assert not agent_may_enter(new, old)
+            assert agent_may_enter(new, old) == (new is AgentStatus.pending)
     assert agent_may_enter(AgentStatus.running, AgentStatus.running)
     assert not agent_may_enter(AgentStatus.pending, AgentStatus.running)
 
 
-def test_finished_jobs_never_change() -> None:
+def test_finished_jobs_change_only_back_to_running_by_a_retry() -> None:
     for new in JobStatus:
         for old in (JobStatus.completed, JobStatus.failed, JobStatus.cancelled):
-            assert not job_may_enter(new, old)
+            retried = new is JobStatus.running and old is not JobStatus.completed
+            assert job_may_enter(new, old) == retried
     assert not job_may_enter(JobStatus.completed, JobStatus.queued)
 
 
