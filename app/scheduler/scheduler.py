@@ -210,7 +210,11 @@ class Scheduler:
 
     async def resume(self, job_id: str) -> None:
         """Run a job the store has just made runnable again (a retried job), from its rows
-        as on a restart; waits out a run of it still finishing."""
+        as on a restart; waits out a run of it still finishing. From an API replica, tell
+        the workers instead: the job has no live lease, so one of them claims it."""
+        if self.role is not Role.all:
+            self._announce(JOBS_CHANNEL, job_id)
+            return
         task = self.tasks.get(job_id)
         if task is not None:
             await asyncio.wait([task])
