@@ -187,6 +187,45 @@ def test_a_failed_agent_shows_its_error(page: Page, tmp_path: Path) -> None:
         sim.stop()
 
 
+def test_retry_from_the_page_runs_the_failed_agents_again(page: Page, tmp_path: Path) -> None:
+    # The upstream refuses long prompts until its window is raised; then "Retry failed" runs
+    # the failed agent and its skipped dependent again, and the page follows the new run.
+    sim = start_simulator(tmp_path, "--latency-uniform-ms", "50,100", "--context-window", "1000")
+    svc = start_service(tmp_path, {"SWARM_UPSTREAM_BASE_URL": sim.url + "/v1"})
+    try:
+        with httpx2.Client(base_url=svc.url, timeout=10) as client:
+            graph = {
+                "name": "retry-from-the-page",
+                "max_tokens": 100,
+                "context": {"long": "word " * 6000},
+                "agents": [
+                    {"id": "short", "task": "Say hello."},
+                    {"id": "too_long", "task": "Summarise: {{context.long}}"},
+                    {"id": "after", "task": "Go on.", "depends_on": ["too_long"]},
+                ],
+            }
+            job_id = submit(client, graph)
+            open_job(page, svc.url, job_id)
+            wait_final(page, "failed")
+            retry = page.locator("#retry")
+            expect(retry).to_be_enabled()
+            resp = httpx2.post(f"{sim.url}/_sim/config", json={"context_window": 1_000_000})
+            assert resp.status_code == 200, resp.text
+            retry.click()
+            wait_final(page, "completed")
+            for agent in ("short", "too_long", "after"):
+                expect(page.locator(f".dag-node[data-agent-id='{agent}']")).to_have_attribute(
+                    "data-status", "completed"
+                )
+            expect(retry).to_be_disabled()
+            assert client.get(f"/jobs/{job_id}").json()["status"] == "completed"
+            # The agent that had completed was not called again.
+            assert client.get(f"/jobs/{job_id}/agents/short").json()["attempts"] == 1
+    finally:
+        svc.stop()
+        sim.stop()
+
+
 def test_cancel_from_the_page_cancels_the_job(page: Page, tmp_path: Path) -> None:
     sim = start_simulator(tmp_path, "--latency-uniform-ms", "1500,2000")
     svc = start_service(tmp_path, {"SWARM_UPSTREAM_BASE_URL": sim.url + "/v1"})

@@ -264,6 +264,7 @@ export interface AgentDetail {
 }
 
 export const TERMINAL_JOB = new Set(["completed", "failed", "cancelled"]);
+export const RETRYABLE_JOB = new Set(["failed", "cancelled"]);
 
 export function el<K extends keyof HTMLElementTagNameMap>(
   tag: K,

@@ -11,6 +11,7 @@ import uPlot from "uplot";
 import "uplot/dist/uPlot.min.css";
 import {
   ApiError,
+  RETRYABLE_JOB,
   TERMINAL_JOB,
   api,
   el,
@@ -84,6 +85,7 @@ export function showJob(app: HTMLElement, jobId: string): () => void {
   const totals = el("div", { id: "totals", class: "totals" });
   const streamState = el("span", { id: "stream-state", class: "muted" }, "");
   const cancel = el("button", { id: "cancel", class: "danger", disabled: "" }, "Cancel job");
+  const retry = el("button", { id: "retry", disabled: "" }, "Retry failed");
   const chartBox = el("div", { id: "chart", class: "chart" });
   const dag = el("div", { id: "dag", class: "dag" });
   const canvas = el("div", { id: "dag-canvas", class: "dag-canvas" });
@@ -95,7 +97,7 @@ export function showJob(app: HTMLElement, jobId: string): () => void {
   const header = el(
     "section",
     { class: "job-header" },
-    el("div", { class: "job-title" }, title, statusBadge, streamState, el("span", { class: "spacer" }), cancel),
+    el("div", { class: "job-title" }, title, statusBadge, streamState, el("span", { class: "spacer" }), retry, cancel),
     el("div", { class: "job-stats" }, totals, chartBox),
   );
   const body = el("div", { class: "job-body" }, el("div", { class: "job-main" }, dag, index), panel);
@@ -121,6 +123,9 @@ export function showJob(app: HTMLElement, jobId: string): () => void {
     statusBadge.dataset.status = job.status;
     if (TERMINAL_JOB.has(job.status)) cancel.setAttribute("disabled", "");
     else cancel.removeAttribute("disabled");
+    // A failed or cancelled job can run its failed, skipped and cancelled agents again.
+    if (RETRYABLE_JOB.has(job.status)) retry.removeAttribute("disabled");
+    else retry.setAttribute("disabled", "");
     const c = job.counts;
     const done = c.total - c.pending - c.running;
     const started = job.started_at ? Date.parse(job.started_at) : null;
@@ -596,6 +601,32 @@ export function showJob(app: HTMLElement, jobId: string): () => void {
     return all;
   };
 
+  const follow = (after: number) => {
+    stopStream?.();
+    stopStream = followEvents(jobId, after, {
+      onEvents,
+      onState: (state, detail) => {
+        streamState.dataset.state = state;
+        streamState.textContent = state === "live" ? "live" : state === "reconnecting" ? `reconnecting (${detail})` : detail ?? "stream ended";
+        if (state === "ended" && detail !== "not found") void reconcile();
+      },
+    });
+  };
+
+  retry.addEventListener("click", async () => {
+    retry.setAttribute("disabled", "");
+    try {
+      const accepted = await api<{ retried_seq: number }>(`/jobs/${enc}/retry`, { method: "POST" });
+      streamState.textContent = "retrying…";
+      // The agents going back to pending are read whole; the stream then follows the new run.
+      await reconcile();
+      follow(accepted.retried_seq - 1);
+    } catch (e) {
+      streamState.textContent = `retry failed: ${e instanceof Error ? e.message : String(e)}`;
+      if (job && RETRYABLE_JOB.has(job.status)) retry.removeAttribute("disabled");
+    }
+  });
+
   const reconcile = async (): Promise<void> => {
     // The job ended: one last read makes the page the database's final state, whatever the
     // stream delivered. The service may be gone for a moment (a restart): try again.
@@ -655,14 +686,7 @@ export function showJob(app: HTMLElement, jobId: string): () => void {
     initChart();
     document.body.dataset.ready = "1";
     performance.mark("swarm-interactive");
-    stopStream = followEvents(jobId, 0, {
-      onEvents,
-      onState: (state, detail) => {
-        streamState.dataset.state = state;
-        streamState.textContent = state === "live" ? "live" : state === "reconnecting" ? `reconnecting (${detail})` : detail ?? "stream ended";
-        if (state === "ended" && detail !== "not found") void reconcile();
-      },
-    });
+    follow(0);
   })();
 
   return () => {
