@@ -37,6 +37,8 @@ from app.ui import routes as ui_routes
 from app.upstream.local_simulator import LocalSimulator
 from app.upstream.pool import UpstreamPool
 from app.upstream.registry import ModelRegistry
+from app.webhooks import router as webhook_routes
+from app.webhooks.delivery import WebhookDeliverer
 
 log = logging.getLogger("app")
 
@@ -189,6 +191,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             auth=auth,
         )
         await scheduler.start()
+        webhooks = WebhookDeliverer(settings, store)
+        await webhooks.start()
         stopping: asyncio.Task[None] | None = None
 
         def drain() -> None:
@@ -211,6 +215,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             drain()
             assert stopping is not None
             await stopping
+            await webhooks.stop()
             await store.close()
             await upstreams.aclose()
             if simulator is not None:
@@ -228,6 +233,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     app.include_router(jobs.router)
     app.include_router(stream.router)
+    app.include_router(webhook_routes.router)
     app.include_router(metrics_routes.router)
     app.include_router(health.router)
     app.include_router(upstream.router)

@@ -35,6 +35,8 @@ from app.events.bus import EventBus, StoredEvent
 from app.events.types import TERMINAL_JOB_EVENTS
 from app.store.db import unwritable_reason
 from app.store.models import Event, utcnow
+from app.store.webhooks import SubscriptionCache
+from app.store.webhooks import enqueue as enqueue_webhooks
 from app.text import clean_text
 
 log = logging.getLogger(__name__)
@@ -93,10 +95,18 @@ class Tx:
     """What an operation sees: the connection of the open transaction, and `emit`."""
 
     def __init__(
-        self, conn: Connection, seq_cache: dict[str, int], *, optimistic: bool = True
+        self,
+        conn: Connection,
+        seq_cache: dict[str, int],
+        *,
+        optimistic: bool = True,
+        webhooks: SubscriptionCache | None = None,
     ) -> None:
         self._conn = conn
         self._seq_cache = seq_cache
+        # Each job's webhook subscription, looked up once: its events' outbox rows are
+        # written in their transaction.
+        self._webhooks: SubscriptionCache = {} if webhooks is None else webhooks
         self.seqs: dict[str, int] = {}
         self.events: list[StoredEvent] = []
         self.forgotten: set[str] = set()
@@ -192,6 +202,7 @@ class Tx:
                     for e in self.events
                 ],
             )
+            enqueue_webhooks(self._conn, self.events, self._webhooks)
 
 
 # An operation returns its answer, or a Refused that the caller gets raised instead.
@@ -208,6 +219,7 @@ class StoreWriter:
         # One thread, one connection: SQLite sees exactly one writer.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         self._seq_cache: dict[str, int] = {}
+        self._webhooks: SubscriptionCache = {}
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.batches = 0
@@ -348,16 +360,18 @@ class StoreWriter:
         self, ops: list[Callable[[Tx], Any]], *, optimistic: bool
     ) -> tuple[list[Any], Tx]:
         with self._engine.begin() as conn:
-            tx = Tx(conn, self._seq_cache, optimistic=optimistic)
+            tx = Tx(conn, self._seq_cache, optimistic=optimistic, webhooks=self._webhooks)
             results = [op(tx) for op in ops]
             tx.flush()
         self._seq_cache.update(tx.seqs)
         for job_id in tx.forgotten:
             self._seq_cache.pop(job_id, None)
+            self._webhooks.pop(job_id, None)
         for event in tx.events:
             # A finished job emits nothing more: keep the cache to jobs still running.
             if event.type in TERMINAL_JOB_EVENTS:
                 self._seq_cache.pop(event.job_id, None)
+                self._webhooks.pop(event.job_id, None)
         return results, tx
 
     def _probe_write(self) -> None:
