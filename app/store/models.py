@@ -105,6 +105,10 @@ class Agent(SQLModel, table=True):
     # request, so the figures bound what was spent from above.
     estimated_tokens: int | None = None
     estimated_cost_usd: float | None = None
+    # Of prompt_tokens, those served from the provider's prompt cache (priced at the
+    # model's cache-hit price); of completion_tokens, those spent reasoning.
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
     # The estimate of the attempt in flight, set as it starts and cleared when its outcome
     # is recorded; one left set (the outcome is unknown) is added to the usage above.
     in_flight_json: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
