@@ -38,10 +38,15 @@ def subscription(conn: Connection, job_id: str) -> Subscription | None:
     ).first()
     if row is None:
         return None
-    hook = json.loads(row.spec_json).get("webhook")
-    if not hook:
+    try:
+        hook = json.loads(row.spec_json).get("webhook")
+        if not hook:
+            return None
+        return Subscription(tenant=row.tenant, url=hook["url"], events=frozenset(hook["events"]))
+    except (ValueError, AttributeError, KeyError, TypeError):
+        # A stored spec that cannot be read (the scheduler fails such a job): its events
+        # must still be written, so it has no webhook.
         return None
-    return Subscription(tenant=row.tenant, url=hook["url"], events=frozenset(hook["events"]))
 
 
 def enqueue(conn: Connection, events: Iterable[StoredEvent], cache: SubscriptionCache) -> None:
