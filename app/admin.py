@@ -5,6 +5,7 @@ python -m app.admin keys create --tenant NAME [--name LABEL]   # prints the key 
 python -m app.admin keys list [--tenant NAME]
 python -m app.admin keys revoke KEY_ID_OR_PREFIX
 python -m app.admin keys move-jobs --from TENANT --to TENANT   # e.g. keep earlier jobs
+python -m app.admin webhooks secret --tenant NAME   # create or rotate; prints it once
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from app.keys import (
     revoke_key,
 )
 from app.store import migrate
+from app.store.db import make_engine
 from app.store.models import DEFAULT_TENANT
+from app.store.webhooks import rotate_secret, tenant_secret_exists
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -74,6 +77,26 @@ def _after_create(url: str, tenant: str) -> None:
     )
 
 
+def _rotate_webhook_secret(url: str, tenant: str) -> int:
+    tenant = tenant.strip()
+    if not tenant or len(tenant) > 64:
+        _say("error: a tenant is 1 to 64 characters")
+        return 2
+    engine = make_engine(url)
+    try:
+        had = tenant_secret_exists(engine, tenant)
+        secret = rotate_secret(engine, tenant)
+    finally:
+        engine.dispose()
+    print(secret)
+    _say(
+        f"{'rotated' if had else 'created'} the webhook signing secret of tenant {tenant!r}; "
+        "store it now (your receiver verifies with it): it is not shown again"
+        + ("; deliveries from now on are signed with this one" if had else "")
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m app.admin",
@@ -94,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     move = keys.add_parser("move-jobs", help="give every job of one tenant to another")
     move.add_argument("--from", dest="source", required=True)
     move.add_argument("--to", dest="target", required=True)
+    hooks = groups.add_parser("webhooks", help="webhook signing secrets").add_subparsers(
+        dest="command", required=True
+    )
+    secret = hooks.add_parser(
+        "secret", help="create or rotate a tenant's signing secret and print it (once)"
+    )
+    secret.add_argument("--tenant", required=True)
     args = parser.parse_args(argv)
 
     url = get_settings().database_url
@@ -104,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             "run the command where the service runs (its ./data/swarm.db), or set "
             "SWARM_DATABASE_URL to the service's database"
         )
-        if args.command != "create":
+        if args.command not in ("create", "secret"):
             _say(f"error: there is no database at {path}: {hint}")
             return 2
         _say(
@@ -112,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             f"A service using another database will not know this key: {hint}"
         )
     migrate.upgrade(url)
+    if args.group == "webhooks":
+        return _rotate_webhook_secret(url, args.tenant)
     if args.command == "create":
         try:
             key, info = create_key(url, args.tenant, args.name)

@@ -183,6 +183,22 @@ class Settings(BaseSettings):
     # A worker's name in the jobs' lease_owner column (default: host name and process id).
     worker_id: str | None = Field(None, max_length=64)
 
+    # Webhooks (see README, Webhooks). The signing secret of tenant 'default' when it has
+    # none of its own (the no-keys mode); a tenant's own is made with the admin command.
+    webhook_secret: SecretStr | None = None
+    # Allow webhook URLs on private, loopback and link-local addresses (tests, a LAN).
+    webhook_allow_private: bool = False
+    # Seconds before each retry of a failed delivery (Standard Webhooks' schedule: about
+    # a day); once they are used up the delivery is marked failed.
+    webhook_retry_delays_s: list[float] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        min_length=0,
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0)
+    # How often the delivery loop looks for due deliveries, and how many it sends at once.
+    webhook_poll_s: float = Field(1.0, gt=0)
+    webhook_concurrency: int = Field(16, ge=1)
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")

@@ -43,6 +43,8 @@ from app.ui import routes as ui_routes
 from app.upstream.local_simulator import LocalSimulator
 from app.upstream.pool import UpstreamPool
 from app.upstream.registry import ModelRegistry
+from app.webhooks import router as webhook_routes
+from app.webhooks.delivery import WebhookDeliverer
 
 log = logging.getLogger("app")
 
@@ -257,6 +259,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await relay.start()
             await listener.start()
         app.state.listener = listener
+        # Deliveries go out where events are written: the single process, or the workers.
+        webhooks = WebhookDeliverer(settings, store) if role is not Role.api else None
+        if webhooks is not None:
+            await webhooks.start()
         stopping: asyncio.Task[None] | None = None
 
         def drain() -> None:
@@ -288,6 +294,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await listener.close()
             if relay is not None:
                 await relay.close()
+            if webhooks is not None:
+                await webhooks.stop()
             await store.close()
             await upstreams.aclose()
             if simulator is not None:
@@ -305,6 +313,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     app.include_router(jobs.router)
     app.include_router(stream.router)
+    app.include_router(webhook_routes.router)
     app.include_router(metrics_routes.router)
     app.include_router(health.router)
     app.include_router(upstream.router)

@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from app.events.types import EventType
+
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 # A job id as app/store/ids.py makes them (26 characters of Crockford base32). The cursor of
 # GET /jobs is one: its Query pattern is this one, spelt out where the route is.
@@ -86,6 +88,43 @@ class ResponseFormat(StrEnum):
     text = "text"
     # A JSON object (the upstream's JSON mode).
     json = "json"
+
+
+WEBHOOK_EVENT_TYPES = tuple(str(t) for t in EventType)
+DEFAULT_WEBHOOK_EVENTS = ["job.completed", "job.failed", "job.cancelled"]
+
+
+class WebhookSpec(BaseModel):
+    """Where to tell of the job's events: signed per Standard Webhooks (see README)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        min_length=1,
+        max_length=2000,
+        pattern=r"^https?://[^\s]+$",
+        description="An http(s) URL. Private, loopback and link-local addresses are refused "
+        "(unless the service sets SWARM_WEBHOOK_ALLOW_PRIVATE); redirects are not followed.",
+    )
+    events: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS),
+        min_length=1,
+        max_length=len(WEBHOOK_EVENT_TYPES),
+        description="The event types to deliver (as on the SSE stream); the terminal job "
+        "events by default.",
+    )
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, value: list[str]) -> list[str]:
+        unknown = [e for e in value if e not in WEBHOOK_EVENT_TYPES]
+        if unknown:
+            raise PydanticCustomError(
+                "unknown_event",
+                "unknown event type(s) {unknown}; known: {known}",
+                {"unknown": ", ".join(unknown), "known": ", ".join(WEBHOOK_EVENT_TYPES)},
+            )
+        return list(dict.fromkeys(value))
 
 
 class AgentDefaults(BaseModel):
@@ -378,6 +417,10 @@ class JobSpec(AgentDefaults):
     )
     agents: list[AgentSpec] = Field(
         description="The agents (graph nodes). Edges come from each agent's depends_on.",
+    )
+    webhook: WebhookSpec | None = Field(
+        default=None,
+        description="Signed webhook deliveries of the job's events (see README, Webhooks).",
     )
 
     _job_numbers_only = field_validator("max_concurrency", "budget_usd", mode="before")(

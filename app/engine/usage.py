@@ -25,6 +25,10 @@ class Usage:
     # Of the figures above, how much is an estimate rather than the upstream's report.
     estimated_tokens: int | None = None
     estimated_cost_usd: float | None = None
+    # Of prompt_tokens, how many the provider served from its prompt cache (billed at the
+    # model's cache-hit price); of completion_tokens, how many were reasoning.
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -34,6 +38,8 @@ class Usage:
             _add(self.cost_usd, other.cost_usd),
             _add(self.estimated_tokens, other.estimated_tokens),
             _add(self.estimated_cost_usd, other.estimated_cost_usd),
+            _add(self.cached_tokens, other.cached_tokens),
+            _add(self.reasoning_tokens, other.reasoning_tokens),
         )
 
     def __bool__(self) -> bool:
@@ -46,7 +52,14 @@ class Usage:
         return bool(self.estimated_tokens) or bool(self.estimated_cost_usd)
 
     def priced(self, cost_usd: float | None) -> Usage:
-        return Usage(self.prompt_tokens, self.completion_tokens, self.total_tokens, cost_usd)
+        return Usage(
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.total_tokens,
+            cost_usd,
+            cached_tokens=self.cached_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+        )
 
     def as_estimate(self) -> Usage:
         """These figures, flagged as wholly estimated."""
@@ -57,6 +70,8 @@ class Usage:
             self.cost_usd,
             self.total_tokens,
             self.cost_usd,
+            self.cached_tokens,
+            self.reasoning_tokens,
         )
 
     @classmethod
@@ -69,6 +84,8 @@ class Usage:
             cost_usd=_float(values.get("cost_usd")),
             estimated_tokens=_int(values.get("estimated_tokens")),
             estimated_cost_usd=_float(values.get("estimated_cost_usd")),
+            cached_tokens=_int(values.get("cached_tokens")),
+            reasoning_tokens=_int(values.get("reasoning_tokens")),
         )
 
     def columns(self) -> dict[str, int | float | None]:
@@ -77,11 +94,17 @@ class Usage:
 
     def tokens(self) -> dict[str, int | None]:
         """The token counts alone, as events and responses show them."""
-        return {
+        shown: dict[str, int | None] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
         }
+        # The parts the provider reported (cached input, reasoning), only where it did.
+        if self.cached_tokens is not None:
+            shown["cached_tokens"] = self.cached_tokens
+        if self.reasoning_tokens is not None:
+            shown["reasoning_tokens"] = self.reasoning_tokens
+        return shown
 
 
 def _add(a: _N | None, b: _N | None) -> _N | None:

@@ -25,6 +25,7 @@ from app.scheduler.gates import shared_limits
 from app.scheduler.limits import TokenBucket
 from app.scheduler.shared_limits import SharedTokenBucket
 from app.upstream.pool import NoRouteError, UpstreamPool
+from app.webhooks.targets import WebhookTargetError, check_target
 
 # How deep `context` and `metadata` may nest. Deeper JSON cannot be read back by the
 # parser that restores jobs after a restart (its limit is 200), and no prompt needs it.
@@ -125,8 +126,20 @@ class Admission:
             self._check_prices(agents, model)
         await asyncio.to_thread(check_prompt_sizes, spec, graph, agents, settings.max_prompt_chars)
         self._check_chunk_windows(spec, graph, agents, model)
+        if spec.webhook is not None:
+            await self._check_webhook(spec.webhook.url)
         spec_json = await asyncio.to_thread(storable_json, spec)
         return Admitted(spec=spec, graph=graph, model=model, agents=agents, spec_json=spec_json)
+
+    async def _check_webhook(self, url: str) -> None:
+        try:
+            await asyncio.to_thread(
+                check_target, url, allow_private=self.settings.webhook_allow_private
+            )
+        except WebhookTargetError as exc:
+            raise UnprocessableError(
+                [{"loc": ["body", "webhook", "url"], "type": "webhook_target", "msg": str(exc)}]
+            ) from None
 
     def _check_routes(self, agents: list[ResolvedAgent], default: str) -> None:
         """Every model the job uses must have an upstream, or nothing is stored."""

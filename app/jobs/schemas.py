@@ -39,6 +39,17 @@ class Usage(ResponseModel):
         "arrived (the service restarted, a time-out, a dropped connection, a cancel) are "
         "counted from their request, so the figures are an upper bound on spend.",
     )
+    cached_tokens: int = Field(
+        0,
+        description="Of prompt_tokens, how many the provider served from its prompt cache "
+        "(usage.prompt_tokens_details.cached_tokens, DeepSeek's prompt_cache_hit_tokens): "
+        "priced at the model's cache-hit price.",
+    )
+    reasoning_tokens: int = Field(
+        0,
+        description="Of completion_tokens, how many the model spent reasoning "
+        "(usage.completion_tokens_details.reasoning_tokens), where the provider reports it.",
+    )
 
     @field_validator("*", mode="before")
     @classmethod

@@ -293,7 +293,9 @@ class AgentCaller:
 
     @staticmethod
     def _priced(route: Route, usage: Usage) -> Usage:
-        return usage.priced(route.model.cost(usage.prompt_tokens, usage.completion_tokens))
+        return usage.priced(
+            route.model.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+        )
 
     def _observe_success(self, model: str, result: CallResult, route: Route) -> None:
         m = self.metrics

@@ -218,6 +218,23 @@ def _max_tokens(body: dict[str, Any]) -> Any:
     return body.get("max_tokens") if value is None else value
 
 
+def _cached_prefix_tokens(state: SimState, messages: Any, prompt_tokens: int) -> int:
+    """The prompt tokens a provider's cache would serve: a leading system message this
+    simulator has answered before (deterministic, so cost tests need no real cache)."""
+    if not isinstance(messages, list) or not messages:
+        return 0
+    first = messages[0]
+    if not isinstance(first, dict) or first.get("role") != "system":
+        return 0
+    content = first.get("content")
+    if not isinstance(content, str) or not content:
+        return 0
+    if content not in state.seen_system_prompts:
+        state.seen_system_prompts.add(content)
+        return 0
+    return min(prompt_tokens, text.estimate_prompt_tokens([first]))
+
+
 def _check_request(
     cfg: SimulatorConfig, body: dict[str, Any], prompt_tokens: int
 ) -> web.Response | None:
@@ -313,11 +330,14 @@ async def _answer(
     else:
         message_text = text.plain_content(tag, words)
     prompt_tokens: int = entry["prompt_tokens"]
-    usage = {
+    cached_tokens = _cached_prefix_tokens(state, entry["messages"], prompt_tokens)
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
+    entry["cached_tokens"] = cached_tokens
     entry["completion_tokens"] = completion_tokens
     completion_id = f"chatcmpl-sim{entry['seq']}"
     created = int(time.time())
@@ -394,7 +414,7 @@ def _stream_events(
     model: str,
     message_text: str,
     finish_reason: str,
-    usage: dict[str, int],
+    usage: dict[str, Any],
     include_usage: bool,
 ) -> list[bytes]:
     """SSE events: role delta, one event per word, finish, optional usage, ``[DONE]``."""

@@ -43,6 +43,9 @@ class SimState:
         self.latency_sum = 0.0
         self.latency_max = 0.0
         self.latency_samples: deque[float] = deque(maxlen=LATENCY_SAMPLE_WINDOW)
+        # System prompts answered before: their tokens are "cached" in a later request, as
+        # a provider's prompt cache serves a repeated prefix.
+        self.seen_system_prompts: set[str] = set()
         self.log.clear()
         self.rpm_window.clear()
 

@@ -337,6 +337,8 @@ def job_totals(conn: Connection, job_id: str) -> JobTotals:
             func.count(agents_t.c.total_tokens),
             func.sum(agents_t.c.estimated_tokens),
             func.sum(agents_t.c.estimated_cost_usd),
+            func.sum(agents_t.c.cached_tokens),
+            func.sum(agents_t.c.reasoning_tokens),
         )
         .where(agents_t.c.job_id == job_id)
         .group_by(agents_t.c.status)
@@ -344,7 +346,20 @@ def job_totals(conn: Connection, job_id: str) -> JobTotals:
     counts = dict.fromkeys(AgentStatus, 0)
     usage = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
     priced = with_usage = 0
-    for status, n, p, c, t, cost_sum, n_priced, n_usage, est_tokens, est_cost in rows:
+    for (
+        status,
+        n,
+        p,
+        c,
+        t,
+        cost_sum,
+        n_priced,
+        n_usage,
+        est_tokens,
+        est_cost,
+        cached,
+        reasoning,
+    ) in rows:
         counts[AgentStatus(status)] = int(n)
         cost = None if cost_sum is None else float(cost_sum)
         usage += Usage(
@@ -354,6 +369,8 @@ def job_totals(conn: Connection, job_id: str) -> JobTotals:
             cost,
             None if est_tokens is None else int(est_tokens),
             None if est_cost is None else float(est_cost),
+            None if cached is None else int(cached),
+            None if reasoning is None else int(reasoning),
         )
         priced += int(n_priced)
         with_usage += int(n_usage)

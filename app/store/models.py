@@ -111,6 +111,10 @@ class Agent(SQLModel, table=True):
     # request, so the figures bound what was spent from above.
     estimated_tokens: int | None = None
     estimated_cost_usd: float | None = None
+    # Of prompt_tokens, those served from the provider's prompt cache (priced at the
+    # model's cache-hit price); of completion_tokens, those spent reasoning.
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
     # The estimate of the attempt in flight, set as it starts and cleared when its outcome
     # is recorded; one left set (the outcome is unknown) is added to the usage above.
     in_flight_json: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
@@ -170,3 +174,47 @@ class ModelLimit(SQLModel, table=True):
     # False once the upstream has pushed back (a 429 or a time-out): no more doubling.
     slow_start: bool = True
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class WebhookSecret(SQLModel, table=True):
+    """A tenant's webhook signing secret (`whsec_…`, Standard Webhooks). It must be kept to
+    sign, so it is stored as is; it is printed once when created and never shown by the API,
+    the logs or the events."""
+
+    __tablename__ = "webhook_secrets"
+
+    tenant: str = Field(primary_key=True, max_length=64)
+    secret: str = Field(max_length=200)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """The outbox: one row per event a job's webhook subscribes to, written in the same
+    transaction as the event, and sent (at least once) by the delivery loop."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        # The delivery loop's question: what is due now.
+        Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_job_id_seq", "job_id", "seq"),
+    )
+
+    # The webhook-id header: the same for every attempt, so a receiver can drop repeats.
+    id: str = Field(primary_key=True, max_length=40)
+    job_id: str = Field(max_length=26)
+    tenant: str = Field(max_length=64)
+    seq: int
+    event_type: str = Field(max_length=32)
+    url: str = Field(sa_column=Column(Text, nullable=False))
+    # pending (to be sent), delivered (a 2xx), gone (a 410: never again), failed (out of
+    # attempts).
+    status: str = Field(default="pending", max_length=16)
+    attempts: int = 0
+    last_status_code: int | None = None
+    last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # The body as first sent: every retry sends the same bytes.
+    body_json: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime = Field(default_factory=utcnow)
+    next_attempt_at: datetime | None = Field(default_factory=utcnow)
+    last_attempt_at: datetime | None = None
+    delivered_at: datetime | None = None

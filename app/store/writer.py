@@ -44,6 +44,8 @@ from app.store.db import unwritable_reason
 from app.store.leases import CURRENT_LEASE, Lease, LeaseLostError, holds_lease
 from app.store.models import Event, utcnow
 from app.store.notify import EVENTS_CHANNEL, event_payloads, notify_in
+from app.store.webhooks import SubscriptionCache
+from app.store.webhooks import enqueue as enqueue_webhooks
 from app.text import clean_text
 
 log = logging.getLogger(__name__)
@@ -102,10 +104,18 @@ class Tx:
     """What an operation sees: the connection of the open transaction, and `emit`."""
 
     def __init__(
-        self, conn: Connection, seq_cache: dict[str, int], *, optimistic: bool = True
+        self,
+        conn: Connection,
+        seq_cache: dict[str, int],
+        *,
+        optimistic: bool = True,
+        webhooks: SubscriptionCache | None = None,
     ) -> None:
         self._conn = conn
         self._seq_cache = seq_cache
+        # Each job's webhook subscription, looked up once: its events' outbox rows are
+        # written in their transaction.
+        self._webhooks: SubscriptionCache = {} if webhooks is None else webhooks
         self.seqs: dict[str, int] = {}
         self.events: list[StoredEvent] = []
         self.forgotten: set[str] = set()
@@ -201,6 +211,7 @@ class Tx:
                     for e in self.events
                 ],
             )
+            enqueue_webhooks(self._conn, self.events, self._webhooks)
 
 
 # An operation returns its answer, or a Refused that the caller gets raised instead.
@@ -223,6 +234,7 @@ class StoreWriter:
         self._shared_as: str | None = None
         self._seq_tokens: dict[str, int] = {}
         self.refused_lost = 0
+        self._webhooks: SubscriptionCache = {}
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.batches = 0
@@ -378,7 +390,7 @@ class StoreWriter:
             }
         held: dict[str, bool] = {}
         with self._engine.begin() as conn:
-            tx = Tx(conn, seq_cache, optimistic=optimistic)
+            tx = Tx(conn, seq_cache, optimistic=optimistic, webhooks=self._webhooks)
             results: list[Any] = []
             for op, lease in ops:
                 if lease is not None:
@@ -406,11 +418,13 @@ class StoreWriter:
         for job_id in tx.forgotten:
             self._seq_cache.pop(job_id, None)
             self._seq_tokens.pop(job_id, None)
+            self._webhooks.pop(job_id, None)
         for event in tx.events:
             # A finished job emits nothing more: keep the cache to jobs still running.
             if event.type in TERMINAL_JOB_EVENTS:
                 self._seq_cache.pop(event.job_id, None)
                 self._seq_tokens.pop(event.job_id, None)
+                self._webhooks.pop(event.job_id, None)
         return results, tx
 
     def _refuse_lost(self, lease: Lease) -> Refused:

@@ -132,12 +132,31 @@ async def call_chat(client: AsyncOpenAI, req: AgentRequest) -> CallResult:
         output=SECRETS.mask(clean_text(choice.message.content or "")),
         # Stored in a 32-character column; an odd upstream must not break the write.
         finish_reason=str(choice.finish_reason)[:32] if choice.finish_reason else None,
-        usage=Usage(
-            _count(usage.prompt_tokens) if usage else None,
-            _count(usage.completion_tokens) if usage else None,
-            _count(usage.total_tokens) if usage else None,
-        ),
+        usage=reported_usage(usage),
         latency_ms=latency_ms,
+    )
+
+
+def reported_usage(usage: Any) -> Usage:
+    """The usage an answer reports, with the cached part of the prompt (OpenAI's
+    `prompt_tokens_details.cached_tokens`, DeepSeek's `prompt_cache_hit_tokens`) and the
+    reasoning part of the completion (`completion_tokens_details.reasoning_tokens`)."""
+    if usage is None:
+        return Usage()
+    prompt_details = getattr(usage, "prompt_tokens_details", None)
+    cached = _count(getattr(prompt_details, "cached_tokens", None))
+    if cached is None:
+        cached = _count((getattr(usage, "model_extra", None) or {}).get("prompt_cache_hit_tokens"))
+    completion_details = getattr(usage, "completion_tokens_details", None)
+    prompt = _count(usage.prompt_tokens)
+    if cached is not None and prompt is not None:
+        cached = min(cached, prompt)
+    return Usage(
+        prompt,
+        _count(usage.completion_tokens),
+        _count(usage.total_tokens),
+        cached_tokens=cached,
+        reasoning_tokens=_count(getattr(completion_details, "reasoning_tokens", None)),
     )
 
 

@@ -41,6 +41,12 @@ class ModelInfo(BaseModel):
     )
     input_usd_per_mtok: float | None = Field(None, ge=0)
     output_usd_per_mtok: float | None = Field(None, ge=0)
+    cached_input_usd_per_mtok: float | None = Field(
+        None,
+        ge=0,
+        description="The price of input tokens served from the provider's prompt cache (a "
+        "cache hit); unset: they are priced as other input tokens.",
+    )
     context_window: int | None = Field(None, gt=0)
     # Ceiling for the adaptive concurrency limit of this model.
     max_concurrency: int | None = Field(None, gt=0)
@@ -53,7 +59,15 @@ class ModelInfo(BaseModel):
     def wire_name(self) -> str:
         return self.upstream_name or self.name
 
-    def cost(self, prompt_tokens: int | None, completion_tokens: int | None) -> float | None:
+    def cost(
+        self,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        cached_tokens: int | None = None,
+    ) -> float | None:
+        """What the provider bills: `cached_tokens` of the prompt at the cache-hit price
+        (when the model has one), the rest of it at the input price, and the completion
+        (reasoning included) at the output price."""
         if (
             self.input_usd_per_mtok is None
             or self.output_usd_per_mtok is None
@@ -61,8 +75,13 @@ class ModelInfo(BaseModel):
             or completion_tokens is None
         ):
             return None
+        cached = min(cached_tokens or 0, prompt_tokens)
+        if self.cached_input_usd_per_mtok is None:
+            cached = 0
         return (
-            prompt_tokens * self.input_usd_per_mtok + completion_tokens * self.output_usd_per_mtok
+            (prompt_tokens - cached) * self.input_usd_per_mtok
+            + cached * (self.cached_input_usd_per_mtok or 0.0)
+            + completion_tokens * self.output_usd_per_mtok
         ) / 1_000_000
 
 
@@ -91,28 +110,32 @@ BUILTIN_PROVIDERS: dict[str, ProviderInfo] = {
 BUILTIN_MODELS: dict[str, ModelInfo] = {
     m.name: m
     for m in (
-        # Moonshot pricing page: $0.60 in, $3.00 out; 256K context.
+        # Moonshot pricing page: $0.60 in ($0.10 on a cache hit), $3.00 out; 256K context.
         ModelInfo(
             name="kimi-k2.5",
             provider="moonshot",
             input_usd_per_mtok=0.60,
+            cached_input_usd_per_mtok=0.10,
             output_usd_per_mtok=3.00,
             context_window=262_144,
         ),
-        # DeepSeek "Models & Pricing" for V3.2: $0.28 in (cache miss), $0.42 out; 128K.
+        # DeepSeek "Models & Pricing" for V3.2: $0.28 in (cache miss), $0.028 (cache hit),
+        # $0.42 out; 128K.
         ModelInfo(
             name="deepseek-v3.2",
             provider="deepseek",
             upstream_name="deepseek-chat",
             input_usd_per_mtok=0.28,
+            cached_input_usd_per_mtok=0.028,
             output_usd_per_mtok=0.42,
             context_window=131_072,
         ),
-        # OpenAI API pricing: $2.00 in, $8.00 out; 1M context.
+        # OpenAI API pricing: $2.00 in ($0.50 cached), $8.00 out; 1M context.
         ModelInfo(
             name="gpt-4.1",
             provider="openai",
             input_usd_per_mtok=2.00,
+            cached_input_usd_per_mtok=0.50,
             output_usd_per_mtok=8.00,
             context_window=1_047_576,
         ),

@@ -27,6 +27,8 @@ def test_columns_and_tokens() -> None:
         "cost_usd": 0.5,
         "estimated_tokens": None,
         "estimated_cost_usd": None,
+        "cached_tokens": None,
+        "reasoning_tokens": None,
     }
     assert Usage.from_columns(u.columns()) == u
     assert u.tokens() == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}

@@ -1,0 +1,1 @@
+"""Signed webhooks (Standard Webhooks) from a durable outbox: see README, Webhooks."""
