@@ -5,13 +5,14 @@ the 429 share, the failed agents, the makespan and the goodput against the cap.
 
     python -m bench.shared_limits                       # 3 x `all`, 2,000 agents, K = 20
     python -m bench.shared_limits --agents 600 --cap 20
-    python -m bench.shared_limits --roles --postgres postgresql+psycopg://postgres@127.0.0.1/bench
+    python -m bench.shared_limits --roles --postgres postgresql+psycopg://postgres@127.0.0.1/postgres
 
-Without ``--roles`` (works today) each process is a `SWARM_ROLE=all` service with its own
-SQLite database and runs its own job of a third of the agents. With ``--roles`` (once
-`api`/`worker` roles and leases are in) one `api` and three `worker` processes share one
-PostgreSQL database and one job of all the agents is submitted to the `api`; the
-independent variant runs the workers without Redis and SWARM_WORKER_COUNT=1, i.e. each
+Without ``--roles`` each process is a `SWARM_ROLE=all` service with its own SQLite
+database and runs its own job of a third of the agents. With ``--roles`` one `api` and
+three `worker` processes share one PostgreSQL database (a fresh one per variant, created on
+the server ``--postgres`` names and dropped after, so no variant starts from the limit the
+other learned) and one job of all the agents is submitted to the `api`; the independent
+variant runs every process without Redis and with SWARM_WORKER_COUNT=1, i.e. each worker
 declared to take the whole limit. Writes ``bench/results/shared_limits.json``.
 """
 
@@ -30,6 +31,7 @@ from typing import Any
 import aiohttp
 
 from bench.procs import REPO_ROOT, Service, parse_ts, start_service, start_simulator
+from bench.roles import fresh_database
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 PROCESSES = 3
@@ -91,25 +93,30 @@ async def run_variant(
     try:
         if roles:
             assert postgres is not None
-            common = {"SWARM_DATABASE_URL": postgres, **env}
-            if not shared:
-                common["SWARM_WORKER_COUNT"] = "1"  # each declared to take the whole limit
-            api = await start_service(http, work, sim.url, SWARM_ROLE="api", **common)
-            services.append(api)
-            for _ in range(PROCESSES):
-                services.append(
-                    await start_service(
-                        http,
-                        work,
-                        sim.url,
-                        SWARM_ROLE="worker",
-                        SWARM_MIGRATE_ON_START="false",
-                        **common,
+            with fresh_database(postgres) as database:
+                common = {"SWARM_DATABASE_URL": database, "SWARM_MIGRATE_ON_START": "false", **env}
+                if not shared:
+                    common["SWARM_WORKER_COUNT"] = "1"  # each declared to take the whole limit
+                api = await start_service(http, work, sim.url, SWARM_ROLE="api", **common)
+                services.append(api)
+                for n in range(PROCESSES):
+                    services.append(
+                        await start_service(
+                            http,
+                            work,
+                            sim.url,
+                            SWARM_ROLE="worker",
+                            SWARM_WORKER_ID=f"worker-{n}",
+                            **common,
+                        )
                     )
-                )
-            started = time.time()
-            job = await api.submit(json.dumps(graph("shared-limits", agents)).encode())
-            jobs = [await api.wait(job["id"], timeout_s=1800, poll_s=0.5)]
+                started = time.time()
+                job = await api.submit(json.dumps(graph("shared-limits", agents)).encode())
+                jobs = [await api.wait(job["id"], timeout_s=1800, poll_s=0.5)]
+                stats = await sim.stats()
+                for svc in services:
+                    await svc.stop()
+                services.clear()
         else:
             for _ in range(PROCESSES):
                 services.append(await start_service(http, work, sim.url, **env))
@@ -127,7 +134,7 @@ async def run_variant(
                     )
                 )
             )
-        stats = await sim.stats()
+            stats = await sim.stats()
     finally:
         for svc in services:
             await svc.stop()
@@ -182,8 +189,10 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=2000)
     parser.add_argument("--cap", type=int, default=20)
     parser.add_argument("--latency-ms", default="200,800")
-    parser.add_argument("--roles", action="store_true", help="1 api + 3 workers (needs roles)")
-    parser.add_argument("--postgres", help="database of the --roles layout")
+    parser.add_argument("--roles", action="store_true", help="1 api + 3 workers on PostgreSQL")
+    parser.add_argument(
+        "--postgres", help="a database on the PostgreSQL server --roles creates databases on"
+    )
     parser.add_argument("--out", help="results file")
     args = parser.parse_args()
     if args.roles and not args.postgres:
