@@ -9,11 +9,12 @@ the 429 share, the failed agents, the makespan and the goodput against the cap.
 
 Without ``--roles`` each process is a `SWARM_ROLE=all` service with its own SQLite
 database and runs its own job of a third of the agents. With ``--roles`` one `api` and
-three `worker` processes share one PostgreSQL database (a fresh one per variant, created on
-the server ``--postgres`` names and dropped after, so no variant starts from the limit the
-other learned) and one job of all the agents is submitted to the `api`; the independent
-variant runs every process without Redis and with SWARM_WORKER_COUNT=1, i.e. each worker
-declared to take the whole limit. Writes ``bench/results/shared_limits.json``.
+three `worker` processes (SWARM_WORKER_MAX_JOBS=1: each runs one of the three jobs) share
+one PostgreSQL database (a fresh one per variant, created on the server ``--postgres``
+names and dropped after, so no variant starts from the limit the other learned) and the
+three jobs are submitted to the `api`; the independent variant runs every process without
+Redis and with SWARM_WORKER_COUNT=1, i.e. each worker declared to take the whole limit.
+Writes ``bench/results/shared_limits.json``.
 """
 
 from __future__ import annotations
@@ -94,7 +95,13 @@ async def run_variant(
         if roles:
             assert postgres is not None
             with fresh_database(postgres) as database:
-                common = {"SWARM_DATABASE_URL": database, "SWARM_MIGRATE_ON_START": "false", **env}
+                common = {
+                    "SWARM_DATABASE_URL": database,
+                    "SWARM_MIGRATE_ON_START": "false",
+                    # One job per worker: the three jobs run on the three workers at once.
+                    "SWARM_WORKER_MAX_JOBS": "1",
+                    **env,
+                }
                 if not shared:
                     common["SWARM_WORKER_COUNT"] = "1"  # each declared to take the whole limit
                 api = await start_service(http, work, sim.url, SWARM_ROLE="api", **common)
@@ -110,10 +117,19 @@ async def run_variant(
                             **common,
                         )
                     )
+                share = agents // PROCESSES
                 started = time.time()
-                job = await api.submit(json.dumps(graph("shared-limits", agents)).encode())
-                jobs = [await api.wait(job["id"], timeout_s=1800, poll_s=0.5)]
+                accepted = [
+                    await api.submit(json.dumps(graph("shared-limits", share, n * share)).encode())
+                    for n in range(PROCESSES)
+                ]
+                jobs = list(
+                    await asyncio.gather(
+                        *(api.wait(a["id"], timeout_s=1800, poll_s=0.5) for a in accepted)
+                    )
+                )
                 stats = await sim.stats()
+                per_worker = [upstream_requests(await w.metrics_text()) for w in services[1:]]
                 for svc in services:
                     await svc.stop()
                 services.clear()
@@ -140,7 +156,21 @@ async def run_variant(
             await svc.stop()
         await sim.stop()
     mean_latency_s = sum(latency_ms) / 2 / 1000
-    return summarise(stats, jobs, started, cap, mean_latency_s)
+    result = summarise(stats, jobs, started, cap, mean_latency_s)
+    if roles:
+        result["upstream_requests_per_worker"] = per_worker
+    return result
+
+
+def upstream_requests(metrics: str) -> int:
+    """The upstream calls one process made, from its /metrics text."""
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("swarm_upstream_requests_total")
+        )
+    )
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
