@@ -784,8 +784,21 @@ SCENARIOS: dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]] = {
     "api_load": scenario_api_load,
     "map": scenario_map,
 }
-# Run only when named (--only ui): it drives Chromium (/usr/bin/chromium) through Playwright.
-NAMED_ONLY: dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]] = {"ui": scenario_ui}
+
+
+async def scenario_roles(ctx: Ctx) -> dict[str, Any]:
+    """The roles combined vs split (bench/roles.py): needs PostgreSQL and Redis."""
+    from bench.roles import run_all
+
+    return await run_all(ctx.http, ctx.work, quick=ctx.quick, log=ctx.log)
+
+
+# Run only when named (--only ui, --only roles): ui drives Chromium (/usr/bin/chromium)
+# through Playwright; roles needs PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379).
+NAMED_ONLY: dict[str, Callable[[Ctx], Awaitable[dict[str, Any]]]] = {
+    "ui": scenario_ui,
+    "roles": scenario_roles,
+}
 
 
 def write_text(path: Path, text: str) -> None:

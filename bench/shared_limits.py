@@ -5,14 +5,16 @@ the 429 share, the failed agents, the makespan and the goodput against the cap.
 
     python -m bench.shared_limits                       # 3 x `all`, 2,000 agents, K = 20
     python -m bench.shared_limits --agents 600 --cap 20
-    python -m bench.shared_limits --roles --postgres postgresql+psycopg://postgres@127.0.0.1/bench
+    python -m bench.shared_limits --roles --postgres postgresql+psycopg://postgres@127.0.0.1/postgres
 
-Without ``--roles`` (works today) each process is a `SWARM_ROLE=all` service with its own
-SQLite database and runs its own job of a third of the agents. With ``--roles`` (once
-`api`/`worker` roles and leases are in) one `api` and three `worker` processes share one
-PostgreSQL database and one job of all the agents is submitted to the `api`; the
-independent variant runs the workers without Redis and SWARM_WORKER_COUNT=1, i.e. each
-declared to take the whole limit. Writes ``bench/results/shared_limits.json``.
+Without ``--roles`` each process is a `SWARM_ROLE=all` service with its own SQLite
+database and runs its own job of a third of the agents. With ``--roles`` one `api` and
+three `worker` processes (SWARM_WORKER_MAX_JOBS=1: each runs one of the three jobs) share
+one PostgreSQL database (a fresh one per variant, created on the server ``--postgres``
+names and dropped after, so no variant starts from the limit the other learned) and the
+three jobs are submitted to the `api`; the independent variant runs every process without
+Redis and with SWARM_WORKER_COUNT=1, i.e. each worker declared to take the whole limit.
+Writes ``bench/results/shared_limits.json``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 import aiohttp
 
 from bench.procs import REPO_ROOT, Service, parse_ts, start_service, start_simulator
+from bench.roles import fresh_database
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 PROCESSES = 3
@@ -91,25 +94,45 @@ async def run_variant(
     try:
         if roles:
             assert postgres is not None
-            common = {"SWARM_DATABASE_URL": postgres, **env}
-            if not shared:
-                common["SWARM_WORKER_COUNT"] = "1"  # each declared to take the whole limit
-            api = await start_service(http, work, sim.url, SWARM_ROLE="api", **common)
-            services.append(api)
-            for _ in range(PROCESSES):
-                services.append(
-                    await start_service(
-                        http,
-                        work,
-                        sim.url,
-                        SWARM_ROLE="worker",
-                        SWARM_MIGRATE_ON_START="false",
-                        **common,
+            with fresh_database(postgres) as database:
+                common = {
+                    "SWARM_DATABASE_URL": database,
+                    "SWARM_MIGRATE_ON_START": "false",
+                    # One job per worker: the three jobs run on the three workers at once.
+                    "SWARM_WORKER_MAX_JOBS": "1",
+                    **env,
+                }
+                if not shared:
+                    common["SWARM_WORKER_COUNT"] = "1"  # each declared to take the whole limit
+                api = await start_service(http, work, sim.url, SWARM_ROLE="api", **common)
+                services.append(api)
+                for n in range(PROCESSES):
+                    services.append(
+                        await start_service(
+                            http,
+                            work,
+                            sim.url,
+                            SWARM_ROLE="worker",
+                            SWARM_WORKER_ID=f"worker-{n}",
+                            **common,
+                        )
+                    )
+                share = agents // PROCESSES
+                started = time.time()
+                accepted = [
+                    await api.submit(json.dumps(graph("shared-limits", share, n * share)).encode())
+                    for n in range(PROCESSES)
+                ]
+                jobs = list(
+                    await asyncio.gather(
+                        *(api.wait(a["id"], timeout_s=1800, poll_s=0.5) for a in accepted)
                     )
                 )
-            started = time.time()
-            job = await api.submit(json.dumps(graph("shared-limits", agents)).encode())
-            jobs = [await api.wait(job["id"], timeout_s=1800, poll_s=0.5)]
+                stats = await sim.stats()
+                per_worker = [upstream_requests(await w.metrics_text()) for w in services[1:]]
+                for svc in services:
+                    await svc.stop()
+                services.clear()
         else:
             for _ in range(PROCESSES):
                 services.append(await start_service(http, work, sim.url, **env))
@@ -127,13 +150,27 @@ async def run_variant(
                     )
                 )
             )
-        stats = await sim.stats()
+            stats = await sim.stats()
     finally:
         for svc in services:
             await svc.stop()
         await sim.stop()
     mean_latency_s = sum(latency_ms) / 2 / 1000
-    return summarise(stats, jobs, started, cap, mean_latency_s)
+    result = summarise(stats, jobs, started, cap, mean_latency_s)
+    if roles:
+        result["upstream_requests_per_worker"] = per_worker
+    return result
+
+
+def upstream_requests(metrics: str) -> int:
+    """The upstream calls one process made, from its /metrics text."""
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("swarm_upstream_requests_total")
+        )
+    )
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
@@ -182,8 +219,10 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=2000)
     parser.add_argument("--cap", type=int, default=20)
     parser.add_argument("--latency-ms", default="200,800")
-    parser.add_argument("--roles", action="store_true", help="1 api + 3 workers (needs roles)")
-    parser.add_argument("--postgres", help="database of the --roles layout")
+    parser.add_argument("--roles", action="store_true", help="1 api + 3 workers on PostgreSQL")
+    parser.add_argument(
+        "--postgres", help="a database on the PostgreSQL server --roles creates databases on"
+    )
     parser.add_argument("--out", help="results file")
     args = parser.parse_args()
     if args.roles and not args.postgres:
