@@ -63,6 +63,21 @@ def page_statuses(page: Page) -> dict[str, str]:
     return result
 
 
+def one_too_long(name: str) -> dict[str, Any]:
+    """A job whose agent too_long exceeds an upstream window of 1,000 tokens (a 400, never
+    retried), so it fails and its dependent after is skipped; short completes."""
+    return {
+        "name": name,
+        "max_tokens": 100,
+        "context": {"long": "word " * 6000},
+        "agents": [
+            {"id": "short", "task": "Say hello."},
+            {"id": "too_long", "task": "Summarise: {{context.long}}"},
+            {"id": "after", "task": "Go on.", "depends_on": ["too_long"]},
+        ],
+    }
+
+
 def open_job(page: Page, base: str, job_id: str) -> None:
     page.goto(f"{base}/ui/jobs/{job_id}")
     page.wait_for_selector("body[data-ready]")
@@ -156,17 +171,7 @@ def test_a_failed_agent_shows_its_error(page: Page, tmp_path: Path) -> None:
     svc = start_service(tmp_path, {"SWARM_UPSTREAM_BASE_URL": sim.url + "/v1"})
     try:
         with httpx2.Client(base_url=svc.url, timeout=10) as client:
-            graph = {
-                "name": "one-too-long",
-                "max_tokens": 100,
-                "context": {"long": "word " * 6000},
-                "agents": [
-                    {"id": "short", "task": "Say hello."},
-                    {"id": "too_long", "task": "Summarise: {{context.long}}"},
-                    {"id": "after", "task": "Go on.", "depends_on": ["too_long"]},
-                ],
-            }
-            job_id = submit(client, graph)
+            job_id = submit(client, one_too_long("one-too-long"))
             open_job(page, svc.url, job_id)
             wait_final(page, "failed")
             node = page.locator(".dag-node[data-agent-id='too_long']")
@@ -194,17 +199,7 @@ def test_retry_from_the_page_runs_the_failed_agents_again(page: Page, tmp_path: 
     svc = start_service(tmp_path, {"SWARM_UPSTREAM_BASE_URL": sim.url + "/v1"})
     try:
         with httpx2.Client(base_url=svc.url, timeout=10) as client:
-            graph = {
-                "name": "retry-from-the-page",
-                "max_tokens": 100,
-                "context": {"long": "word " * 6000},
-                "agents": [
-                    {"id": "short", "task": "Say hello."},
-                    {"id": "too_long", "task": "Summarise: {{context.long}}"},
-                    {"id": "after", "task": "Go on.", "depends_on": ["too_long"]},
-                ],
-            }
-            job_id = submit(client, graph)
+            job_id = submit(client, one_too_long("retry-from-the-page"))
             open_job(page, svc.url, job_id)
             wait_final(page, "failed")
             retry = page.locator("#retry")
