@@ -13,6 +13,7 @@ import pytest
 from pytest_httpx2 import HTTPXMock
 
 from app.config import Settings
+from tests.helpers.redis import REDIS_URL, forget_keys, new_prefix, redis_answers
 from tests.helpers.service import UPSTREAM, FakeUpstream, Service, make_settings, start_service
 
 
@@ -61,3 +62,16 @@ def postgres_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A key prefix no other test uses on the machine's Redis (skipped where none answers);
+    its keys are deleted after the test."""
+    if not redis_answers():
+        pytest.skip(f"Redis is not reachable at {REDIS_URL}: the limits cannot be shared")
+    prefix = new_prefix()
+    try:
+        yield prefix
+    finally:
+        forget_keys(prefix)

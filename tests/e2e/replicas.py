@@ -9,18 +9,17 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx2
-from redis import Redis
 from sqlalchemy import create_engine, text
 
 from app.store import migrate
 from tests.helpers.processes import ROOT, Proc, child_env, free_port
+from tests.helpers.redis import REDIS_URL, forget_keys, new_prefix, redis_answers
 from tests.helpers.sse import SSE, parse_lines
 
 # Short leases so takeovers fit in a test: a dead worker's job is claimed within
@@ -94,36 +93,13 @@ class Cluster:
                 p.proc.wait(timeout=10)
 
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-def redis_answers() -> bool:
-    client = Redis.from_url(REDIS_URL, socket_timeout=2)
-    try:
-        return bool(client.ping())
-    except Exception:
-        return False
-    finally:
-        client.close()
-
-
-def forget_redis_keys(prefix: str) -> None:
-    client = Redis.from_url(REDIS_URL, socket_timeout=2)
-    try:
-        keys = list(client.scan_iter(match=prefix + "*", count=500))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
 @contextlib.contextmanager
 def cluster(
     tmp_path: Path, database_url: str, simulator: Proc, *, apis: int, workers: int, **env: str
 ) -> Iterator[Cluster]:
     # The migration step, run once before the replicas start (as in compose.yaml).
     migrate.upgrade(database_url)
-    prefix = f"swarmtest:{uuid.uuid4().hex[:10]}:"
+    prefix = new_prefix()
     # As in production, the replicas share their limits over Redis; where none answers,
     # each worker takes its declared share instead (SWARM_WORKER_COUNT).
     shared = (
@@ -159,7 +135,7 @@ def cluster(
     finally:
         c.stop()
         if "SWARM_REDIS_URL" in shared:
-            forget_redis_keys(prefix)
+            forget_keys(prefix)
 
 
 def swarm(n: int, *, concurrency: int, prefix: str = "agent") -> dict[str, Any]:

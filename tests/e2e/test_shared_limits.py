@@ -7,39 +7,19 @@ from __future__ import annotations
 
 import shutil
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
 import pytest
-from redis import Redis
 
 from tests.helpers.processes import Proc, free_port, start_service, start_simulator, wait_job
+from tests.helpers.redis import REDIS_URL
 from tests.scheduler.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 CAP = 20
 AGENTS_PER_JOB = 300
-
-
-@pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    client = Redis.from_url(REDIS_URL, socket_timeout=2)
-    try:
-        client.ping()
-    except Exception:
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}")
-    prefix = f"swarmtest:{uuid.uuid4().hex[:10]}:"
-    try:
-        yield prefix
-    finally:
-        keys = list(client.scan_iter(match=prefix + "*", count=500))
-        if keys:
-            client.delete(*keys)
-        client.close()
 
 
 def test_three_processes_sharing_the_limit_keep_429s_rare(

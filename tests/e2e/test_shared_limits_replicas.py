@@ -5,40 +5,20 @@ at most 5 % of the calls are answered 429."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
 import pytest
-from redis import Redis
 
 from tests.e2e.replicas import cluster, swarm, wait_status
 from tests.helpers.processes import Proc, start_simulator
+from tests.helpers.redis import REDIS_URL
 
 pytestmark = pytest.mark.e2e
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 CAP = 20
 AGENTS = 900  # 300 per worker, about 25 s of calls at the cap
-
-
-@pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    client = Redis.from_url(REDIS_URL, socket_timeout=2)
-    try:
-        client.ping()
-    except Exception:
-        client.close()
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}: the limits cannot be shared")
-    prefix = f"swarmtest:{uuid.uuid4().hex[:10]}:"
-    try:
-        yield prefix
-    finally:
-        keys = list(client.scan_iter(match=prefix + "*", count=500))
-        if keys:
-            client.delete(*keys)
-        client.close()
 
 
 @pytest.fixture

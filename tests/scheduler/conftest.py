@@ -1,36 +1,16 @@
-"""Fixtures of the shared-limit tests: the machine's Redis under a key prefix of the
-test's own (deleted after it), and a private redis-server that a test may stop."""
+"""Fixtures of the shared-limit tests: a private redis-server that a test may stop (the
+machine's Redis under a prefix of the test's own is the root conftest's redis_prefix)."""
 
 from __future__ import annotations
 
 import shutil
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from redis import Redis
 
 from tests.helpers.processes import free_port
-from tests.scheduler.redis_server import REDIS_URL, RedisServer
-
-
-@pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    """A key prefix no other test uses on the machine's Redis; its keys are deleted after."""
-    client = Redis.from_url(REDIS_URL, socket_timeout=2)
-    try:
-        client.ping()
-    except Exception:
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}")
-    prefix = f"swarmtest:{uuid.uuid4().hex[:10]}:"
-    try:
-        yield prefix
-    finally:
-        keys = list(client.scan_iter(match=prefix + "*", count=500))
-        if keys:
-            client.delete(*keys)
-        client.close()
+from tests.scheduler.redis_server import RedisServer
 
 
 @pytest.fixture

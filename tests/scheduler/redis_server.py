@@ -9,8 +9,6 @@ from pathlib import Path
 
 from redis import Redis
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
 
 @dataclass
 class RedisServer:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.redis import REDIS_URL
 from tests.helpers.service import FakeUpstream, Service, make_settings, start_service
-from tests.scheduler.redis_server import REDIS_URL
 
 LIMIT = 2
 running = asynccontextmanager(start_service)

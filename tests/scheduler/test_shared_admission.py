@@ -11,7 +11,7 @@ import pytest
 from app.config import Settings
 from app.jobs.admission import Admission
 from app.jobs.errors import TooManySubmits
-from tests.scheduler.redis_server import REDIS_URL
+from tests.helpers.redis import REDIS_URL
 
 
 @pytest.fixture

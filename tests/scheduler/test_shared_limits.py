@@ -22,7 +22,8 @@ from app.scheduler.shared_limits import (
     SharedTokenBucket,
 )
 from app.upstream.registry import ModelInfo
-from tests.scheduler.redis_server import REDIS_URL, RedisServer
+from tests.helpers.redis import REDIS_URL
+from tests.scheduler.redis_server import RedisServer
 
 
 @pytest.fixture
