@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -95,10 +96,18 @@ async def test_declared_rpm_is_honoured_before_the_upstream_says_429(
         "max_concurrency": 100,
         "agents": [{"id": f"t{i}", "task": f"item {i}"} for i in range(40)],
     }
+    started: list[float] = []
+    fake_upstream.script = lambda body, n: started.append(time.monotonic())
     job = await service.submit(body)
+    # A bucket of one minute's worth (30 requests) goes out at once...
+    deadline = time.monotonic() + 30
+    while len(fake_upstream.calls) < 30 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert len(fake_upstream.calls) >= 30
+    # ...and then it refills at 0.5 a second, however slowly this machine got there.
     await asyncio.sleep(1.0)
-    # A bucket of one minute's worth (30 requests), refilled at 0.5/s.
-    assert 30 <= len(fake_upstream.calls) <= 31
+    refilled = 0.5 * (time.monotonic() - started[0])
+    assert len(fake_upstream.calls) <= 30 + int(refilled) + 1 < 40
     await service.client.post(f"/jobs/{job['id']}/cancel")
     done = await service.wait(job["id"])
     assert done["counts"]["completed"] == len(fake_upstream.calls)
