@@ -4,6 +4,7 @@ own status, usage and cost; failure policies; merge levels when the outputs do n
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import re
@@ -443,7 +444,6 @@ async def test_an_input_too_large_to_merge_fails_the_reducer_with_the_numbers(
 
 
 async def _run_until(service: Service, job_id: str, done_items: int) -> None:
-    import asyncio
 
     async with asyncio.timeout(20):
         while True:
@@ -464,14 +464,26 @@ async def test_a_restart_resumes_a_map_without_calling_finished_items_again(
     that had completed is called again."""
     n = 40
     fake_upstream.latency_s = 0.02
-    fake_upstream.script = planner({"items": [{"question": f"q{i}?"} for i in range(n)]})
+    plan = planner({"items": [{"question": f"q{i}?"} for i in range(n)]})
+    # Calls after the first `stop_after` wait until the restart: the first service is
+    # stopped with exactly that much done however slow this machine is.
+    resumed = asyncio.Event()
+
+    async def script(req: dict[str, Any], call: int) -> httpx2.Response | None:
+        if call > stop_after:
+            await resumed.wait()
+        return plan(req, call)
+
+    fake_upstream.script = script
     body = swarm_job()
     body["model"] = "tiny"
     body["max_concurrency"] = 2
     body["agents"][2]["max_tokens"] = 200
-    async for first in start_service(settings):
+    quick_stop = settings.model_copy(update={"shutdown_grace_s": 0.2})
+    async for first in start_service(quick_stop):
         job = await first.submit(body)
         await _run_until(first, job["id"], stop_after)
+    resumed.set()
     async for second in start_service(settings):
         before = (await second.client.get(f"/jobs/{job['id']}")).json()
         assert before["status"] == "running"
