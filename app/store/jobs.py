@@ -14,7 +14,15 @@ from app.engine.lifecycle import FINISHED_JOB_STATUSES, AgentKind, AgentStatus, 
 from app.engine.usage import Usage
 from app.events.types import EventType
 from app.store.models import utcnow
-from app.store.tables import agents_t, dumps, events_t, jobs_t, loads, owned
+from app.store.tables import (
+    agents_t,
+    dumps,
+    events_t,
+    jobs_t,
+    loads,
+    owned,
+    webhook_deliveries_t,
+)
 from app.store.transitions import cancel_unfinished_agents, mark_job_finished
 from app.store.writer import Refused, Tx, WriteOp
 
@@ -242,8 +250,10 @@ def request_cancel(job_id: str, tenant: str | None = None) -> WriteOp[JobStatus]
 
 
 def delete_job(job_id: str, tenant: str | None = None) -> WriteOp[None]:
-    """Remove a finished job with its agents and events; refuses one still queued or
-    running (JobStillRunningError) or that does not exist (JobNotFoundError)."""
+    """Remove a finished job with its agents, events and webhook deliveries (those not yet
+    made are dropped: their body would describe a job that no longer exists); refuses one
+    still queued or running (JobStillRunningError) or that does not exist
+    (JobNotFoundError)."""
 
     def op(tx: Tx) -> Refused | None:
         row = tx.conn.execute(select(jobs_t.c.status).where(owned(job_id, tenant))).first()
@@ -253,6 +263,7 @@ def delete_job(job_id: str, tenant: str | None = None) -> WriteOp[None]:
             return Refused(JobStillRunningError(job_id, JobStatus(row.status)))
         tx.conn.execute(delete(events_t).where(events_t.c.job_id == job_id))
         tx.conn.execute(delete(agents_t).where(agents_t.c.job_id == job_id))
+        tx.conn.execute(delete(webhook_deliveries_t).where(webhook_deliveries_t.c.job_id == job_id))
         tx.conn.execute(delete(jobs_t).where(jobs_t.c.id == job_id))
         tx.forget_job(job_id)
         return None
@@ -410,6 +421,12 @@ def move_tenant_jobs(conn: Connection, source: str, target: str) -> tuple[int, i
         .where(jobs_t.c.tenant == source, jobs_t.c.idempotency_key.in_(taken))
         .values(idempotency_key=None)
     ).rowcount
+    # The deliveries go with their jobs: from now on signed with the target's secret.
+    conn.execute(
+        update(webhook_deliveries_t)
+        .where(webhook_deliveries_t.c.tenant == source)
+        .values(tenant=target)
+    )
     moved = conn.execute(
         update(jobs_t).where(jobs_t.c.tenant == source).values(tenant=target)
     ).rowcount
