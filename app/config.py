@@ -194,6 +194,11 @@ class Settings(BaseSettings):
     # Where the generated key is kept (default: secrets.key beside the SQLite database).
     secrets_key_file: Path | None = None
 
+    # OpenTelemetry (see README, OpenTelemetry; on when OTEL_EXPORTER_OTLP_ENDPOINT is set):
+    # put prompts and answers on the upstream attempts' spans. Off: they may be
+    # confidential, and the tracing backend may be less guarded than the database.
+    otel_capture_content: bool = False
+
     # Webhooks (see README, Webhooks). The signing secret of tenant 'default' when it has
     # none of its own (the no-keys mode); a tenant's own is made with the admin command.
     webhook_secret: SecretStr | None = None

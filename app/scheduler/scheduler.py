@@ -30,6 +30,7 @@ from app.store.leases import CURRENT_LEASE, Lease
 from app.store.notify import CANCEL_CHANNEL, JOBS_CHANNEL, notify
 from app.store.store import Store
 from app.store.writer import StoreUnwritableError, WriteOp
+from app.telemetry import traced_job
 from app.upstream.pool import UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -259,7 +260,12 @@ class Scheduler:
         context = contextvars.copy_context()
         context.run(CURRENT_LEASE.set, lease)
         task = asyncio.create_task(
-            run.run(resumed=resumed, cancel_requested=cancel_requested),
+            traced_job(
+                self.store,
+                job_id,
+                run.run(resumed=resumed, cancel_requested=cancel_requested),
+                resumed=resumed,
+            ),
             name=f"job:{job_id}",
             context=context,
         )

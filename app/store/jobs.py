@@ -165,6 +165,7 @@ def new_job(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
     map_nodes: Collection[str] = (),
+    traceparent: str | None = None,
 ) -> NewJob:
     """The rows of a job just accepted: `agents` as (id, model, depends_on), in order;
     those in `map_nodes` are map nodes."""
@@ -182,6 +183,7 @@ def new_job(
         "agents_total": len(agents),
         "idempotency_key": idempotency_key,
         "request_hash": request_hash,
+        "traceparent": traceparent,
         "created_at": utcnow(),
         "cancel_requested": False,
     }
@@ -287,6 +289,25 @@ def end_unfinished_job(job_id: str, status: JobStatus, reason: str) -> WriteOp[b
 
 
 # -- reads ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JobTrace:
+    """What a job's trace span shows."""
+
+    name: str
+    tenant: str
+    status: str
+    traceparent: str | None
+
+
+def job_trace(conn: Connection, job_id: str) -> JobTrace | None:
+    row = conn.execute(
+        select(jobs_t.c.name, jobs_t.c.tenant, jobs_t.c.status, jobs_t.c.traceparent).where(
+            jobs_t.c.id == job_id
+        )
+    ).first()
+    return None if row is None else JobTrace(row.name, row.tenant, row.status, row.traceparent)
 
 
 def find_idempotent(conn: Connection, tenant: str, key: str) -> PriorSubmit | None:

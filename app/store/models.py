@@ -71,6 +71,9 @@ class Job(SQLModel, table=True):
     lease_owner: str | None = Field(default=None, max_length=64)
     lease_expires_at: datetime | None = None
     lease_token: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # The W3C traceparent of the POST /jobs that made the job: its trace spans (every run
+    # of it, after a restart too) are children of it.
+    traceparent: str | None = Field(default=None, max_length=55)
 
 
 class Agent(SQLModel, table=True):

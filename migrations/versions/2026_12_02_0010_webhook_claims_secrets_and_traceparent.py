@@ -1,4 +1,5 @@
-"""webhooks: deliveries claimed under a lease, tenants' signing secrets encrypted at rest
+"""webhooks: deliveries claimed under a lease, tenants' signing secrets encrypted at rest;
+jobs' traceparent
 
 Revision ID: 0010
 Revises: 0009
@@ -33,6 +34,8 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column('claimed_until', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True)
         )
+    with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('traceparent', sa.String(length=55), nullable=True))
     conn = op.get_bind()
     from app.store.secret_box import PREFIX
 
@@ -60,5 +63,7 @@ def downgrade() -> None:
                 .where(_secrets.c.tenant == row.tenant)
                 .values(secret=box.decrypt(row.secret))
             )
+    with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.drop_column('traceparent')
     with op.batch_alter_table('webhook_deliveries', schema=None) as batch_op:
         batch_op.drop_column('claimed_until')
