@@ -118,6 +118,13 @@ def _claimable(now: datetime) -> Any:
     )
 
 
+def any_due(conn: Connection, now: datetime) -> bool:
+    """Whether a delivery may be claimed now (a read: most polls find nothing to claim)."""
+    return (
+        conn.execute(select(_deliveries_t.c.id).where(_claimable(now)).limit(1)).first() is not None
+    )
+
+
 def claim_due(now: datetime, limit: int, lease_s: float) -> WriteOp[list[Delivery]]:
     """Take up to `limit` deliveries due now for `lease_s` seconds: no other delivery loop
     (another worker) takes them meanwhile. PostgreSQL skips rows another loop is taking

@@ -122,6 +122,9 @@ class WebhookDeliverer:
     async def deliver_due(self) -> int:
         """Send every delivery due now (up to the concurrency); how many were sent."""
         limit = self._settings.webhook_concurrency
+        # Claiming is a write: the poll takes the writer only when there is work.
+        if not await self._store.read(lambda c: hooks.any_due(c, utcnow())):
+            return 0
         due = await self._store.write(hooks.claim_due(utcnow(), limit, self._claim_s))
         due = [d for d in due if d.id not in self._inflight]
         if due:
