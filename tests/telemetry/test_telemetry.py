@@ -225,3 +225,13 @@ async def test_without_telemetry_jobs_run_as_before(
 ) -> None:
     await run_job(tmp_path, GRAPH, {"traceparent": TRACEPARENT})
     assert len(fake_upstream.calls) == 2
+
+
+def test_nothing_is_set_up_without_an_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    assert Telemetry.from_env(make_settings(Path("."))) is None
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    telemetry = Telemetry.from_env(make_settings(Path(".")))
+    assert telemetry is not None and telemetry.tracer_provider is not None
+    telemetry.shutdown()  # nothing was recorded: nothing is sent
