@@ -146,12 +146,18 @@ class WebhookDeliverer:
         if error is None and secret is None:
             error = (
                 f"tenant {delivery.tenant!r} has no webhook signing secret: create one with "
-                f"`python -m app.admin webhooks secret --tenant {delivery.tenant}`"
+                f"`swarmctl webhooks secret --tenant {delivery.tenant}`"
             )
         if error is None and secret is not None:
             try:
-                target = await asyncio.to_thread(
-                    pin_target, delivery.url, allow_private=self._settings.webhook_allow_private
+                # Resolving counts against the time-out too (a resolver may hang).
+                target = await asyncio.wait_for(
+                    asyncio.to_thread(
+                        pin_target,
+                        delivery.url,
+                        allow_private=self._settings.webhook_allow_private,
+                    ),
+                    self._settings.webhook_timeout_s,
                 )
                 headers = signed_headers(secret, delivery.id, body, now)
                 if target.host is not None:
@@ -171,6 +177,8 @@ class WebhookDeliverer:
                         error = f"HTTP {status_code}: redirects are not followed"
             except WebhookTargetError as exc:
                 error = f"refused the target: {exc}"[:_ERROR_CHARS]
+            except TimeoutError:
+                error = "resolving the target's host timed out"
             except httpx2.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"[:_ERROR_CHARS]
         attempts = delivery.attempts + 1

@@ -292,3 +292,32 @@ async def test_deleting_a_job_drops_its_deliveries(
         listed = await svc.client.get(f"/jobs/{gone['id']}/webhooks")
     assert listed.status_code == 404
     assert {r.job_id for r in deliveries(settings.database_url)} == {kept["id"]}
+
+
+async def test_a_resolver_that_hangs_counts_against_the_time_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    url = f"sqlite:///{tmp_path}/swarm.db"
+    migrate.upgrade(url)
+
+    def hanging(*_args: Any, **_kwargs: Any) -> Any:
+        time.sleep(2.0)
+        raise OSError("no answer")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    settings = loop_settings(
+        url,
+        webhook_secret=SECRET,
+        webhook_allow_private=False,
+        webhook_timeout_s=0.2,
+        webhook_retry_delays_s=[3600.0],
+    )
+    add_deliveries(url, 1, target="http://hooks.example.com/hook")
+    receiver = Receiver()
+    async for _ in running(settings, receiver):
+        await wait_until(lambda: deliveries(url)[0].attempts == 1)
+    (row,) = deliveries(url)
+    assert row.status == "pending" and "timed out" in row.last_error
+    assert receiver.requests == []
