@@ -28,7 +28,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from app.config import Settings
-from app.store.jobs import job_trace
+from app.store.jobs import JobTrace, job_trace
 
 if TYPE_CHECKING:
     from app.engine.spec import ResolvedAgent
@@ -184,7 +184,7 @@ async def traced_job(store: Store, job_id: str, run: Awaitable[None], *, resumed
     if telemetry is None:
         await run
         return
-    job = await store.read(lambda c: job_trace(c, job_id))
+    job = await _read_trace(store, job_id)
     parent = (
         TraceContextTextMapPropagator().extract({"traceparent": job.traceparent})
         if job is not None and job.traceparent
@@ -206,12 +206,22 @@ async def traced_job(store: Store, job_id: str, run: Awaitable[None], *, resumed
         span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
         span.end()
         raise
-    ended = await store.read(lambda c: job_trace(c, job_id))
+    ended = await _read_trace(store, job_id)
     if ended is not None:
         span.set_attribute("swarm.job.status", ended.status)
         if ended.status == "failed":
             span.set_status(Status(StatusCode.ERROR, "job failed"))
     span.end()
+
+
+async def _read_trace(store: Store, job_id: str) -> JobTrace | None:
+    """The job's row for its span; None when it cannot be read: telemetry never stops a
+    run (the span then lacks the parent or the status)."""
+    try:
+        return await store.read(lambda c: job_trace(c, job_id))
+    except Exception:
+        log.warning("could not read job %s for its trace span", job_id, exc_info=True)
+        return None
 
 
 # -- an agent --------------------------------------------------------------------------------

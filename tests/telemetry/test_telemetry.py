@@ -235,3 +235,22 @@ def test_nothing_is_set_up_without_an_endpoint(monkeypatch: pytest.MonkeyPatch) 
     telemetry = Telemetry.from_env(make_settings(Path(".")))
     assert telemetry is not None and telemetry.tracer_provider is not None
     telemetry.shutdown()  # nothing was recorded: nothing is sent
+
+
+async def test_a_job_runs_on_when_its_row_cannot_be_read_for_the_span(
+    tmp_path: Path,
+    fake_upstream: FakeUpstream,
+    recorded: Recorded,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import app.telemetry
+
+    def unreadable(*_args: Any) -> Any:
+        raise RuntimeError("the database is away")
+
+    monkeypatch.setattr(app.telemetry, "job_trace", unreadable)
+    await run_job(tmp_path, GRAPH, {"traceparent": TRACEPARENT})
+    (job,) = by_name(recorded.finished(), "job")
+    # The span is there without what the row would have given it.
+    assert job.parent is None and "swarm.job.status" not in attrs(job)
+    assert len(by_name(recorded.finished(), "chat ")) == 2
