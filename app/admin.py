@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         _say(
             f"note: there was no database at {path}; a new, empty one is created there. "
-            f"A service using another database will not know this key: {hint}"
+            f"A service using another database will not know what is made here: {hint}"
         )
     migrate.upgrade(url)
     if args.group == "webhooks":
