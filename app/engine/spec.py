@@ -3,12 +3,13 @@ precedence that turns them into one agent's effective settings (``ResolvedAgent`
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from app.events.types import EventType
@@ -88,6 +89,21 @@ class ResponseFormat(StrEnum):
     text = "text"
     # A JSON object (the upstream's JSON mode).
     json = "json"
+
+
+class ReuseSpec(BaseModel):
+    """Reuse of earlier answers with a bound on their age."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_age_s: float = Field(
+        gt=0,
+        le=10 * 365 * 86_400,
+        allow_inf_nan=False,
+        description="Reuse only answers received at most this many seconds ago.",
+    )
+
+    _numbers_only = field_validator("max_age_s", mode="before")(_json_number)
 
 
 WEBHOOK_EVENT_TYPES = tuple(str(t) for t in EventType)
@@ -422,11 +438,30 @@ class JobSpec(AgentDefaults):
         default=None,
         description="Signed webhook deliveries of the job's events (see README, Webhooks).",
     )
+    reuse: StrictBool | ReuseSpec = Field(
+        default=False,
+        description=(
+            "Take earlier answers instead of calling again: before each call the request "
+            "exactly as it would be sent is fingerprinted, and a completed call of this "
+            "tenant with the same fingerprint (in any job, this one included) gives its "
+            "output at no cost; identical calls within the job are made once. true: answers "
+            'of any age; {"max_age_s": N}: at most N seconds old. Answers sampled at '
+            "temperature > 0 are reused too: opting in says one sample is enough (see "
+            "README, Reuse)."
+        ),
+    )
 
     _job_numbers_only = field_validator("max_concurrency", "budget_usd", mode="before")(
         _json_number
     )
     _storable_objects = field_validator("context", "metadata")(_storable_json_object)
+
+    @property
+    def reuse_max_age_s(self) -> float | None:
+        """None: no reuse; math.inf: answers of any age."""
+        if isinstance(self.reuse, ReuseSpec):
+            return self.reuse.max_age_s
+        return math.inf if self.reuse else None
 
     def resolve(self, agent: AgentSpec) -> ResolvedAgent:
         """``agent``'s effective settings: its own value where set, else the job's."""

@@ -21,6 +21,7 @@ from app.engine.usage import Usage
 from app.metrics import Metrics
 from app.scheduler.gates import Gates, estimate_tokens
 from app.scheduler.limits import Outcome
+from app.scheduler.reuse import Answer, Claim, Reuse, request_key
 from app.store import transitions as ops
 from app.store.store import Store
 from app.store.writer import WriteOp
@@ -79,6 +80,17 @@ class PlanCheck:
     map_nodes: tuple[str, ...]
 
 
+def _fits(found: Answer, plan: PlanCheck | None) -> bool:
+    """Whether a reused answer would do: a planner's must still be the list to fan out over."""
+    if plan is None:
+        return True
+    try:
+        parse_plan(found.output, plan.paths)
+    except PlanError:
+        return False
+    return True
+
+
 class AgentCaller:
     """Makes the calls of one job's agents."""
 
@@ -96,6 +108,7 @@ class AgentCaller:
         metrics: Metrics,
         draining: Callable[[], bool],
         spend: Callable[[float | None], None],
+        reuse: Reuse | None = None,
     ) -> None:
         self.job_id = job_id
         self.tenant = tenant
@@ -108,6 +121,8 @@ class AgentCaller:
         self.metrics = metrics
         self._draining = draining
         self._spend = spend
+        # Set when the job opted in to reuse (app/scheduler/reuse.py).
+        self.reuse = reuse
         # Agents whose upstream call is in flight right now (not waiting for a slot).
         self.in_call: set[str] = set()
         self._rng = random.Random()
@@ -173,6 +188,54 @@ class AgentCaller:
             return await self.fail(
                 agent_id, self._too_large(agent_id, kind, req), "prompt_too_large"
             )
+        fingerprint = request_key(route.upstream.name, req).fingerprint()
+        if self.reuse is None:
+            return await self._called(agent, route, req, fingerprint, prior, unused, plan)
+        async with self.reuse.lookup(fingerprint) as found:
+            if isinstance(found, Answer) and _fits(found, plan):
+                return await self._reused(agent_id, req, fingerprint, found, unused)
+            outcome = await self._called(agent, route, req, fingerprint, prior, unused, plan)
+            if isinstance(found, Claim) and outcome.completed and outcome.output is not None:
+                found.settle(Answer(self.job_id, agent_id, outcome.output, None, outcome.cost_usd))
+            return outcome
+
+    async def _reused(
+        self,
+        agent_id: str,
+        req: AgentRequest,
+        fingerprint: str,
+        found: Answer,
+        unused: Usage | None,
+    ) -> AgentOutcome:
+        await self.persist(
+            ops.mark_agent_reused(
+                self.job_id,
+                agent_id,
+                model=req.model,
+                system_prompt=req.system_prompt,
+                prompt=req.prompt,
+                output=found.output,
+                finish_reason=found.finish_reason,
+                fingerprint=fingerprint,
+                source=ops.ReusedFrom(job_id=found.job_id, agent_id=found.agent_id),
+                saved_usd=found.cost_usd,
+                unused=unused,
+            )
+        )
+        self.metrics.reused_calls.inc()
+        return AgentOutcome(agent_id, True, output=found.output, cost_usd=0.0)
+
+    async def _called(
+        self,
+        agent: ResolvedAgent,
+        route: Route,
+        req: AgentRequest,
+        fingerprint: str,
+        prior: Tally | None,
+        unused: Usage | None,
+        plan: PlanCheck | None,
+    ) -> AgentOutcome:
+        agent_id = agent.id
         limits = RetryLimits(
             max_retries=agent.max_retries
             if agent.max_retries is not None
@@ -273,6 +336,7 @@ class AgentCaller:
                 finish_reason=result.finish_reason,
                 usage=wasted + paid,
                 latency_ms=result.latency_ms,
+                fingerprint=fingerprint,
             )
         )
         return AgentOutcome(agent_id, True, output=result.output, cost_usd=paid.cost_usd)

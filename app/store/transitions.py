@@ -418,8 +418,10 @@ def mark_agent_completed(
     finish_reason: str | None,
     usage: Usage,
     latency_ms: float,
+    fingerprint: str | None = None,
 ) -> WriteOp[bool]:
-    """`usage`: of every answer the agent was paid for, this one included."""
+    """`usage`: of every answer the agent was paid for, this one included; `fingerprint`:
+    of the request that gave the output, for later reuse."""
 
     def op(tx: Tx) -> bool:
         values: dict[str, Any] = {
@@ -430,6 +432,11 @@ def mark_agent_completed(
             "last_error": None,
             "finished_at": utcnow(),
             "in_flight_json": None,
+            "fingerprint": fingerprint,
+            # A retried agent may have been reused before: this output is its own.
+            "reused_from_job_id": None,
+            "reused_from_agent_id": None,
+            "reuse_saved_usd": None,
         }
         if not _enter(tx, job_id, agent_id, AgentStatus.completed, values):
             return False
@@ -438,6 +445,72 @@ def mark_agent_completed(
             cost_usd=usage.cost_usd,
             latency_ms=round(latency_ms, 1),
             finish_reason=finish_reason,
+        )
+        tx.emit(job_id, EventType.agent_completed, agent_id, **data)
+        return True
+
+    return op
+
+
+class ReusedFrom(TypedDict):
+    job_id: str
+    agent_id: str
+
+
+class AgentReusedData(AgentCompletedData):
+    reused: bool
+    reused_from: ReusedFrom
+    saved_usd: float | None
+
+
+def mark_agent_reused(
+    job_id: str,
+    agent_id: str,
+    *,
+    model: str,
+    system_prompt: str | None,
+    prompt: str,
+    output: str,
+    finish_reason: str | None,
+    fingerprint: str,
+    source: ReusedFrom,
+    saved_usd: float | None,
+    unused: Usage | None = None,
+) -> WriteOp[bool]:
+    """The agent completes with the output of an earlier call of the same request, without
+    a call of its own: no attempt, no tokens, no cost (beyond `unused`, what earlier runs
+    of it were paid for), and the saving noted."""
+
+    def op(tx: Tx) -> bool:
+        usage = (unused or Usage()) + Usage(0, 0, 0, 0.0)
+        now = utcnow()
+        values: dict[str, Any] = {
+            "model": model,
+            "system_prompt": system_prompt,
+            "prompt": prompt,
+            "output": output,
+            "finish_reason": finish_reason,
+            **usage.columns(),
+            "latency_ms": 0.0,
+            "last_error": None,
+            "started_at": now,
+            "finished_at": now,
+            "in_flight_json": None,
+            "fingerprint": fingerprint,
+            "reused_from_job_id": source["job_id"],
+            "reused_from_agent_id": source["agent_id"],
+            "reuse_saved_usd": saved_usd,
+        }
+        if not _enter(tx, job_id, agent_id, AgentStatus.completed, values):
+            return False
+        data = AgentReusedData(
+            usage=usage.tokens(),
+            cost_usd=usage.cost_usd,
+            latency_ms=0.0,
+            finish_reason=finish_reason,
+            reused=True,
+            reused_from=source,
+            saved_usd=saved_usd,
         )
         tx.emit(job_id, EventType.agent_completed, agent_id, **data)
         return True
