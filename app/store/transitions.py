@@ -194,6 +194,7 @@ class RetryRefusal(StrEnum):
     completed = "completed"  # every agent completed: nothing failed
     nothing_to_retry = "nothing_to_retry"  # failed or cancelled, yet no agent to run again
     budget_spent = "budget_spent"  # the job's budget is spent and the retry did not raise it
+    too_many_active = "too_many_active"  # the tenant has its most jobs queued or running
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,8 @@ class RetryResult:
     spent_usd: float = 0.0
     budget_usd: float | None = None
     seq: int = 0  # the sequence number of the `job.retried` event
+    active: int = 0  # too_many_active: the tenant's jobs queued or running, and the limit
+    limit: int = 0
 
 
 class JobRetriedData(TypedDict):
@@ -221,17 +224,19 @@ def retry_job(
     graph: Callable[[str], Graph | None],
     budget_usd: float | None,
     max_retries: int | None,
+    max_active: int | None = None,
 ) -> WriteOp[RetryResult]:
     """Make a failed or cancelled job runnable again under the same id: the agents
     `agents_to_retry` names go back to pending (their attempts, usage and cost kept), the
     job back to running with its error cleared, and `job.retried` is emitted with the next
     sequence number. `budget_usd` / `max_retries`, when given, replace the job's. The run
     itself is then resumed from these rows, exactly as after a restart. `graph` reads the
-    stored spec's graph."""
+    stored spec's graph. `max_active`: the tenant's limit of jobs queued or running, which
+    the retried job would join (checked here, in the writer, as at submit)."""
 
     def op(tx: Tx) -> RetryResult:
         job = tx.conn.execute(
-            select(jobs_t.c.status, jobs_t.c.spec_json, jobs_t.c.budget_usd).where(
+            select(jobs_t.c.status, jobs_t.c.spec_json, jobs_t.c.budget_usd, jobs_t.c.tenant).where(
                 owned(job_id, tenant)
             )
         ).first()
@@ -252,6 +257,19 @@ def retry_job(
             return RetryResult(
                 RetryRefusal.budget_spent, status, spent_usd=spent, budget_usd=budget
             )
+        if max_active is not None:
+            active = int(
+                tx.conn.execute(
+                    select(func.count()).where(
+                        jobs_t.c.tenant == job.tenant,
+                        jobs_t.c.status.in_((JobStatus.queued, JobStatus.running)),
+                    )
+                ).scalar_one()
+            )
+            if active >= max_active:
+                return RetryResult(
+                    RetryRefusal.too_many_active, status, active=active, limit=max_active
+                )
         spec = loads(job.spec_json, {})
         if budget_usd is not None:
             spec["budget_usd"] = budget_usd
