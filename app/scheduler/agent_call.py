@@ -22,6 +22,7 @@ from app.metrics import Metrics
 from app.scheduler.gates import Gates, estimate_tokens
 from app.scheduler.limits import Outcome
 from app.scheduler.reuse import Answer, Claim, Reuse, request_key
+from app.scheduler.structured_output import invalid_output, shaped
 from app.store import transitions as ops
 from app.store.store import Store
 from app.store.writer import WriteOp
@@ -149,6 +150,9 @@ class AgentCaller:
             if agent.system_prompt
             else None
         )
+        json_schema = None
+        if agent.output_schema is not None:
+            system, json_schema = shaped(agent.output_schema, route.model.structured_output, system)
         return AgentRequest(
             model=route.model.name,
             upstream_model=route.wire_model,
@@ -159,6 +163,7 @@ class AgentCaller:
             json_mode=agent.response_format is ResponseFormat.json,
             timeout_s=agent.timeout_s,
             extra_body=dict(route.model.extra_body),
+            json_schema=json_schema,
         )
 
     def route(self, agent: ResolvedAgent) -> Route:
@@ -246,15 +251,7 @@ class AgentCaller:
         )
         tally = prior or Tally()
         # The most one attempt may cost, should its answer never arrive.
-        estimate = self._priced(
-            route,
-            estimate_attempt(
-                req.system_prompt,
-                req.prompt,
-                req.max_tokens,
-                default_completion_tokens=self.settings.unknown_completion_tokens,
-            ),
-        ).as_estimate()
+        estimate = self._estimate(route, req)
         # Answers paid for but not used (a planner's answer that was no list), and the
         # estimates of attempts whose answer never arrived.
         wasted = unused or Usage()
@@ -281,6 +278,14 @@ class AgentCaller:
                         f"agent {agent_id!r} is the planner of map node(s) "
                         f"{', '.join(plan.map_nodes)}, and {exc}",
                     )
+            if isinstance(outcome, CallResult) and agent.output_schema is not None:
+                invalid = invalid_output(agent_id, agent.output_schema, req, outcome)
+                if invalid is not None:
+                    paid = self._priced(route, outcome.usage)
+                    wasted += paid
+                    self._spend(paid.cost_usd)
+                    outcome, req = invalid
+                    estimate = self._estimate(route, req)
             if isinstance(outcome, CallResult):
                 result = outcome
                 break
@@ -354,6 +359,18 @@ class AgentCaller:
                 "the dependencies answer shorter (max_tokens) or reference fewer of them"
             )
         return f"agent {agent_id!r}: its prompt is {req.prompt_chars:,} characters {advice}"
+
+    def _estimate(self, route: Route, req: AgentRequest) -> Usage:
+        sent = "\n".join([req.prompt, *(content for _, content in req.repair)])
+        return self._priced(
+            route,
+            estimate_attempt(
+                req.system_prompt,
+                sent,
+                req.max_tokens,
+                default_completion_tokens=self.settings.unknown_completion_tokens,
+            ),
+        ).as_estimate()
 
     @staticmethod
     def _priced(route: Route, usage: Usage) -> Usage:

@@ -5,6 +5,7 @@ and makes each distinct request of its own once, however many agents send it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,9 +27,16 @@ def request_key(provider: str, req: AgentRequest) -> RequestKey:
         messages=tuple((m["role"], m["content"]) for m in req.messages()),
         temperature=req.temperature,
         max_tokens=req.max_tokens,
-        response_format="json" if req.json_mode else None,
+        response_format=response_format(req),
         extra_body=req.extra_body,
     )
+
+
+def response_format(req: AgentRequest) -> str | None:
+    """The response format as sent: "json" for JSON mode, the canonical JSON of a schema."""
+    if req.json_schema is not None:
+        return json.dumps(req.json_schema, sort_keys=True, separators=(",", ":"))
+    return "json" if req.json_mode else None
 
 
 @dataclass(frozen=True)

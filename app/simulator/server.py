@@ -16,6 +16,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from app.simulator import content as text
+from app.simulator import schema_answers
 from app.simulator.config import SimulatorConfig
 from app.simulator.faults import plan_request
 from app.simulator.state import RPM_WINDOW_S, SimState
@@ -292,8 +293,9 @@ async def _answer(
         finish_reason = "length"
 
     json_mode = _json_mode(body.get("response_format"))
+    schema = schema_answers.schema_of(body)
     # Planner items count as completion tokens too: whole items only, so the JSON stays valid.
-    items = text.plan_items(body["messages"], digest) if json_mode else None
+    items = text.plan_items(body["messages"], digest) if json_mode and schema is None else None
     completion_tokens = count
     if items is not None:
         kept = 0
@@ -325,7 +327,10 @@ async def _answer(
         return _finish(state, entry, started, resp, "error")
 
     words = text.words_for(digest, count)
-    if json_mode:
+    if schema is not None:
+        invalid = schema_answers.wants_invalid(body["messages"])
+        message_text = schema_answers.answer(schema, digest, invalid=invalid)
+    elif json_mode:
         message_text = text.json_content(tag, words, items)
     else:
         message_text = text.plain_content(tag, words)
@@ -381,7 +386,7 @@ async def _answer(
 
 
 def _json_mode(response_format: Any) -> bool:
-    # json_schema gets the same fixed object: the simulator does not try to satisfy schemas.
+    # A schema is answered by schema_answers; JSON mode without one gets a fixed object.
     return isinstance(response_format, dict) and response_format.get("type") in (
         "json_object",
         "json_schema",
