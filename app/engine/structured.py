@@ -146,7 +146,7 @@ def path_problem(schema: Mapping[str, Any], path: Sequence[str]) -> str | None:
         at = ".".join(path[: depth + 1])
         if kind is not None and kind != "object" and not isinstance(kind, list):
             owner = "the output" if depth == 0 else ".".join(path[:depth])
-            return f"{at}: the schema makes {owner} a {kind}, which has no fields"
+            return f"{at}: the schema makes {owner} of type {kind}, which has no fields"
         if isinstance(props, Mapping) and node.get("additionalProperties") in (None, False):
             fields = ", ".join(sorted(props)) or "none"
             return f"{at}: the schema declares no field {segment!r} (fields: {fields})"
