@@ -145,6 +145,7 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         "ts": time.time(),
         "model": None,
         "messages": None,
+        "response_format": None,
         "status": None,
         "latency_ms": None,
         "prompt_tokens": None,
@@ -166,7 +167,13 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
     digest = text.messages_digest(messages)
     tag = text.TAG_PREFIX + digest.hex()[: text.TAG_HEX_CHARS]
     prompt_tokens = text.estimate_prompt_tokens(messages)
-    entry.update(model=model, messages=messages, tag=tag, prompt_tokens=prompt_tokens)
+    entry.update(
+        model=model,
+        messages=messages,
+        response_format=body.get("response_format"),
+        tag=tag,
+        prompt_tokens=prompt_tokens,
+    )
 
     cfg = state.config
     rejection = _auth_error(state, request) or _check_request(cfg, body, prompt_tokens)
