@@ -11,12 +11,16 @@ from typing import Any
 
 from jsonschema import exceptions as schema_errors
 from jsonschema import validators
+from jsonschema_specifications import REGISTRY as META_SCHEMAS
+from referencing.exceptions import Unresolvable
 
 # How many validation errors a repair request and a failure show: enough to fix the answer,
 # few enough that a badly wrong one does not flood the prompt.
 MAX_ERRORS_SHOWN = 8
 # How much of an invalid answer a failure message quotes.
 ANSWER_SHOWN_CHARS = 600
+# Deeper schemas are refused at submit: validating one recurses once per level.
+MAX_SCHEMA_DEPTH = 64
 # The name sent upstream when the job gave none (OpenAI requires one: ^[a-zA-Z0-9_-]{1,64}$).
 DEFAULT_SCHEMA_NAME = "output"
 
@@ -39,7 +43,11 @@ class OutputSchema:
 
 def schema_problem(schema: Mapping[str, Any]) -> str | None:
     """Why `schema` is no valid JSON Schema (of the draft its `$schema` names, else
-    2020-12), or None."""
+    2020-12) the service can use, or None. A `$ref` must point into the schema itself
+    (`#…`): nothing is ever fetched."""
+    shape = _shape_problem(schema)
+    if shape is not None:
+        return shape
     cls = validators.validator_for(schema, default=validators.Draft202012Validator)
     try:
         cls.check_schema(dict(schema))
@@ -49,17 +57,42 @@ def schema_problem(schema: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _shape_problem(schema: Mapping[str, Any]) -> str | None:
+    stack: list[tuple[Any, int]] = [(schema, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_SCHEMA_DEPTH:
+            return f"the schema nests more than {MAX_SCHEMA_DEPTH} levels deep"
+        if isinstance(node, Mapping):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and not ref.startswith("#"):
+                return f"$ref {ref[:100]!r} points outside the schema; only '#…' refs are used"
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return None
+
+
+def _validator(schema: Mapping[str, Any]) -> Any:
+    cls = validators.validator_for(schema, default=validators.Draft202012Validator)
+    # The registry of meta-schemas only: a $ref is never fetched from anywhere.
+    return cls(schema, registry=META_SCHEMAS)
+
+
 def answer_errors(schema: Mapping[str, Any], answer: str) -> list[str]:
     """What is wrong with `answer` as JSON matching `schema`: [] when it matches."""
     try:
         value = json.loads(answer)
     except ValueError as exc:
         return [f"the answer is not JSON ({exc})"]
-    cls = validators.validator_for(schema, default=validators.Draft202012Validator)
-    found = sorted(
-        cls(schema).iter_errors(value),
-        key=lambda e: (len(e.absolute_path), [str(p) for p in e.absolute_path]),
-    )
+    try:
+        found = sorted(
+            _validator(schema).iter_errors(value),
+            key=lambda e: (len(e.absolute_path), [str(p) for p in e.absolute_path]),
+        )
+    except Unresolvable as exc:
+        # A '#…' ref to nothing: no answer can match, and asking again will not help.
+        return [f"the schema cannot be used: {exc}"]
     return [_describe(e) for e in found]
 
 

@@ -103,3 +103,18 @@ def test_field_references_parse_and_render() -> None:
     }
     text = "{{agents.a.b.output.x.0}}/{{agents.a.b.output.x}}/{{agents.f.output.x}}"
     assert render(text, context={}, outputs=outputs) == 'first/["first", 2]/[agent f failed: boom]'
+
+
+def test_refs_are_local_only_and_depth_is_bounded() -> None:
+    assert "points outside the schema" in str(schema_problem({"$ref": "http://198.51.100.7/s"}))
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(100):
+        node["items"] = {}
+        node = node["items"]
+    assert "nests more than" in str(schema_problem(deep))
+    local = {"$defs": {"a": {"type": "string"}}, "properties": {"x": {"$ref": "#/$defs/a"}}}
+    assert schema_problem(local) is None
+    assert answer_errors(local, '{"x": 1}') == ["at $ .x: 1 is not of type 'string'"]
+    dangling = {"properties": {"x": {"$ref": "#/$defs/nope"}}}
+    assert answer_errors(dangling, '{"x": 1}')[0].startswith("the schema cannot be used")
