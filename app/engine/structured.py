@@ -48,12 +48,16 @@ def schema_problem(schema: Mapping[str, Any]) -> str | None:
     shape = _shape_problem(schema)
     if shape is not None:
         return shape
+    if not isinstance(schema.get("$schema", ""), str):
+        return "$schema must be a string (the URI of a JSON Schema draft)"
     cls = validators.validator_for(schema, default=validators.Draft202012Validator)
     try:
         cls.check_schema(dict(schema))
     except schema_errors.SchemaError as exc:
         where = "/".join(str(p) for p in exc.absolute_path)
         return f"{exc.message}" + (f" (at {where})" if where else "")
+    except Exception as exc:  # a schema odd enough to break the checker is no schema
+        return f"it cannot be checked ({type(exc).__name__})"
     return None
 
 
@@ -93,6 +97,8 @@ def answer_errors(schema: Mapping[str, Any], answer: str) -> list[str]:
     except Unresolvable as exc:
         # A '#…' ref to nothing: no answer can match, and asking again will not help.
         return [f"the schema cannot be used: {exc}"]
+    except Exception as exc:  # the checker broke on this schema: no answer can pass it
+        return [f"the schema cannot be used: {type(exc).__name__}: {exc}"[:300]]
     return [_describe(e) for e in found]
 
 

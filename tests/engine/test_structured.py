@@ -37,6 +37,8 @@ def test_valid_schemas_pass_and_invalid_ones_say_where() -> None:
     problem = schema_problem({"type": "object", "properties": {"a": {"type": 5}}})
     assert problem is not None and "properties/a/type" in problem
     assert schema_problem({"required": "title"}) is not None
+    assert "$schema must be a string" in str(schema_problem({"$schema": {}}))
+    assert schema_problem({"type": "string", "pattern": "("}) == "'(' is not a 'regex' (at pattern)"
 
 
 def test_answers_are_checked_as_json_then_against_the_schema() -> None:
