@@ -172,6 +172,9 @@ class JsonSchemaFormat(BaseModel):
         return OutputSchema(self.schema_)
 
 
+_OPENAI_NAMES = {"json_object": ResponseFormat.json, "text": ResponseFormat.text}
+
+
 def _format_setting(value: Any) -> Any:
     """A name ('text', 'json') or a schema object, told apart by shape so that a bad one is
     reported once, as what it is meant to be, at response_format itself."""
@@ -186,6 +189,9 @@ def _format_setting(value: Any) -> Any:
             '({"type": "json_schema", "schema": {…}}), not {value}',
             {"value": json.dumps(value[:40])},
         )
+    if isinstance(value, dict) and value.keys() == {"type"} and value["type"] in _OPENAI_NAMES:
+        # OpenAI's objects for the plain formats: {"type": "json_object"}, {"type": "text"}.
+        return _OPENAI_NAMES[value["type"]]
     if isinstance(value, dict):
         try:
             return JsonSchemaFormat.model_validate(value)
@@ -293,7 +299,8 @@ class AgentDefaults(BaseModel):
     )
     response_format: ResponseFormat | JsonSchemaFormat | None = Field(
         default=None,
-        description='\'text\', \'json\' (JSON mode), or {"type": "json_schema", "schema": '
+        description='\'text\', \'json\' (JSON mode; OpenAI\'s {"type": "text"} and {"type": '
+        '"json_object"} are taken too), or {"type": "json_schema", "schema": '
         '{…}} (also OpenAI\'s {"type": "json_schema", "json_schema": {"name", "schema", '
         '"strict"}}): the answer must be JSON matching the schema, and an answer that does '
         "not is asked again with the errors shown (see README, Structured output). Unset "

@@ -218,3 +218,18 @@ async def test_bad_schemas_and_fields_are_422s_naming_the_problem(service: Servi
         json=reading("{{agents.classify.output.anything}}", {"response_format": "json"}),
     )
     assert resp.status_code == 201, resp.text
+
+
+async def test_openai_objects_for_the_plain_formats_are_taken(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    body = {
+        "agents": [
+            {"id": "j", "task": "as json", "response_format": {"type": "json_object"}},
+            {"id": "t", "task": "as text", "response_format": {"type": "text"}},
+        ]
+    }
+    done = await service.wait((await service.submit(body))["id"])
+    assert done["status"] == "completed"
+    sent = {fake_upstream.user_prompt(c): c.get("response_format") for c in fake_upstream.calls}
+    assert sent == {"as json": {"type": "json_object"}, "as text": None}
