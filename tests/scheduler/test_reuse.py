@@ -215,3 +215,27 @@ async def test_a_bad_reuse_setting_is_a_422(service: Service, reuse: Any, expect
     resp = await service.client.post("/jobs", json=pipeline("doc", reuse=reuse))
     assert resp.status_code == 422, resp.text
     assert expected in resp.text
+
+
+async def test_map_items_are_reused_one_by_one(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    def body(items: list[str]) -> dict[str, Any]:
+        return {
+            "reuse": True,
+            "context": {"items": items},
+            "agents": [
+                {"id": "each", "map": {"over": "context.items"}, "task": "Handle {{item}}"},
+                {"id": "report", "depends_on": ["each"], "task": "Report on these."},
+            ],
+        }
+
+    first = await run(service, body(["a", "b", "c", "d"]))
+    assert len(fake_upstream.calls) == 5 and first["agents_reused"] == 0
+    second = await run(service, body(["a", "b", "C", "d"]))
+    called = [fake_upstream.user_prompt(c) for c in fake_upstream.calls[5:]]
+    assert called[0] == "Handle C" and called[1].startswith("Report on these.")
+    assert len(called) == 2
+    assert second["agents_reused"] == 3
+    item = await agent(service, second["id"], "each[1]")
+    assert item["reused_from"] == {"job_id": first["id"], "agent_id": "each[1]"}
