@@ -21,6 +21,8 @@ from app.engine.usage import Usage
 from app.metrics import Metrics
 from app.scheduler.gates import Gates, estimate_tokens
 from app.scheduler.limits import Outcome
+from app.scheduler.reuse import Answer, Claim, Reuse, request_key
+from app.scheduler.structured_output import invalid_output, shaped
 from app.store import transitions as ops
 from app.store.store import Store
 from app.store.writer import WriteOp
@@ -80,6 +82,17 @@ class PlanCheck:
     map_nodes: tuple[str, ...]
 
 
+def _fits(found: Answer, plan: PlanCheck | None) -> bool:
+    """Whether a reused answer would do: a planner's must still be the list to fan out over."""
+    if plan is None:
+        return True
+    try:
+        parse_plan(found.output, plan.paths)
+    except PlanError:
+        return False
+    return True
+
+
 class AgentCaller:
     """Makes the calls of one job's agents."""
 
@@ -97,6 +110,7 @@ class AgentCaller:
         metrics: Metrics,
         draining: Callable[[], bool],
         spend: Callable[[float | None], None],
+        reuse: Reuse | None = None,
     ) -> None:
         self.job_id = job_id
         self.tenant = tenant
@@ -109,6 +123,8 @@ class AgentCaller:
         self.metrics = metrics
         self._draining = draining
         self._spend = spend
+        # Set when the job opted in to reuse (app/scheduler/reuse.py).
+        self.reuse = reuse
         # Agents whose upstream call is in flight right now (not waiting for a slot).
         self.in_call: set[str] = set()
         self._rng = random.Random()
@@ -135,6 +151,9 @@ class AgentCaller:
             if agent.system_prompt
             else None
         )
+        json_schema = None
+        if agent.output_schema is not None:
+            system, json_schema = shaped(agent.output_schema, route.model.structured_output, system)
         return AgentRequest(
             model=route.model.name,
             upstream_model=route.wire_model,
@@ -145,6 +164,7 @@ class AgentCaller:
             json_mode=agent.response_format is ResponseFormat.json,
             timeout_s=agent.timeout_s,
             extra_body=dict(route.model.extra_body),
+            json_schema=json_schema,
         )
 
     def route(self, agent: ResolvedAgent) -> Route:
@@ -174,6 +194,54 @@ class AgentCaller:
             return await self.fail(
                 agent_id, self._too_large(agent_id, kind, req), "prompt_too_large"
             )
+        fingerprint = request_key(route.upstream.name, req).fingerprint()
+        if self.reuse is None:
+            return await self._called(agent, route, req, fingerprint, prior, unused, plan)
+        async with self.reuse.lookup(fingerprint) as found:
+            if isinstance(found, Answer) and _fits(found, plan):
+                return await self._reused(agent_id, req, fingerprint, found, unused)
+            outcome = await self._called(agent, route, req, fingerprint, prior, unused, plan)
+            if isinstance(found, Claim) and outcome.completed and outcome.output is not None:
+                found.settle(Answer(self.job_id, agent_id, outcome.output, None, outcome.cost_usd))
+            return outcome
+
+    async def _reused(
+        self,
+        agent_id: str,
+        req: AgentRequest,
+        fingerprint: str,
+        found: Answer,
+        unused: Usage | None,
+    ) -> AgentOutcome:
+        await self.persist(
+            ops.mark_agent_reused(
+                self.job_id,
+                agent_id,
+                model=req.model,
+                system_prompt=req.system_prompt,
+                prompt=req.prompt,
+                output=found.output,
+                finish_reason=found.finish_reason,
+                fingerprint=fingerprint,
+                source=ops.ReusedFrom(job_id=found.job_id, agent_id=found.agent_id),
+                saved_usd=found.cost_usd,
+                unused=unused,
+            )
+        )
+        self.metrics.reused_calls.inc()
+        return AgentOutcome(agent_id, True, output=found.output, cost_usd=0.0)
+
+    async def _called(
+        self,
+        agent: ResolvedAgent,
+        route: Route,
+        req: AgentRequest,
+        fingerprint: str,
+        prior: Tally | None,
+        unused: Usage | None,
+        plan: PlanCheck | None,
+    ) -> AgentOutcome:
+        agent_id = agent.id
         limits = RetryLimits(
             max_retries=agent.max_retries
             if agent.max_retries is not None
@@ -184,15 +252,7 @@ class AgentCaller:
         )
         tally = prior or Tally()
         # The most one attempt may cost, should its answer never arrive.
-        estimate = self._priced(
-            route,
-            estimate_attempt(
-                req.system_prompt,
-                req.prompt,
-                req.max_tokens,
-                default_completion_tokens=self.settings.unknown_completion_tokens,
-            ),
-        ).as_estimate()
+        estimate = self._estimate(route, req)
         # Answers paid for but not used (a planner's answer that was no list), and the
         # estimates of attempts whose answer never arrived.
         wasted = unused or Usage()
@@ -219,6 +279,14 @@ class AgentCaller:
                         f"agent {agent_id!r} is the planner of map node(s) "
                         f"{', '.join(plan.map_nodes)}, and {exc}",
                     )
+            if isinstance(outcome, CallResult) and agent.output_schema is not None:
+                invalid = invalid_output(agent_id, agent.output_schema, req, outcome)
+                if invalid is not None:
+                    paid = self._priced(route, outcome.usage)
+                    wasted += paid
+                    self._spend(paid.cost_usd)
+                    outcome, req = invalid
+                    estimate = self._estimate(route, req)
             if isinstance(outcome, CallResult):
                 result = outcome
                 break
@@ -274,6 +342,7 @@ class AgentCaller:
                 finish_reason=result.finish_reason,
                 usage=wasted + paid,
                 latency_ms=result.latency_ms,
+                fingerprint=fingerprint,
             )
         )
         return AgentOutcome(agent_id, True, output=result.output, cost_usd=paid.cost_usd)
@@ -291,6 +360,18 @@ class AgentCaller:
                 "the dependencies answer shorter (max_tokens) or reference fewer of them"
             )
         return f"agent {agent_id!r}: its prompt is {req.prompt_chars:,} characters {advice}"
+
+    def _estimate(self, route: Route, req: AgentRequest) -> Usage:
+        sent = "\n".join([req.prompt, *(content for _, content in req.repair)])
+        return self._priced(
+            route,
+            estimate_attempt(
+                req.system_prompt,
+                sent,
+                req.max_tokens,
+                default_completion_tokens=self.settings.unknown_completion_tokens,
+            ),
+        ).as_estimate()
 
     @staticmethod
     def _priced(route: Route, usage: Usage) -> Usage:

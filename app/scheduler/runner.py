@@ -21,6 +21,7 @@ from app.engine.spec import JobSpec
 from app.metrics import Metrics
 from app.scheduler.agent_call import AgentCaller, AgentOutcome, StoreWriteError
 from app.scheduler.gates import Gates
+from app.scheduler.reuse import Reuse
 from app.scheduler.units import Units
 from app.store import transitions as ops
 from app.store.store import Store
@@ -60,6 +61,9 @@ class JobRunner:
             metrics=metrics,
             draining=lambda: self.state.draining,
             spend=self.state.spend,
+            reuse=None
+            if spec.reuse_max_age_s is None
+            else Reuse(job_id=job_id, tenant=tenant, store=store, max_age_s=spec.reuse_max_age_s),
         )
         self.units = Units(self.state, self.caller, settings)
         self.tasks: dict[str, asyncio.Task[AgentOutcome]] = {}

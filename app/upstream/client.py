@@ -78,12 +78,19 @@ class AgentRequest:
     extra_body: dict[str, Any] = field(default_factory=dict)
     # The provider's name for the model, when it differs from ours.
     upstream_model: str | None = None
+    # OpenAI's `response_format.json_schema` ({name, schema, strict}), sent as is; unset
+    # with `json_mode`: JSON mode.
+    json_schema: dict[str, Any] | None = None
+    # After an answer that did not match the schema: that answer and the request to repair
+    # it, (role, content) after the user message.
+    repair: tuple[tuple[str, str], ...] = ()
 
     def messages(self) -> list[dict[str, str]]:
         msgs = []
         if self.system_prompt:
             msgs.append({"role": "system", "content": self.system_prompt})
         msgs.append({"role": "user", "content": self.prompt})
+        msgs.extend({"role": role, "content": content} for role, content in self.repair)
         return msgs
 
     @property
@@ -115,7 +122,9 @@ async def call_chat(client: AsyncOpenAI, req: AgentRequest) -> CallResult:
         kwargs["temperature"] = req.temperature
     if req.max_tokens is not None:
         kwargs["max_tokens"] = req.max_tokens
-    if req.json_mode:
+    if req.json_schema is not None:
+        kwargs["response_format"] = {"type": "json_schema", "json_schema": req.json_schema}
+    elif req.json_mode:
         kwargs["response_format"] = {"type": "json_object"}
     if req.timeout_s is not None:
         kwargs["timeout"] = req.timeout_s
