@@ -365,6 +365,7 @@ class AgentCaller:
                         context_window=route.model.context_window,
                         prompt_chars=req.prompt_chars,
                         retry_after_cap_s=self.settings.retry_after_cap_s,
+                        max_tokens=req.max_tokens,
                     )
                     permit.outcome = (
                         Outcome.overload if failure.reason in OVERLOAD_REASONS else Outcome.error

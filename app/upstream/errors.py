@@ -1,7 +1,9 @@
 """Classifies an upstream failure once: retryable or not, why, and what the user should fix.
 
 Classification is by exception type and status code (never by matching message text), so
-the reason recorded on the agent and shown to users is the same everywhere.
+the reason recorded on the agent and shown to users is the same everywhere. The one
+exception is the context-length refusal of servers that give it no code of its own
+(vLLM, DeepSeek, Moonshot): `app.upstream.context_errors` knows their sentences.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import openai
 
 from app.text import REDACTED, SECRETS, clean_text
 from app.upstream.client import EmptyOutputError
+from app.upstream.context_errors import ContextRefusal, context_refusal
 from app.upstream.retry import parse_retry_after
 
 
@@ -136,28 +139,8 @@ def _dropped_connection(exc: BaseException) -> bool:
     return False
 
 
-# How upstreams state their own limit in a context-length error (the number is only shown
-# to the user; the error is classified by its code): OpenAI, vLLM and most compatible
-# servers ("maximum context length is 131072 tokens"), Anthropic ("… > 200000 maximum").
-_UPSTREAM_LIMIT = re.compile(
-    r"maximum context length is (\d[\d,]*)|> ?(\d[\d,]*) maximum|"
-    r"context (?:window|length) (?:of|is) (\d[\d,]*)",
-    re.IGNORECASE,
-)
-# What the upstream counted: "(100 in the messages, 300000 in the completion)".
-_UPSTREAM_COUNTS = re.compile(r"(\d+) in the messages, (\d+) in the completion")
-
-
 def _tokens_estimate(prompt_chars: int) -> int:
     return max(1, -(-prompt_chars // 4)) if prompt_chars else 0
-
-
-def _upstream_limit(message: str) -> int | None:
-    match = _UPSTREAM_LIMIT.search(message)
-    if match is None:
-        return None
-    digits = next(g for g in match.groups() if g is not None).replace(",", "")
-    return int(digits) if digits.isdigit() and int(digits) > 0 else None
 
 
 def context_overflow(
@@ -169,17 +152,18 @@ def context_overflow(
     upstream: str,
     status: int | None,
     max_tokens: int | None = None,
+    refusal: ContextRefusal | None = None,
 ) -> UpstreamFailure:
     """The upstream refused the request as too long for the model: say whose limit was hit
     (the upstream's own, with its number, and how it compares with the registry's window)
     and what the request asked for."""
-    limit = _upstream_limit(upstream)
-    counts = _UPSTREAM_COUNTS.search(upstream)
-    if counts is not None:
-        prompt, completion = int(counts.group(1)), int(counts.group(2))
-        asked = f"the prompt ({prompt:,} tokens as the upstream counted) plus max_tokens " + (
-            f"{completion:,}"
-        )
+    said = refusal or context_refusal(400, None, upstream) or ContextRefusal()
+    limit = said.limit
+    if said.prompt_tokens is not None:
+        asked = f"the prompt ({said.prompt_tokens:,} tokens as the upstream counted)"
+        completion = said.completion_tokens if said.completion_tokens is not None else max_tokens
+        if completion:
+            asked += f" plus max_tokens {completion:,}"
     else:
         asked = (
             f"the prompt (about {_tokens_estimate(prompt_chars):,} tokens, "
@@ -258,6 +242,7 @@ def classify(
     context_window: int | None,
     prompt_chars: int,
     retry_after_cap_s: float = 60.0,
+    max_tokens: int | None = None,
 ) -> UpstreamFailure:
     """What ``exc`` means for the agent. The message is what users see (last_error, events,
     the log); no configured key, whole or in part, survives in it."""
@@ -268,6 +253,7 @@ def classify(
         context_window=context_window,
         prompt_chars=prompt_chars,
         retry_after_cap_s=retry_after_cap_s,
+        max_tokens=max_tokens,
     )
     masked = SECRETS.mask(failure.message)
     if masked != failure.message:
@@ -285,6 +271,7 @@ def _classify(
     context_window: int | None,
     prompt_chars: int,
     retry_after_cap_s: float,
+    max_tokens: int | None,
 ) -> UpstreamFailure:
     if isinstance(exc, openai.APITimeoutError) and not _dropped_connection(exc):
         return UpstreamFailure(FailureReason.timeout, "the upstream did not answer in time")
@@ -355,8 +342,11 @@ def _classify(
                 f"(GET /upstream lists what it offers); upstream said: {upstream}",
                 status,
             )
+        refusal = context_refusal(status, exc.body, upstream)
         code = _upstream_code(exc)
-        if code == "context_length_exceeded" or (status == 400 and "context" in (code or "")):
+        if refusal is None and status == 400 and "context" in (code or ""):
+            refusal = ContextRefusal()
+        if refusal is not None:
             return context_overflow(
                 agent_id=agent_id,
                 model=model,
@@ -364,6 +354,8 @@ def _classify(
                 prompt_chars=prompt_chars,
                 upstream=upstream,
                 status=status,
+                max_tokens=max_tokens,
+                refusal=refusal,
             )
         return UpstreamFailure(
             FailureReason.bad_request,
