@@ -117,6 +117,11 @@ class Settings(BaseSettings):
     # time-out, a dropped connection, an abort) when the agent sets no max_tokens: its
     # usage is then estimated from the request, so the job's figures bound spend from above.
     unknown_completion_tokens: int = Field(4096, ge=0, le=1_000_000)
+    # max_tokens sent for an agent that sets none, lowered to what the model's window leaves
+    # after the prompt when the registry knows the window (0: send none, and the upstream
+    # decides; local servers then generate until the window is full). The same figure as
+    # the estimate above, so an unanswered attempt is never counted at less than it may use.
+    default_max_tokens: int = Field(4096, ge=0, le=1_000_000)
 
     # Redis (redis://[:password@]host:port/db): when set, the per-model adaptive limits,
     # the rpm/tpm buckets, the global concurrency limit and the per-tenant submit rate

@@ -90,6 +90,17 @@ class ResponseFormat(StrEnum):
     json = "json"
 
 
+class TruncatedPolicy(StrEnum):
+    """What an answer cut short by its max_tokens (finish_reason "length") means."""
+
+    # The cut answer is the agent's output; its finish_reason says it was cut.
+    complete = "complete"
+    # Asked again with twice the room (within the model's window), as a retry.
+    retry = "retry"
+    # The agent fails; the cut answer's tokens are counted.
+    fail = "fail"
+
+
 WEBHOOK_EVENT_TYPES = tuple(str(t) for t in EventType)
 DEFAULT_WEBHOOK_EVENTS = ["job.completed", "job.failed", "job.cancelled"]
 
@@ -161,7 +172,19 @@ class AgentDefaults(BaseModel):
         default=None,
         ge=1,
         le=1_000_000,
-        description="Maximum completion tokens. Unset means the upstream's default.",
+        description=(
+            "Maximum completion tokens. Unset means the service's bound "
+            "(SWARM_DEFAULT_MAX_TOKENS, 4096), lowered to what the model's window leaves "
+            "after the prompt when the model registry knows the window."
+        ),
+    )
+    on_truncated: TruncatedPolicy | None = Field(
+        default=None,
+        description=(
+            "What an answer cut at max_tokens (finish_reason 'length') does: 'complete' (the "
+            "cut answer is the output), 'retry' (asked again with twice the room, within the "
+            "model's window and max_retries) or 'fail'. Unset means 'complete'."
+        ),
     )
     max_retries: int | None = Field(
         default=None,
@@ -444,6 +467,8 @@ class JobSpec(AgentDefaults):
             response_format=_first_set(agent.response_format, self.response_format)
             or ResponseFormat.text,
             map=agent.map,
+            on_truncated=_first_set(agent.on_truncated, self.on_truncated)
+            or TruncatedPolicy.complete,
         )
 
     def resolved_agents(self) -> list[ResolvedAgent]:
@@ -457,7 +482,8 @@ class ResolvedAgent:
 
     ``None`` still means "not set anywhere": for ``model``, ``max_retries``, ``timeout_s``
     and ``rate_limit_wait_s`` the caller applies the service's defaults; for
-    ``temperature`` and ``max_tokens`` the parameter is not sent upstream; for
+    ``temperature`` the parameter is not sent upstream; for ``max_tokens`` the service's
+    bound is sent (`app.engine.answer_room`); for
     ``system_prompt`` no system message is sent.
     """
 
@@ -473,6 +499,7 @@ class ResolvedAgent:
     response_format: ResponseFormat
     map: MapSpec | None = None
     rate_limit_wait_s: float | None = None
+    on_truncated: TruncatedPolicy = TruncatedPolicy.complete
 
 
 def _first_set(own: _T | None, inherited: _T | None) -> _T | None:

@@ -19,6 +19,7 @@ from app.engine.spec import ResolvedAgent, ResponseFormat
 from app.engine.templates import render_system_prompt
 from app.engine.usage import Usage
 from app.metrics import Metrics
+from app.scheduler.answer_fit import fit_request, truncated
 from app.scheduler.gates import Gates, estimate_tokens
 from app.scheduler.limits import Outcome
 from app.store import transitions as ops
@@ -173,6 +174,15 @@ class AgentCaller:
             return await self.fail(
                 agent_id, self._too_large(agent_id, kind, req), "prompt_too_large"
             )
+        fitted = fit_request(
+            req,
+            agent_id=agent_id,
+            context_window=route.model.context_window,
+            default_max_tokens=self.settings.default_max_tokens,
+        )
+        if isinstance(fitted, UpstreamFailure):
+            return await self.fail(agent_id, fitted.message, str(fitted.reason))
+        req = fitted
         limits = RetryLimits(
             max_retries=agent.max_retries
             if agent.max_retries is not None
@@ -183,15 +193,7 @@ class AgentCaller:
         )
         tally = prior or Tally()
         # The most one attempt may cost, should its answer never arrive.
-        estimate = self._priced(
-            route,
-            estimate_attempt(
-                req.system_prompt,
-                req.prompt,
-                req.max_tokens,
-                default_completion_tokens=self.settings.unknown_completion_tokens,
-            ),
-        ).as_estimate()
+        estimate = self._estimate(route, req)
         # Answers paid for but not used (a planner's answer that was no list), and the
         # estimates of attempts whose answer never arrived.
         wasted = unused or Usage()
@@ -218,6 +220,20 @@ class AgentCaller:
                         f"agent {agent_id!r} is the planner of map node(s) "
                         f"{', '.join(plan.map_nodes)}, and {exc}",
                     )
+            if isinstance(outcome, CallResult) and (
+                cut := truncated(
+                    outcome,
+                    req,
+                    agent_id=agent_id,
+                    policy=agent.on_truncated,
+                    context_window=route.model.context_window,
+                )
+            ):
+                paid = self._priced(route, outcome.usage)
+                wasted += paid
+                self._spend(paid.cost_usd)
+                outcome, req = cut
+                estimate = self._estimate(route, req)
             if isinstance(outcome, CallResult):
                 result = outcome
                 break
@@ -290,6 +306,17 @@ class AgentCaller:
                 "the dependencies answer shorter (max_tokens) or reference fewer of them"
             )
         return f"agent {agent_id!r}: its prompt is {req.prompt_chars:,} characters {advice}"
+
+    def _estimate(self, route: Route, req: AgentRequest) -> Usage:
+        return self._priced(
+            route,
+            estimate_attempt(
+                req.system_prompt,
+                req.prompt,
+                req.max_tokens,
+                default_completion_tokens=self.settings.unknown_completion_tokens,
+            ),
+        ).as_estimate()
 
     @staticmethod
     def _priced(route: Route, usage: Usage) -> Usage:

@@ -40,6 +40,9 @@ class FailureReason(StrEnum):
     # a planner's answer that a map node cannot fan out over (not a JSON list of the shape
     # its task needs): asked again, as a model often answers right the next time
     invalid_plan = "invalid_plan"
+    # an answer cut at its max_tokens (finish_reason "length") that the agent's on_truncated
+    # does not accept: asked again with more room, or failed
+    truncated = "truncated"
 
 
 RETRYABLE = frozenset(
@@ -83,10 +86,12 @@ class UpstreamFailure:
     retry_after_s: float | None = None
     # False when the request never reached the upstream (the connection was not made).
     sent: bool = True
+    # Whether to retry, when the reason alone does not say (a cut answer: by on_truncated).
+    retry: bool | None = None
 
     @property
     def retryable(self) -> bool:
-        return self.reason in RETRYABLE
+        return self.reason in RETRYABLE if self.retry is None else self.retry
 
     @property
     def told_to_wait(self) -> bool:
