@@ -125,8 +125,12 @@ class AgentCaller:
             # resumes from what the database holds.
             raise StoreWriteError("the database refused a transition the run expected")
 
-    async def fail(self, agent_id: str, error: str, reason: str) -> AgentOutcome:
-        await self.persist(ops.mark_agent_failed(self.job_id, agent_id, error=error, reason=reason))
+    async def fail(
+        self, agent_id: str, error: str, reason: str, unused: Usage | None = None
+    ) -> AgentOutcome:
+        await self.persist(
+            ops.mark_agent_failed(self.job_id, agent_id, error=error, reason=reason, unused=unused)
+        )
         return AgentOutcome(agent_id, False, error=error)
 
     def request(self, agent: ResolvedAgent, route: Route, prompt: str) -> AgentRequest:
@@ -181,7 +185,9 @@ class AgentCaller:
             default_max_tokens=self.settings.default_max_tokens,
         )
         if isinstance(fitted, UpstreamFailure):
-            return await self.fail(agent_id, fitted.message, str(fitted.reason))
+            return await self.fail(
+                agent_id, fitted.message, str(fitted.reason), self._nothing_spent(route)
+            )
         req = fitted
         limits = RetryLimits(
             max_retries=agent.max_retries
@@ -259,7 +265,7 @@ class AgentCaller:
                         agent_id,
                         error=step.error,
                         reason=str(last.reason),
-                        unused=wasted,
+                        unused=wasted or self._nothing_spent(route),
                         tally=tally,
                     )
                 )
@@ -317,6 +323,11 @@ class AgentCaller:
                 default_completion_tokens=self.settings.unknown_completion_tokens,
             ),
         ).as_estimate()
+
+    @classmethod
+    def _nothing_spent(cls, route: Route) -> Usage:
+        """No tokens, at the model's price: a priced model's cost is then 0, not unknown."""
+        return cls._priced(route, Usage(0, 0, 0))
 
     @staticmethod
     def _priced(route: Route, usage: Usage) -> Usage:

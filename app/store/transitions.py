@@ -156,6 +156,31 @@ _TERMINAL_EVENT = {
 class JobFinishedData(TypedDict, total=False):
     counts: dict[str, int]  # agents by status
     error: str
+    # The job's totals, as GET /jobs/{id} gives them (estimates included and flagged).
+    usage: dict[str, int | None]
+    cost_usd: float | None
+    usage_estimated: bool
+    estimated_cost_usd: float | None
+
+
+class SpentData(TypedDict):
+    """What an agent's attempts have cost so far (answers paid for but not used, and the
+    estimates of those whose answer never arrived), carried by agent.retrying and
+    agent.failed."""
+
+    usage: dict[str, int | None] | None
+    cost_usd: float | None
+    usage_estimated: bool
+
+
+def spent_data(unused: Usage | None) -> SpentData:
+    if not unused:
+        return SpentData(usage=None, cost_usd=None, usage_estimated=False)
+    return SpentData(
+        usage={**unused.tokens(), "estimated_tokens": unused.estimated_tokens},
+        cost_usd=unused.cost_usd,
+        usage_estimated=unused.estimated,
+    )
 
 
 def mark_job_finished(job_id: str, status: JobStatus, error: str | None) -> WriteOp[bool]:
@@ -176,7 +201,17 @@ def mark_job_finished(job_id: str, status: JobStatus, error: str | None) -> Writ
                 .group_by(agents_t.c.status)
             ).all()
         )
-        data = JobFinishedData(counts={str(k): int(v) for k, v in counts.items()})
+        # Imported here: the jobs store builds on these transitions.
+        from app.store.jobs import job_totals
+
+        usage = job_totals(tx.conn, job_id).usage
+        data = JobFinishedData(
+            counts={str(k): int(v) for k, v in counts.items()},
+            usage=usage.tokens(),
+            cost_usd=usage.cost_usd,
+            usage_estimated=usage.estimated,
+            estimated_cost_usd=usage.estimated_cost_usd,
+        )
         if error:
             data["error"] = error
         tx.emit(job_id, _TERMINAL_EVENT[status], **data)
@@ -352,7 +387,7 @@ def mark_agent_started(
     return op
 
 
-class AgentRetryingData(TypedDict):
+class AgentRetryingData(SpentData):
     attempt: int
     reason: str
     error: str
@@ -395,7 +430,11 @@ def mark_agent_retrying(
         if not retried.rowcount:
             return False
         data = AgentRetryingData(
-            attempt=attempt, reason=reason, error=error, delay_s=round(delay_s, 3)
+            attempt=attempt,
+            reason=reason,
+            error=error,
+            delay_s=round(delay_s, 3),
+            **spent_data(unused),
         )
         tx.emit(job_id, EventType.agent_retrying, agent_id, **data)
         return True
@@ -445,7 +484,7 @@ def mark_agent_completed(
     return op
 
 
-class AgentFailedData(TypedDict):
+class AgentFailedData(SpentData):
     error: str
     reason: str
 
@@ -469,7 +508,10 @@ def mark_agent_failed(
         if not _enter(tx, job_id, agent_id, AgentStatus.failed, values):
             return False
         tx.emit(
-            job_id, EventType.agent_failed, agent_id, **AgentFailedData(error=error, reason=reason)
+            job_id,
+            EventType.agent_failed,
+            agent_id,
+            **AgentFailedData(error=error, reason=reason, **spent_data(unused)),
         )
         return True
 
