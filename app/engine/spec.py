@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from app.events.types import EventType
+from app.events.types import TRANSIENT_EVENTS, EventType
 
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 # A job id as app/store/ids.py makes them (26 characters of Crockford base32). The cursor of
@@ -101,7 +101,7 @@ class TruncatedPolicy(StrEnum):
     fail = "fail"
 
 
-WEBHOOK_EVENT_TYPES = tuple(str(t) for t in EventType)
+WEBHOOK_EVENT_TYPES = tuple(str(t) for t in EventType if t not in TRANSIENT_EVENTS)
 DEFAULT_WEBHOOK_EVENTS = ["job.completed", "job.failed", "job.cancelled"]
 
 
@@ -176,6 +176,15 @@ class AgentDefaults(BaseModel):
             "Maximum completion tokens. Unset means the service's bound "
             "(SWARM_DEFAULT_MAX_TOKENS, 4096), lowered to what the model's window leaves "
             "after the prompt when the model registry knows the window."
+        ),
+    )
+    stream: StrictBool | None = Field(
+        default=None,
+        description=(
+            "Stream the answer to the job's event stream as it is written: agent.delta "
+            "events (agent_id, attempt, index, text), at most about 20 a second per agent, "
+            "not stored and not replayed (agent.completed holds the whole answer). Unset "
+            "means false."
         ),
     )
     on_truncated: TruncatedPolicy | None = Field(
@@ -469,6 +478,7 @@ class JobSpec(AgentDefaults):
             map=agent.map,
             on_truncated=_first_set(agent.on_truncated, self.on_truncated)
             or TruncatedPolicy.complete,
+            stream=bool(_first_set(agent.stream, self.stream)),
         )
 
     def resolved_agents(self) -> list[ResolvedAgent]:
@@ -500,6 +510,7 @@ class ResolvedAgent:
     map: MapSpec | None = None
     rate_limit_wait_s: float | None = None
     on_truncated: TruncatedPolicy = TruncatedPolicy.complete
+    stream: bool = False
 
 
 def _first_set(own: _T | None, inherited: _T | None) -> _T | None:

@@ -18,6 +18,7 @@ from app.engine.run_state import SubAgent
 from app.engine.spec import ResolvedAgent, ResponseFormat
 from app.engine.templates import render_system_prompt
 from app.engine.usage import Usage
+from app.events.deltas import DeltaBatcher
 from app.metrics import Metrics
 from app.scheduler.answer_fit import fit_request, truncated
 from app.scheduler.gates import Gates, estimate_tokens
@@ -149,6 +150,8 @@ class AgentCaller:
             json_mode=agent.response_format is ResponseFormat.json,
             timeout_s=agent.timeout_s,
             extra_body=dict(route.model.extra_body),
+            stream=agent.stream or self.settings.upstream_stream,
+            deltas=agent.stream,
         )
 
     def route(self, agent: ResolvedAgent) -> Route:
@@ -295,6 +298,7 @@ class AgentCaller:
                 finish_reason=result.finish_reason,
                 usage=wasted + paid,
                 latency_ms=result.latency_ms,
+                first_token_ms=result.first_token_ms,
             )
         )
         return AgentOutcome(agent_id, True, output=result.output, cost_usd=paid.cost_usd)
@@ -341,6 +345,8 @@ class AgentCaller:
         usage = result.usage
         m.upstream_requests.labels(label, "ok").inc()
         m.upstream_latency.labels(label).observe(result.latency_ms / 1000)
+        if result.first_token_ms is not None:
+            m.upstream_first_token.labels(label).observe(result.first_token_ms / 1000)
         if usage.prompt_tokens is not None:
             m.tokens.labels(label, "prompt").inc(usage.prompt_tokens)
         if usage.completion_tokens is not None:
@@ -391,8 +397,13 @@ class AgentCaller:
                     )
                 )
                 started = time.perf_counter()
+                deltas = (
+                    DeltaBatcher(self.store.bus, self.job_id, agent_id, attempt)
+                    if req.deltas
+                    else None
+                )
                 try:
-                    result = await call_chat(route.upstream.client, req)
+                    result = await call_chat(route.upstream.client, req, on_delta=deltas)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -405,15 +416,17 @@ class AgentCaller:
                         retry_after_cap_s=self.settings.retry_after_cap_s,
                         max_tokens=req.max_tokens,
                     )
-                    permit.outcome = (
-                        Outcome.overload if failure.reason in OVERLOAD_REASONS else Outcome.error
-                    )
+                    # A stall once the answer had begun is not the upstream being saturated.
+                    overload = failure.reason in OVERLOAD_REASONS and not failure.mid_answer
+                    permit.outcome = Outcome.overload if overload else Outcome.error
                     if gate.rate is not None:
                         gate.rate.settle(estimate, 0)
                     self._observe_failure(req.model, failure, time.perf_counter() - started)
                     return failure
                 finally:
                     self.in_call.discard(agent_id)
+                    if deltas is not None:
+                        deltas.close()
             permit.outcome = Outcome.ok
             self._observe_success(req.model, result, route)
             if gate.rate is not None:

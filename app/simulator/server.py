@@ -165,7 +165,16 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
     digest = text.messages_digest(messages)
     tag = text.TAG_PREFIX + digest.hex()[: text.TAG_HEX_CHARS]
     prompt_tokens = text.estimate_prompt_tokens(messages)
-    entry.update(model=model, messages=messages, tag=tag, prompt_tokens=prompt_tokens)
+    entry.update(
+        model=model,
+        messages=messages,
+        tag=tag,
+        prompt_tokens=prompt_tokens,
+        # How it was asked for: streamed or whole, and with how much room for the answer.
+        stream=body.get("stream") is True,
+        stream_options=body.get("stream_options"),
+        max_tokens=_max_tokens(body),
+    )
 
     cfg = state.config
     rejection = _auth_error(state, request) or _check_request(cfg, body, prompt_tokens)

@@ -89,6 +89,7 @@ class AgentRecord:
     waited_s: float
     rate_limited: int
     latency_ms: float | None
+    first_token_ms: float | None
     last_error: str | None
     started_at: datetime | None
     finished_at: datetime | None
@@ -124,6 +125,7 @@ class AgentRecord:
             waited_s=row.waited_s or 0.0,
             rate_limited=row.rate_limited,
             latency_ms=row.latency_ms,
+            first_token_ms=row.first_token_ms,
             last_error=row.last_error,
             started_at=row.started_at,
             finished_at=row.finished_at,

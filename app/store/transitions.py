@@ -447,6 +447,7 @@ class AgentCompletedData(TypedDict):
     cost_usd: float | None
     latency_ms: float
     finish_reason: str | None
+    first_token_ms: float | None  # the answer was streamed: the time to its first chunk
 
 
 def mark_agent_completed(
@@ -457,6 +458,7 @@ def mark_agent_completed(
     finish_reason: str | None,
     usage: Usage,
     latency_ms: float,
+    first_token_ms: float | None = None,
 ) -> WriteOp[bool]:
     """`usage`: of every answer the agent was paid for, this one included."""
 
@@ -466,6 +468,7 @@ def mark_agent_completed(
             "finish_reason": finish_reason,
             **usage.columns(),
             "latency_ms": latency_ms,
+            "first_token_ms": first_token_ms,
             "last_error": None,
             "finished_at": utcnow(),
             "in_flight_json": None,
@@ -477,6 +480,7 @@ def mark_agent_completed(
             cost_usd=usage.cost_usd,
             latency_ms=round(latency_ms, 1),
             finish_reason=finish_reason,
+            first_token_ms=None if first_token_ms is None else round(first_token_ms, 1),
         )
         tx.emit(job_id, EventType.agent_completed, agent_id, **data)
         return True

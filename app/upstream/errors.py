@@ -17,9 +17,10 @@ import httpx2
 import openai
 
 from app.text import REDACTED, SECRETS, clean_text
-from app.upstream.client import EmptyOutputError
+from app.upstream.client import EmptyOutputError, StreamInterrupted
 from app.upstream.context_errors import ContextRefusal, context_refusal
 from app.upstream.retry import parse_retry_after
+from app.upstream.streaming import StreamEndedEarly
 
 
 class FailureReason(StrEnum):
@@ -88,6 +89,9 @@ class UpstreamFailure:
     sent: bool = True
     # Whether to retry, when the reason alone does not say (a cut answer: by on_truncated).
     retry: bool | None = None
+    # The failure came after a streamed answer had begun: the upstream was not overloaded
+    # (it was answering), so a time-out here is a stall, not a sign to lower the limit.
+    mid_answer: bool = False
 
     @property
     def retryable(self) -> bool:
@@ -251,6 +255,16 @@ def classify(
 ) -> UpstreamFailure:
     """What ``exc`` means for the agent. The message is what users see (last_error, events,
     the log); no configured key, whole or in part, survives in it."""
+    if isinstance(exc, StreamInterrupted):
+        return _interrupted(
+            exc,
+            agent_id=agent_id,
+            model=model,
+            context_window=context_window,
+            prompt_chars=prompt_chars,
+            retry_after_cap_s=retry_after_cap_s,
+            max_tokens=max_tokens,
+        )
     failure = _classify(
         exc,
         agent_id=agent_id,
@@ -266,6 +280,51 @@ def classify(
     if failure.reason in (FailureReason.timeout, FailureReason.connection) and _never_sent(exc):
         failure = replace(failure, sent=False)
     return failure
+
+
+def _interrupted(
+    exc: StreamInterrupted,
+    *,
+    agent_id: str,
+    model: str,
+    context_window: int | None,
+    prompt_chars: int,
+    retry_after_cap_s: float,
+    max_tokens: int | None,
+) -> UpstreamFailure:
+    """A streamed answer that broke once begun: retried like any dropped call, and always
+    counted as sent (the upstream had answered 200)."""
+    cause = exc.__cause__ or exc
+    after = f"after {exc.received:,} characters of the answer"
+    if isinstance(cause, StreamEndedEarly):
+        failure = UpstreamFailure(
+            FailureReason.connection, f"the upstream's stream ended before the answer, {after}"
+        )
+    elif isinstance(cause, openai.APIError) and not isinstance(
+        cause, openai.APIStatusError | openai.APIConnectionError
+    ):
+        # An error event inside the stream (vLLM sends one when generation fails).
+        failure = UpstreamFailure(
+            FailureReason.server_error,
+            f"the upstream reported an error mid-answer, {after}: {redact(cause.message)[:500]}",
+        )
+    elif isinstance(cause, httpx2.TimeoutException | openai.APITimeoutError):
+        failure = UpstreamFailure(
+            FailureReason.timeout,
+            f"the upstream fell silent mid-answer for longer than the read time-out, {after}",
+        )
+    else:
+        inner = classify(
+            cause,
+            agent_id=agent_id,
+            model=model,
+            context_window=context_window,
+            prompt_chars=prompt_chars,
+            retry_after_cap_s=retry_after_cap_s,
+            max_tokens=max_tokens,
+        )
+        failure = replace(inner, message=f"{inner.message} ({after})")
+    return replace(failure, message=SECRETS.mask(failure.message), sent=True, mid_answer=True)
 
 
 def _classify(
