@@ -428,6 +428,8 @@ class AgentCaller:
                     if deltas is not None:
                         deltas.close()
             permit.outcome = Outcome.ok
+            if result.first_token_ms is not None:
+                permit.first_token_s = result.first_token_ms / 1000
             self._observe_success(req.model, result, route)
             if gate.rate is not None:
                 gate.rate.settle(estimate, result.usage.total_tokens or estimate)
