@@ -304,9 +304,9 @@ class AdaptiveLimiter:
       call. Windows are counted in decreases, not clock time, so equal timestamps (coarse
       or fake clocks) cannot make the rule ambiguous.
     - `error` is neutral.
-    - Delay: an `ok` whose first token came late against the fastest seen (`DelayGradient`)
-      counts as `overload`: a server that queues (llama.cpp, vLLM never answer 429) is
-      found at its real parallelism before any call times out.
+    - Delay (with ``delay``): an `ok` whose first token came late against the fastest seen
+      (`DelayGradient`) counts as `overload`: a server that queues (llama.cpp, vLLM never
+      answer 429) is found at its real parallelism before any call times out.
     - Slow start (TCP's): until the first overload each `ok` adds a whole `increase`, so
       the limit doubles every window and a swarm finds a large capacity in a few round
       trips instead of hundreds.
@@ -326,8 +326,10 @@ class AdaptiveLimiter:
         increase: float = 1.0,
         decrease: float = 0.5,
         slow_start: bool = True,
+        delay: bool = False,
         clock: Clock = time.monotonic,
     ) -> None:
+        """``delay``: read queueing from the time to first token (`DelayGradient`)."""
         if not 0 < minimum <= initial <= maximum:
             raise ValueError("need 0 < minimum <= initial <= maximum")
         if increase <= 0:
@@ -346,7 +348,7 @@ class AdaptiveLimiter:
         # Permits whose call is really in flight; permits held while waiting for other
         # limits (global slots, rate buckets) do not count as using the window.
         self._active = 0
-        self.delay = DelayGradient()
+        self.delay = DelayGradient() if delay else None
 
     @property
     def limit(self) -> float:
@@ -440,7 +442,8 @@ class AdaptiveLimiter:
     def judged(self, permit: Permit, outcome: Outcome) -> Outcome:
         """``outcome``, or `overload` for a success whose first token shows queueing."""
         queueing = (
-            outcome is Outcome.ok
+            self.delay is not None
+            and outcome is Outcome.ok
             and permit.first_token_s is not None
             and self.delay.observe(permit.first_token_s)
         )

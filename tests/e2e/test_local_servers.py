@@ -30,7 +30,13 @@ def test_a_job_against_a_llama_cpp_like_server(tmp_path: Path) -> None:
         "--latency-uniform-ms",
         "50,100",
     )
-    env = {"SWARM_UPSTREAM_BASE_URL": sim.url + "/v1", "SWARM_MODELS_FILE": str(models)}
+    env = {
+        "SWARM_UPSTREAM_BASE_URL": sim.url + "/v1",
+        "SWARM_MODELS_FILE": str(models),
+        # As the README's recipe for a local server sets them.
+        "SWARM_UPSTREAM_STREAM": "true",
+        "SWARM_DELAY_LIMIT": "true",
+    }
     try:
         svc = start_service(tmp_path, env)
         try:

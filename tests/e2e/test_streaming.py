@@ -25,7 +25,11 @@ def test_an_answer_longer_than_the_read_timeout_completes_when_streamed(
     tmp_path: Path,
 ) -> None:
     sim = start_simulator(tmp_path, *SLOW)
-    env = {"SWARM_UPSTREAM_BASE_URL": sim.url + "/v1", "SWARM_TIMEOUT_READ_S": "1.5"}
+    env = {
+        "SWARM_UPSTREAM_BASE_URL": sim.url + "/v1",
+        "SWARM_TIMEOUT_READ_S": "1.5",
+        "SWARM_UPSTREAM_STREAM": "true",
+    }
     try:
         svc = start_service(tmp_path, env)
         try:

@@ -34,7 +34,7 @@ async def drive(limiter: AdaptiveLimiter, slots: int, rounds: int) -> list[float
 
 
 async def test_the_limit_settles_at_a_queueing_servers_slots() -> None:
-    limiter = AdaptiveLimiter(initial=16, maximum=256, decrease=0.8)
+    limiter = AdaptiveLimiter(initial=16, maximum=256, decrease=0.8, delay=True)
     limits = await drive(limiter, slots=4, rounds=300)
     assert limiter.decreases > 0  # no 429 and no time-out: the delay alone said so
     late = limits[-100:]
@@ -44,17 +44,21 @@ async def test_the_limit_settles_at_a_queueing_servers_slots() -> None:
 
 
 async def test_without_a_delay_signal_the_same_server_lets_the_limit_run_away() -> None:
-    """What the issue saw: no 429, so AIMD alone only ever grows."""
-    limiter = AdaptiveLimiter(initial=16, maximum=256, decrease=0.8)
+    """What the issue saw: no 429, so AIMD alone only ever grows — with the delay signal
+    off (the default), or with it on but calls whose first token is not known."""
+    off = AdaptiveLimiter(initial=16, maximum=256, decrease=0.8)
+    await drive(off, slots=4, rounds=50)
+    assert off.limit == 256 and off.decreases == 0
+    whole = AdaptiveLimiter(initial=16, maximum=256, decrease=0.8, delay=True)
     for _ in range(50):
-        permits = [await limiter.acquire("job") for _ in range(limiter.slots)]
+        permits = [await whole.acquire("job") for _ in range(whole.slots)]
         for permit in permits:
-            limiter.release(permit, Outcome.ok)  # a whole-answer call: no first token known
-    assert limiter.limit == 256
+            whole.release(permit, Outcome.ok)  # a whole-answer call: no first token known
+    assert whole.limit == 256
 
 
 async def test_a_server_that_does_not_queue_is_left_to_grow() -> None:
-    limiter = AdaptiveLimiter(initial=4, maximum=64, decrease=0.8)
+    limiter = AdaptiveLimiter(initial=4, maximum=64, decrease=0.8, delay=True)
     await drive(limiter, slots=1000, rounds=40)
     assert limiter.decreases == 0 and limiter.limit == 64
 

@@ -6,16 +6,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import openai
+import pytest
 
+from app.config import Settings
 from app.upstream.client import StreamInterrupted
 from app.upstream.errors import FailureReason, classify
-from tests.helpers.service import FakeUpstream, Service
+from tests.helpers.service import FakeUpstream, Service, make_settings
 
 REQ = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path, upstream_stream=True)
 
 
 def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> bytes:
