@@ -162,3 +162,37 @@ def test_a_stall_mid_answer_is_a_timeout_but_not_an_overload() -> None:
         prompt_chars=10,
     )
     assert before.reason is FailureReason.timeout and not before.mid_answer
+
+
+def model_limit(metrics: str, model: str = "kimi-k2.5") -> float:
+    prefix = f'swarm_model_concurrency_limit{{model="{model}"}} '
+    [line] = [line for line in metrics.splitlines() if line.startswith(prefix)]
+    return float(line.removeprefix(prefix))
+
+
+async def test_a_stall_mid_answer_leaves_the_limit_and_silence_before_it_lowers_it(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    before = float(service.app.state.services.settings.model_concurrency_initial)
+
+    def stall_mid_answer(_body: dict[str, Any], n: int) -> httpx2.Response:
+        if n == 1:
+            return streamed(answer_chunks(["Long"])[:2], then=httpx2.ReadTimeout("read"))
+        return streamed(answer_chunks(["Long answer"]))
+
+    fake_upstream.script = stall_mid_answer
+    job = await service.submit({"agents": [{"id": "a", "task": "Write at length."}]})
+    assert (await service.wait(job["id"]))["status"] == "completed"
+    a = (await service.client.get(f"/jobs/{job['id']}/agents/a")).json()
+    assert a["retries"][0]["reason"] == "timeout"
+    assert model_limit((await service.client.get("/metrics")).text) == before
+
+    def silent(_body: dict[str, Any], n: int) -> httpx2.Response:
+        if n == 3:  # no first token at all: the upstream may be saturated
+            raise httpx2.ReadTimeout("read")
+        return streamed(answer_chunks(["Short"]))
+
+    fake_upstream.script = silent
+    job = await service.submit({"agents": [{"id": "b", "task": "Write."}]})
+    assert (await service.wait(job["id"]))["status"] == "completed"
+    assert model_limit((await service.client.get("/metrics")).text) < before
