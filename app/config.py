@@ -118,6 +118,23 @@ class Settings(BaseSettings):
     # time-out, a dropped connection, an abort) when the agent sets no max_tokens: its
     # usage is then estimated from the request, so the job's figures bound spend from above.
     unknown_completion_tokens: int = Field(4096, ge=0, le=1_000_000)
+    # max_tokens sent for an agent that sets none, lowered to what the model's window leaves
+    # after the prompt when the registry knows the window (0: send none, and the upstream
+    # decides; local servers then generate until the window is full). The same figure as
+    # the estimate above, so an unanswered attempt is never counted at less than it may use.
+    default_max_tokens: int = Field(4096, ge=0, le=1_000_000)
+    # Make every upstream call as a stream (stream_options.include_usage), so the read
+    # time-out bounds silence (the time to the first token, then between chunks) rather
+    # than the length of the answer, and the time to first token is measured: for local
+    # servers, whose slow generation outlasts a time-out. Off by default: reading an answer
+    # chunk by chunk costs the client several times the CPU of one body, which is what
+    # limits a wide swarm against a fast hosted API (agents with stream: true stream anyway).
+    upstream_stream: bool = False
+    # Lower a model's adaptive limit when its time to first token shows queueing (needs
+    # streamed calls): for servers that queue instead of answering 429 (llama.cpp, vLLM).
+    # Off by default: a hosted API says 429, and on a client short of CPU its own slowness
+    # would read as the upstream's queue.
+    delay_limit: bool = False
 
     # Redis (redis://[:password@]host:port/db): when set, the per-model adaptive limits,
     # the rpm/tpm buckets, the global concurrency limit and the per-tenant submit rate

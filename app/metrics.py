@@ -67,6 +67,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.upstream_first_token = Histogram(
+            "swarm_upstream_time_to_first_token_seconds",
+            "Time from an upstream call to the first chunk of its streamed answer.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.tokens = Counter(
             "swarm_tokens", "Tokens used, from responses' usage.", ["model", "kind"], registry=r
         )

@@ -11,7 +11,13 @@ people; deterministic for a given --seed): numbered sections, each a heading and
 paragraphs. Every paragraph starts with a unique marker, [§0001], [§0002], …, so any part
 of the text can be traced to the chunks (and prompts) it reached. The default, about
 800,000 characters, is well over the 131,072-token window of the job's model
-(deepseek-v3.2; --model picks another). Only the standard library is used.
+(deepseek-v3.2; --model picks another). The chunks and the answers are sized from the
+model's window (--context-window, else the service's registry when run from its checkout,
+else 131,072), so the job fits a small local model too:
+
+    python examples/make_long_document.py --model local --context-window 4096
+
+Only the standard library is needed.
 """
 
 from __future__ import annotations
@@ -68,6 +74,10 @@ WEATHER += ["a gale from the west", "a warm, wet winter", "a fog that lasted for
 DIRECTIONS = ["north", "south", "east", "west", "upstream", "downstream"]
 # The job's model: its 131,072-token window is far smaller than the default document.
 DEFAULT_MODEL = "deepseek-v3.2"
+# The window assumed for a model nobody describes (the registry's smallest built-in one).
+DEFAULT_WINDOW = 131_072
+# What a part's prompt holds besides its chunk (the task's words, the system message).
+PROMPT_OVERHEAD_TOKENS = 512
 THEMES = [
     "history and founding",
     "trade and markets",
@@ -208,9 +218,37 @@ def make_document(*, min_chars: int = 800_000, seed: int = 0) -> tuple[str, int,
     return "\n\n".join(blocks), sections, paragraphs
 
 
+def model_window(model: str) -> int:
+    """The model's window from the service's registry (run from its checkout, with
+    $SWARM_MODELS_FILE if set), else `DEFAULT_WINDOW`."""
+    try:
+        import os
+
+        from app.upstream.registry import ModelRegistry
+    except ImportError:
+        return DEFAULT_WINDOW
+    window = ModelRegistry.load(os.environ.get("SWARM_MODELS_FILE")).get(model).context_window
+    return window or DEFAULT_WINDOW
+
+
+def sizes(window: int) -> tuple[int, int, int]:
+    """chunk_tokens, each part's max_tokens and the summary's, for a model's window: the
+    defaults (6,000, 400, 1,500) where they fit, else shares of the window."""
+    part_answer = min(400, window // 8)
+    chunk = min(6000, window - part_answer - PROMPT_OVERHEAD_TOKENS)
+    if chunk < 200:
+        raise ValueError(f"a window of {window:,} tokens is too small to map a document over")
+    return chunk, part_answer, min(1500, window // 4)
+
+
 def make_job(
-    *, min_chars: int = 800_000, seed: int = 0, model: str = DEFAULT_MODEL
+    *,
+    min_chars: int = 800_000,
+    seed: int = 0,
+    model: str = DEFAULT_MODEL,
+    context_window: int | None = None,
 ) -> dict[str, Any]:
+    chunk_tokens, part_tokens, summary_tokens = sizes(context_window or DEFAULT_WINDOW)
     document, sections, paragraphs = make_document(min_chars=min_chars, seed=seed)
     title = "A Gazetteer of the River Country"
     return {
@@ -229,7 +267,11 @@ def make_job(
         "agents": [
             {
                 "id": "parts",
-                "map": {"over": "context.document", "chunk_tokens": 6000, "overlap_tokens": 200},
+                "map": {
+                    "over": "context.document",
+                    "chunk_tokens": chunk_tokens,
+                    "overlap_tokens": min(200, chunk_tokens // 10),
+                },
                 "system_prompt": "You summarise one part of a long document faithfully and "
                 "briefly. Invent nothing.",
                 "task": "This is part {{item.number}} of {{item.count}} of the document "
@@ -237,7 +279,7 @@ def make_job(
                 "people, years, trades and events it describes. Cite the marker that opens "
                 "each paragraph you rely on (a section sign and four digits in brackets). The "
                 "part may begin or end in the middle of a paragraph.\n\n<part>\n{{item}}\n</part>",
-                "max_tokens": 400,
+                "max_tokens": part_tokens,
             },
             {
                 "id": "summary",
@@ -249,7 +291,7 @@ def make_job(
                 "recurring themes such as trade, floods and fires, and the people who matter "
                 "most. Keep the paragraph markers for the claims you make.\n\n"
                 "{{agents.parts.output}}",
-                "max_tokens": 1500,
+                "max_tokens": summary_tokens,
             },
         ],
     }
@@ -270,10 +312,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"the job's model (default {DEFAULT_MODEL})"
     )
+    parser.add_argument(
+        "--context-window",
+        type=int,
+        help="the model's window in tokens (default: the service's registry, else 131,072)",
+    )
     parser.add_argument("-o", "--output", help="write to this file instead of stdout")
     args = parser.parse_args(argv)
     try:
-        graph = make_job(min_chars=args.min_chars, seed=args.seed, model=args.model)
+        window = args.context_window or model_window(args.model)
+        graph = make_job(
+            min_chars=args.min_chars, seed=args.seed, model=args.model, context_window=window
+        )
     except ValueError as exc:
         parser.error(str(exc))
     text = json.dumps(graph, ensure_ascii=False, indent=1) + "\n"

@@ -23,7 +23,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from app.engine.structured import DEFAULT_SCHEMA_NAME, OutputSchema, schema_problem
-from app.events.types import EventType
+from app.events.types import TRANSIENT_EVENTS, EventType
 
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 # A job id as app/store/ids.py makes them (26 characters of Crockford base32). The cursor of
@@ -208,7 +208,18 @@ def _format_setting(value: Any) -> Any:
     )
 
 
-WEBHOOK_EVENT_TYPES = tuple(str(t) for t in EventType)
+class TruncatedPolicy(StrEnum):
+    """What an answer cut short by its max_tokens (finish_reason "length") means."""
+
+    # The cut answer is the agent's output; its finish_reason says it was cut.
+    complete = "complete"
+    # Asked again with twice the room (within the model's window), as a retry.
+    retry = "retry"
+    # The agent fails; the cut answer's tokens are counted.
+    fail = "fail"
+
+
+WEBHOOK_EVENT_TYPES = tuple(str(t) for t in EventType if t not in TRANSIENT_EVENTS)
 DEFAULT_WEBHOOK_EVENTS = ["job.completed", "job.failed", "job.cancelled"]
 
 
@@ -279,7 +290,28 @@ class AgentDefaults(BaseModel):
         default=None,
         ge=1,
         le=1_000_000,
-        description="Maximum completion tokens. Unset means the upstream's default.",
+        description=(
+            "Maximum completion tokens. Unset means the service's bound "
+            "(SWARM_DEFAULT_MAX_TOKENS, 4096), lowered to what the model's window leaves "
+            "after the prompt when the model registry knows the window."
+        ),
+    )
+    stream: StrictBool | None = Field(
+        default=None,
+        description=(
+            "Stream the answer to the job's event stream as it is written: agent.delta "
+            "events (agent_id, attempt, index, text), at most about 20 a second per agent, "
+            "not stored and not replayed (agent.completed holds the whole answer). Unset "
+            "means false."
+        ),
+    )
+    on_truncated: TruncatedPolicy | None = Field(
+        default=None,
+        description=(
+            "What an answer cut at max_tokens (finish_reason 'length') does: 'complete' (the "
+            "cut answer is the output), 'retry' (asked again with twice the room, within the "
+            "model's window and max_retries) or 'fail'. Unset means 'complete'."
+        ),
     )
     max_retries: int | None = Field(
         default=None,
@@ -590,6 +622,9 @@ class JobSpec(AgentDefaults):
             response_format=_format(fmt),
             output_schema=fmt.output() if isinstance(fmt, JsonSchemaFormat) else None,
             map=agent.map,
+            on_truncated=_first_set(agent.on_truncated, self.on_truncated)
+            or TruncatedPolicy.complete,
+            stream=bool(_first_set(agent.stream, self.stream)),
         )
 
     def resolved_agents(self) -> list[ResolvedAgent]:
@@ -603,7 +638,8 @@ class ResolvedAgent:
 
     ``None`` still means "not set anywhere": for ``model``, ``max_retries``, ``timeout_s``
     and ``rate_limit_wait_s`` the caller applies the service's defaults; for
-    ``temperature`` and ``max_tokens`` the parameter is not sent upstream; for
+    ``temperature`` the parameter is not sent upstream; for ``max_tokens`` the service's
+    bound is sent (`app.engine.answer_room`); for
     ``system_prompt`` no system message is sent.
     """
 
@@ -622,6 +658,8 @@ class ResolvedAgent:
     # The JSON Schema the answer must match (response_format json_schema; then
     # `response_format` is `json`).
     output_schema: OutputSchema | None = None
+    on_truncated: TruncatedPolicy = TruncatedPolicy.complete
+    stream: bool = False
 
 
 def _format(fmt: ResponseFormat | JsonSchemaFormat | None) -> ResponseFormat:

@@ -52,7 +52,8 @@ class Usage:
         return bool(self.estimated_tokens) or bool(self.estimated_cost_usd)
 
     def priced(self, cost_usd: float | None) -> Usage:
-        return Usage(
+        """These figures at ``cost_usd``; wholly estimated ones stay flagged as such."""
+        priced = Usage(
             self.prompt_tokens,
             self.completion_tokens,
             self.total_tokens,
@@ -60,6 +61,9 @@ class Usage:
             cached_tokens=self.cached_tokens,
             reasoning_tokens=self.reasoning_tokens,
         )
+        if self.estimated_tokens and self.estimated_tokens == self.total_tokens:
+            return priced.as_estimate()
+        return priced
 
     def as_estimate(self) -> Usage:
         """These figures, flagged as wholly estimated."""

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from app.events.deltas import DeltaEvent
+
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
@@ -39,11 +41,19 @@ class StoredEvent:
 class Subscription:
     """One subscriber's bounded queue; when it overflows the subscriber is cut off."""
 
-    def __init__(self, bus: EventBus, job_id: str, maxsize: int) -> None:
+    def __init__(self, bus: EventBus, job_id: str, maxsize: int, deltas: bool = False) -> None:
         self._bus = bus
         self.job_id = job_id
-        self.queue: asyncio.Queue[StoredEvent | None] = asyncio.Queue(maxsize)
+        self.queue: asyncio.Queue[StoredEvent | DeltaEvent | None] = asyncio.Queue(maxsize)
         self.overflowed = False
+        self.deltas = deltas
+        self._delta_room = maxsize // 2
+
+    def offer_delta(self, event: DeltaEvent) -> None:
+        """A delta is best-effort: dropped (never cutting the reader off) once the queue is
+        half full, so that stored events always find room first."""
+        if self.deltas and not self.overflowed and self.queue.qsize() < self._delta_room:
+            self.queue.put_nowait(event)
 
     def offer(self, event: StoredEvent) -> None:
         if self.overflowed:
@@ -78,8 +88,9 @@ class EventBus:
     def add_listener(self, listener: Callable[[list[StoredEvent]], None]) -> None:
         self._listeners.append(listener)
 
-    def subscribe(self, job_id: str) -> Subscription:
-        sub = Subscription(self, job_id, self._queue_size)
+    def subscribe(self, job_id: str, *, deltas: bool = False) -> Subscription:
+        """``deltas``: also receive the job's `agent.delta` events (not stored)."""
+        sub = Subscription(self, job_id, self._queue_size, deltas)
         if self._closed:
             sub.cut_off()
             return sub
@@ -115,6 +126,11 @@ class EventBus:
         for event in events:
             for sub in tuple(self._subs.get(event.job_id, ())):
                 sub.offer(event)
+
+    def publish_delta(self, event: DeltaEvent) -> None:
+        """Hand a piece of a streamed answer to the job's live subscribers (never blocks)."""
+        for sub in tuple(self._subs.get(event.job_id, ())):
+            sub.offer_delta(event)
 
     def has_subscribers(self, job_id: str) -> bool:
         return bool(self._subs.get(job_id))

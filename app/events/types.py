@@ -14,6 +14,8 @@ class EventType(StrEnum):
     agent_started = "agent.started"  # a call is about to be made (attempt N)
     agent_retrying = "agent.retrying"  # the last attempt failed retryably; reason and delay
     agent_completed = "agent.completed"  # output stored; usage, cost, latency
+    # a piece of a streamed answer (agents with stream: true): live only, never stored
+    agent_delta = "agent.delta"
     agent_failed = "agent.failed"  # gave up; the error says what to fix
     agent_skipped = "agent.skipped"  # a dependency failed under skip_dependents
     agent_cancelled = "agent.cancelled"  # cancel, fail_fast or budget
@@ -25,3 +27,6 @@ class EventType(StrEnum):
 TERMINAL_JOB_EVENTS = frozenset(
     {EventType.job_completed, EventType.job_failed, EventType.job_cancelled}
 )
+
+# Sent to live streams only: never stored, never replayed, never delivered by webhook.
+TRANSIENT_EVENTS = frozenset({EventType.agent_delta})

@@ -14,11 +14,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.config import Settings
+from app.engine.answer_room import NoRoom, answer_room
+from app.engine.chunking import count_tokens
 from app.engine.graph import Graph, validate_graph
 from app.engine.map_checks import MapPlan, mappable_items
 from app.engine.problems import GraphValidationError
 from app.engine.spec import JobSpec, ResolvedAgent
-from app.engine.templates import MapItem, RefKind, format_value, lookup_context, scan_refs
+from app.engine.templates import (
+    MapItem,
+    RefKind,
+    build_task_prompt,
+    format_value,
+    lookup_context,
+    render_system_prompt,
+    scan_refs,
+)
 from app.errors import UnprocessableError
 from app.jobs.errors import TooManySubmits
 from app.scheduler.gates import shared_limits
@@ -125,6 +135,7 @@ class Admission:
         if spec.budget_usd is not None:
             self._check_prices(agents, model)
         await asyncio.to_thread(check_prompt_sizes, spec, graph, agents, settings.max_prompt_chars)
+        await asyncio.to_thread(self._check_prompt_windows, spec, graph, agents, model)
         self._check_chunk_windows(spec, graph, agents, model)
         if spec.webhook is not None:
             await self._check_webhook(spec.webhook.url)
@@ -210,6 +221,53 @@ class Admission:
             )
         if problems:
             raise UnprocessableError(problems[:MAX_PROBLEMS])
+
+    def _check_prompt_windows(
+        self, spec: JobSpec, graph: Graph, agents: list[ResolvedAgent], default: str
+    ) -> None:
+        """A prompt known now (an agent with no dependencies, not a map node) that cannot
+        fit its model's window, with its max_tokens if set, could only fail when it runs;
+        the same check is made at run time for the others (`app.scheduler.answer_fit`)."""
+        registry = self.upstreams.registry
+        problems: list[Problem] = []
+        for i, agent in enumerate(agents):
+            if agent.depends_on or agent.id in graph.maps:
+                continue
+            info = registry.get(agent.model or default)
+            if info.context_window is None:
+                continue
+            system = (
+                render_system_prompt(agent.system_prompt, context=spec.context)
+                if agent.system_prompt
+                else ""
+            )
+            prompt = build_task_prompt(agent.task, depends_on=(), context=spec.context, outputs={})
+            tokens = count_tokens(system) + count_tokens(prompt)
+            room = answer_room(
+                window=info.context_window,
+                prompt_tokens=tokens,
+                max_tokens=agent.max_tokens,
+                default_max_tokens=self.settings.default_max_tokens,
+            )
+            if not isinstance(room, NoRoom):
+                continue
+            asked = f"its prompt (about {tokens:,} tokens)" + (
+                f" plus max_tokens {agent.max_tokens:,}" if agent.max_tokens else ""
+            )
+            problems.append(
+                {
+                    "loc": ["body", "agents", i, "task"],
+                    "type": "prompt_over_window",
+                    "msg": f"agent {agent.id!r}: {asked} cannot fit the "
+                    f"{info.context_window:,}-token context window of model {info.name!r} "
+                    "(from the model registry); shorten the task or the context it uses, "
+                    "lower max_tokens, or use a model with a larger window",
+                }
+            )
+            if len(problems) >= MAX_PROBLEMS:
+                break
+        if problems:
+            raise UnprocessableError(problems)
 
     def _check_prices(self, agents: list[ResolvedAgent], default: str) -> None:
         """A budget can only be enforced in money: every model must have a price."""

@@ -243,6 +243,11 @@ class AgentDetail(ResponseModel):
     )
     rate_limited: int = Field(description="Attempts answered with 429.")
     latency_ms: float | None = Field(None, description="Duration of the successful call.")
+    first_token_ms: float | None = Field(
+        None,
+        description="Of the successful call, when its answer was streamed: the time to its "
+        "first chunk (the upstream's queueing and prompt processing).",
+    )
     last_error: str | None
     retries: list[RetryRecord] = Field(
         default_factory=list, description="Each failed attempt that was retried, in order."

@@ -8,7 +8,7 @@ import asyncio
 import functools
 import json
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
@@ -18,6 +18,7 @@ from app.api.auth import AUTH_RESPONSES, TenantDep
 from app.api.deps import ServicesDep
 from app.errors import UnprocessableError
 from app.events.bus import EventBus, StoredEvent
+from app.events.deltas import DeltaEvent
 from app.events.types import TERMINAL_JOB_EVENTS
 from app.store import events as event_store
 from app.store import jobs as job_store
@@ -38,7 +39,11 @@ data: {"seq": 17, "type": "agent.completed", "job_id": "…", "agent_id": "summa
 
 `id` is the job's gap-free `seq`. Reconnect with `Last-Event-ID: N` (or `?after=N`) to get
 exactly the events after N, then live ones. Comment lines (`: ping`) keep idle streams
-open. The stream closes after the terminal `job.completed`, `job.failed` or
+open. Agents with `stream: true` also send `agent.delta` events (`agent_id`, `attempt`,
+`index`, `text`: the answer's pieces as they arrive, at most about 20 a second per agent);
+they have no `id`, are not stored and are not replayed: a stream resumed from
+Last-Event-ID returns the stored events only, and `agent.completed` holds the whole
+answer. The stream closes after the terminal `job.completed`, `job.failed` or
 `job.cancelled`; on a finished job it replays and closes. A client that falls too far
 behind is disconnected and resumes from its last id without losing anything."""
 
@@ -63,6 +68,16 @@ def _encode(event: StoredEvent) -> bytes:
         if len(_encoded) > ENCODED_CACHE_SIZE:
             _encoded.popitem(last=False)
     return data
+
+
+def _encode_any(event: StoredEvent | DeltaEvent) -> bytes:
+    if isinstance(event, StoredEvent):
+        return _encode(event)
+    # No id: a delta is not a point to resume from (the reader's Last-Event-ID stays).
+    return ServerSentEvent(
+        data=json.dumps(event.payload(), ensure_ascii=False, separators=(",", ":")),
+        event=event.type,
+    ).encode()
 
 
 @router.get(
@@ -107,8 +122,9 @@ async def stream_events(
                 job_id,
                 start,
                 max_seconds=settings.sse_max_stream_s,
+                deltas=True,
             ):
-                yield b"".join(_encode(event) for event in batch)
+                yield b"".join(_encode_any(event) for event in batch)
         except StreamClosed:
             return
         finally:
@@ -147,7 +163,8 @@ async def job_events(
     try:
         async for batch in batches:
             for event in batch:
-                yield event
+                if isinstance(event, StoredEvent):
+                    yield event
     finally:
         await batches.aclose()
 
@@ -170,11 +187,13 @@ async def job_event_batches(
     *,
     max_seconds: float | None = None,
     max_batch: int = LIVE_BATCH,
-) -> AsyncGenerator[list[StoredEvent], None]:
+    deltas: bool = False,
+) -> AsyncGenerator[Sequence[StoredEvent | DeltaEvent], None]:
     """`job_events` in lists: a replay page at a time, and live events as many as are
     already queued (up to `max_batch`), so a stream that fell behind catches up in a few
-    large writes instead of one write per event."""
-    sub = bus.subscribe(job_id)
+    large writes instead of one write per event. ``deltas``: the live `agent.delta`
+    events too, in the order they came among the stored ones."""
+    sub = bus.subscribe(job_id, deltas=deltas)
     last = after
     loop = asyncio.get_running_loop()
     deadline = None if max_seconds is None else loop.time() + max_seconds
@@ -215,32 +234,34 @@ async def job_event_batches(
                 live = await asyncio.wait_for(sub.queue.get(), timeout)
             except TimeoutError:
                 return
-            batch = []
+            out: list[StoredEvent | DeltaEvent] = []
             while True:  # this event, then those already queued behind it
                 if live is None:
-                    if batch:
-                        yield batch
+                    if out:
+                        yield out
                     raise StreamClosed
-                if live.seq <= last:
+                if isinstance(live, DeltaEvent):
+                    out.append(live)
+                elif live.seq <= last:
                     if live.type in TERMINAL_JOB_EVENTS:
-                        if batch:
-                            yield batch
+                        if out:
+                            yield out
                         return  # the client resumed past the end: nothing more will come
                 else:
                     if live.seq > last + 1:
                         # Never expected (we subscribed first), but a gap must not pass
                         # silently.
                         rows = await _page(store, job_id, last, live.seq - last - 1)
-                        batch.extend(rows)
-                    batch.append(live)
+                        out.extend(rows)
+                    out.append(live)
                     last = live.seq
                     if live.type in TERMINAL_JOB_EVENTS:
-                        yield batch
+                        yield out
                         return
-                if len(batch) >= max_batch or sub.queue.empty():
+                if len(out) >= max_batch or sub.queue.empty():
                     break
                 live = sub.queue.get_nowait()
-            if batch:
-                yield batch
+            if out:
+                yield out
     finally:
         sub.close()

@@ -18,7 +18,9 @@ from app.engine.run_state import SubAgent
 from app.engine.spec import ResolvedAgent, ResponseFormat
 from app.engine.templates import render_system_prompt
 from app.engine.usage import Usage
+from app.events.deltas import DeltaBatcher
 from app.metrics import Metrics
+from app.scheduler.answer_fit import fit_request, truncated
 from app.scheduler.gates import Gates, estimate_tokens
 from app.scheduler.limits import Outcome
 from app.scheduler.reuse import Answer, Claim, Reuse, request_key
@@ -141,8 +143,12 @@ class AgentCaller:
             # resumes from what the database holds.
             raise StoreWriteError("the database refused a transition the run expected")
 
-    async def fail(self, agent_id: str, error: str, reason: str) -> AgentOutcome:
-        await self.persist(ops.mark_agent_failed(self.job_id, agent_id, error=error, reason=reason))
+    async def fail(
+        self, agent_id: str, error: str, reason: str, unused: Usage | None = None
+    ) -> AgentOutcome:
+        await self.persist(
+            ops.mark_agent_failed(self.job_id, agent_id, error=error, reason=reason, unused=unused)
+        )
         return AgentOutcome(agent_id, False, error=error)
 
     def request(self, agent: ResolvedAgent, route: Route, prompt: str) -> AgentRequest:
@@ -165,6 +171,8 @@ class AgentCaller:
             timeout_s=agent.timeout_s,
             extra_body=dict(route.model.extra_body),
             json_schema=json_schema,
+            stream=agent.stream or self.settings.upstream_stream,
+            deltas=agent.stream,
         )
 
     def route(self, agent: ResolvedAgent) -> Route:
@@ -194,6 +202,17 @@ class AgentCaller:
             return await self.fail(
                 agent_id, self._too_large(agent_id, kind, req), "prompt_too_large"
             )
+        fitted = fit_request(
+            req,
+            agent_id=agent_id,
+            context_window=route.model.context_window,
+            default_max_tokens=self.settings.default_max_tokens,
+        )
+        if isinstance(fitted, UpstreamFailure):
+            return await self.fail(
+                agent_id, fitted.message, str(fitted.reason), self._nothing_spent(route)
+            )
+        req = fitted
         fingerprint = request_key(route.upstream.name, req).fingerprint()
         if self.reuse is None:
             return await self._called(agent, route, req, fingerprint, prior, unused, plan)
@@ -279,6 +298,20 @@ class AgentCaller:
                         f"agent {agent_id!r} is the planner of map node(s) "
                         f"{', '.join(plan.map_nodes)}, and {exc}",
                     )
+            if isinstance(outcome, CallResult) and (
+                cut := truncated(
+                    outcome,
+                    req,
+                    agent_id=agent_id,
+                    policy=agent.on_truncated,
+                    context_window=route.model.context_window,
+                )
+            ):
+                paid = self._priced(route, outcome.usage)
+                wasted += paid
+                self._spend(paid.cost_usd)
+                outcome, req = cut
+                estimate = self._estimate(route, req)
             if isinstance(outcome, CallResult) and agent.output_schema is not None:
                 invalid = invalid_output(agent_id, agent.output_schema, req, outcome)
                 if invalid is not None:
@@ -312,7 +345,7 @@ class AgentCaller:
                         agent_id,
                         error=step.error,
                         reason=str(last.reason),
-                        unused=wasted,
+                        unused=wasted or self._nothing_spent(route),
                         tally=tally,
                     )
                 )
@@ -343,6 +376,7 @@ class AgentCaller:
                 usage=wasted + paid,
                 latency_ms=result.latency_ms,
                 fingerprint=fingerprint,
+                first_token_ms=result.first_token_ms,
             )
         )
         return AgentOutcome(agent_id, True, output=result.output, cost_usd=paid.cost_usd)
@@ -373,6 +407,11 @@ class AgentCaller:
             ),
         ).as_estimate()
 
+    @classmethod
+    def _nothing_spent(cls, route: Route) -> Usage:
+        """No tokens, at the model's price: a priced model's cost is then 0, not unknown."""
+        return cls._priced(route, Usage(0, 0, 0))
+
     @staticmethod
     def _priced(route: Route, usage: Usage) -> Usage:
         return usage.priced(
@@ -385,6 +424,8 @@ class AgentCaller:
         usage = result.usage
         m.upstream_requests.labels(label, "ok").inc()
         m.upstream_latency.labels(label).observe(result.latency_ms / 1000)
+        if result.first_token_ms is not None:
+            m.upstream_first_token.labels(label).observe(result.first_token_ms / 1000)
         if usage.prompt_tokens is not None:
             m.tokens.labels(label, "prompt").inc(usage.prompt_tokens)
         if usage.completion_tokens is not None:
@@ -435,8 +476,13 @@ class AgentCaller:
                     )
                 )
                 started = time.perf_counter()
+                deltas = (
+                    DeltaBatcher(self.store.bus, self.job_id, agent_id, attempt)
+                    if req.deltas
+                    else None
+                )
                 try:
-                    call = call_chat(route.upstream.client, req)
+                    call = call_chat(route.upstream.client, req, on_delta=deltas)
                     result = await traced_chat(route, req, attempt, call)
                 except asyncio.CancelledError:
                     raise
@@ -448,17 +494,22 @@ class AgentCaller:
                         context_window=route.model.context_window,
                         prompt_chars=req.prompt_chars,
                         retry_after_cap_s=self.settings.retry_after_cap_s,
+                        max_tokens=req.max_tokens,
                     )
-                    permit.outcome = (
-                        Outcome.overload if failure.reason in OVERLOAD_REASONS else Outcome.error
-                    )
+                    # A stall once the answer had begun is not the upstream being saturated.
+                    overload = failure.reason in OVERLOAD_REASONS and not failure.mid_answer
+                    permit.outcome = Outcome.overload if overload else Outcome.error
                     if gate.rate is not None:
                         gate.rate.settle(estimate, 0)
                     self._observe_failure(req.model, failure, time.perf_counter() - started)
                     return failure
                 finally:
                     self.in_call.discard(agent_id)
+                    if deltas is not None:
+                        deltas.close()
             permit.outcome = Outcome.ok
+            if result.first_token_ms is not None:
+                permit.first_token_s = result.first_token_ms / 1000
             self._observe_success(req.model, result, route)
             if gate.rate is not None:
                 gate.rate.settle(estimate, result.usage.total_tokens or estimate)

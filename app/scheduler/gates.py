@@ -136,9 +136,14 @@ class Gates:
                 maximum=ceiling,
                 decrease=decrease,
                 slow_start=slow_start,
+                delay=self.settings.delay_limit,
             )
         return AdaptiveLimiter(
-            initial=initial, maximum=ceiling, decrease=decrease, slow_start=slow_start
+            initial=initial,
+            maximum=ceiling,
+            decrease=decrease,
+            slow_start=slow_start,
+            delay=self.settings.delay_limit,
         )
 
     def _rates(self, info: ModelInfo) -> RateLimits:

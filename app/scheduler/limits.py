@@ -20,6 +20,7 @@ __all__ = [
     "AdaptiveLimiter",
     "AdaptiveSnapshot",
     "Clock",
+    "DelayGradient",
     "FairLimiter",
     "Outcome",
     "Permit",
@@ -236,7 +237,50 @@ class Permit:
     # The slot's id in Redis when the limit is shared across processes (None: granted by
     # this process alone).
     shared: str | None = None
+    # Of a successful streamed call: seconds to its first chunk (queueing shows here).
+    first_token_s: float | None = None
     _released: bool = field(default=False, init=False, repr=False)
+
+
+class DelayGradient:
+    """Queueing seen in the time to first token, in the style of TCP Vegas and Netflix's
+    Gradient2: a server that queues instead of answering 429 (llama.cpp, vLLM) shows its
+    queue as a first token that comes later and later. The floor is the fastest first
+    token seen (allowed to drift up slowly, so a server that really got slower is not
+    mistaken for a queue for ever); the recent figure is a moving average, so one long
+    prompt's slow prefill does not count as queueing. Pure arithmetic."""
+
+    # Queueing when the recent first token takes this many times the floor… (a server's
+    # own spread of prompt-processing times stays well under it; a queue behind N slots
+    # adds whole answers, seconds each, to the wait)
+    RATIO = 3.0
+    # …and at least this much longer: on a fast server, tripling 50 ms is noise.
+    MIN_EXCESS_S = 0.5
+    # Weight of each new sample in the moving average, and the most a sample counts for,
+    # as a multiple of that average.
+    SMOOTHING = 0.2
+    OUTLIER_CAP = 2.0
+    # How much the floor may rise per sample (about doubling in 70 samples).
+    FLOOR_DRIFT = 0.01
+
+    def __init__(self) -> None:
+        self.floor: float | None = None
+        self.recent: float | None = None
+
+    def observe(self, first_token_s: float) -> bool:
+        """Fold in one sample; whether the upstream is queueing now."""
+        if first_token_s < 0:
+            return False
+        if self.floor is None or self.recent is None:
+            self.floor = self.recent = first_token_s
+            return False
+        self.floor = min(self.floor * (1 + self.FLOOR_DRIFT), first_token_s)
+        # One sample moves the average by a bounded step: a single slow outlier is not a
+        # queue, a queue shows in sample after sample.
+        sample = min(first_token_s, self.recent * self.OUTLIER_CAP)
+        self.recent += self.SMOOTHING * (sample - self.recent)
+        excess = self.recent - self.floor
+        return self.recent > self.floor * self.RATIO and excess > self.MIN_EXCESS_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +304,9 @@ class AdaptiveLimiter:
       call. Windows are counted in decreases, not clock time, so equal timestamps (coarse
       or fake clocks) cannot make the rule ambiguous.
     - `error` is neutral.
+    - Delay (with ``delay``): an `ok` whose first token came late against the fastest seen
+      (`DelayGradient`) counts as `overload`: a server that queues (llama.cpp, vLLM never
+      answer 429) is found at its real parallelism before any call times out.
     - Slow start (TCP's): until the first overload each `ok` adds a whole `increase`, so
       the limit doubles every window and a swarm finds a large capacity in a few round
       trips instead of hundreds.
@@ -279,8 +326,10 @@ class AdaptiveLimiter:
         increase: float = 1.0,
         decrease: float = 0.5,
         slow_start: bool = True,
+        delay: bool = False,
         clock: Clock = time.monotonic,
     ) -> None:
+        """``delay``: read queueing from the time to first token (`DelayGradient`)."""
         if not 0 < minimum <= initial <= maximum:
             raise ValueError("need 0 < minimum <= initial <= maximum")
         if increase <= 0:
@@ -299,6 +348,7 @@ class AdaptiveLimiter:
         # Permits whose call is really in flight; permits held while waiting for other
         # limits (global slots, rate buckets) do not count as using the window.
         self._active = 0
+        self.delay = DelayGradient() if delay else None
 
     @property
     def limit(self) -> float:
@@ -375,6 +425,7 @@ class AdaptiveLimiter:
         busy = self._active  # counting this call, if it ran: the window while it ran
         if permit.active:
             self._active -= 1
+        outcome = self.judged(permit, outcome)
         limit = self._limit
         if outcome is Outcome.ok:
             if busy * 2 >= self.slots:
@@ -387,6 +438,16 @@ class AdaptiveLimiter:
         # Capacity first, so the freed slot goes out under the new limit.
         self._set_limit(limit)
         self._slots.release(permit.key)
+
+    def judged(self, permit: Permit, outcome: Outcome) -> Outcome:
+        """``outcome``, or `overload` for a success whose first token shows queueing."""
+        queueing = (
+            self.delay is not None
+            and outcome is Outcome.ok
+            and permit.first_token_s is not None
+            and self.delay.observe(permit.first_token_s)
+        )
+        return Outcome.overload if queueing else outcome
 
     def slot(
         self, key: str = "", *, group: str | None = None, active: bool = True

@@ -604,6 +604,7 @@ class SharedAdaptiveLimiter(AdaptiveLimiter):
         if permit._released:
             raise RuntimeError("permit released twice")
         permit._released = True
+        outcome = self.judged(permit, outcome)
         self._pool.release(
             permit.shared,
             [

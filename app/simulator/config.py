@@ -5,6 +5,7 @@ Every field maps 1:1 to a kebab-case CLI flag (``latency_base_ms`` -> ``--latenc
 
 from __future__ import annotations
 
+from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
@@ -29,6 +30,26 @@ def registry_models(models_file: str | None) -> tuple[tuple[str, ...], dict[str,
         for info in (registry.get(n) for n in registry.names())
     )
     return tuple(dict.fromkeys(sent)), registry.context_windows()
+
+
+class Profile(StrEnum):
+    """Which server the simulator behaves like."""
+
+    # A hosted API: 429 past its caps, context errors coded context_length_exceeded, an
+    # answer of its usual length when no max_tokens is sent.
+    openai = "openai"
+    # llama.cpp's llama-server: N slots and a FIFO queue (never a 429), a prompt over the
+    # window refused as exceed_context_size_error (with n_prompt_tokens and n_ctx), and
+    # without max_tokens an answer that runs until the window is full (finish_reason length).
+    llamacpp = "llamacpp"
+    # vLLM: N sequences at once and a FIFO queue (never a 429), prompt + max_tokens over the
+    # window refused as a plain 400 (BadRequestError, code 400), and without max_tokens an
+    # answer that runs until the window is full.
+    vllm = "vllm"
+
+
+# Slots of the llamacpp and vllm profiles when --slots is not given (llama-server -np 4).
+DEFAULT_SLOTS = 4
 
 
 def _split_pair(value: Any) -> Any:
@@ -78,6 +99,23 @@ class SimulatorConfig(BaseModel):
         "are listed and its windows applied; unset: the built-in registry.",
     )
 
+    profile: Profile = Field(
+        Profile.openai,
+        description="Server to behave like: openai (429s), llamacpp or vllm (slots and a "
+        "queue, their error shapes, no default max_tokens).",
+    )
+    slots: int | None = Field(
+        None,
+        ge=1,
+        description=f"Requests generated at once; more wait in a FIFO queue (llamacpp and vllm "
+        f"profiles; default {DEFAULT_SLOTS}).",
+    )
+    model_windows: dict[str, int] | None = Field(
+        None,
+        description='"NAME=N,NAME=N": the prompt + answer limit of these models (over '
+        "context_window and the registry).",
+    )
+
     concurrency_cap: int | None = Field(None, ge=1, description="Max in-flight chat requests.")
     rpm_cap: int | None = Field(None, ge=1, description="Max chat requests per rolling minute.")
     retry_after_ms: int = Field(200, ge=0, description="Retry delay announced on 429.")
@@ -99,6 +137,36 @@ class SimulatorConfig(BaseModel):
             return None
         return _split_pair(value)
 
+    @field_validator("model_windows", mode="before")
+    @classmethod
+    def _parse_windows(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            windows: dict[str, Any] = {}
+            for part in (p.strip() for p in value.split(",") if p.strip()):
+                name, sep, size = part.rpartition("=")
+                if not sep or not name:
+                    raise ValueError('expected "NAME=N,NAME=N"')
+                windows[name.strip()] = size.strip()
+            return windows or None
+        return value
+
+    @field_validator("model_windows")
+    @classmethod
+    def _positive_windows(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        if value is not None and any(n < 1 for n in value.values()):
+            raise ValueError("every window must be at least 1 token")
+        return value
+
+    @property
+    def queued(self) -> bool:
+        """Whether requests past the slots wait in a queue (a local server) rather than
+        being refused."""
+        return self.profile is not Profile.openai
+
+    @property
+    def slot_count(self) -> int:
+        return self.slots or DEFAULT_SLOTS
+
     @field_validator("models", mode="before")
     @classmethod
     def _parse_models(cls, value: Any) -> Any:
@@ -119,6 +187,8 @@ class SimulatorConfig(BaseModel):
 
     def window_for(self, model: str) -> int:
         """The prompt + max_tokens limit of ``model`` on this simulator."""
+        if self.model_windows is not None and model in self.model_windows:
+            return self.model_windows[model]
         if self.context_window is not None:
             return self.context_window
         return registry_models(self.models_file)[1].get(model, FALLBACK_CONTEXT_WINDOW)

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from app.simulator import content as text
 from app.simulator import schema_answers
-from app.simulator.config import SimulatorConfig
+from app.simulator.config import Profile, SimulatorConfig
 from app.simulator.faults import plan_request
 from app.simulator.state import RPM_WINDOW_S, SimState
 
@@ -173,6 +173,10 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         response_format=body.get("response_format"),
         tag=tag,
         prompt_tokens=prompt_tokens,
+        # How it was asked for: streamed or whole, and with how much room for the answer.
+        stream=body.get("stream") is True,
+        stream_options=body.get("stream_options"),
+        max_tokens=_max_tokens(body),
     )
 
     cfg = state.config
@@ -194,6 +198,14 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         resp = _rate_limited(cfg, "concurrent requests")
         return _finish(state, entry, started, resp, "rate_limited")
 
+    # A local server never answers 429 for being busy: the request waits for a slot.
+    slots = cfg.slot_count if cfg.queued else None
+    if slots is not None:
+        try:
+            await state.slots.acquire(slots)
+        except asyncio.CancelledError:
+            entry["outcome"] = "client_closed"
+            raise
     state.in_flight += 1
     if state.in_flight > state.peak_in_flight:
         state.peak_in_flight = state.in_flight
@@ -206,6 +218,8 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         state.in_flight -= 1
+        if slots is not None:
+            state.slots.release(slots)
 
 
 def _validate(body: Any) -> web.Response | None:
@@ -274,6 +288,41 @@ def _check_request(
     ):
         return _bad_request("max_tokens must be an integer >= 1.", "max_tokens")
     limit = cfg.window_for(model)
+    if cfg.profile is Profile.llamacpp:
+        # llama.cpp refuses only a prompt over the slot's context; an answer that would
+        # not fit is cut when the context is full.
+        if prompt_tokens > limit:
+            message = (
+                f"request ({prompt_tokens} tokens) exceeds the available context size "
+                f"({limit} tokens), try increasing it"
+            )
+            err = {
+                "code": 400,
+                "message": message,
+                "type": "exceed_context_size_error",
+                "n_prompt_tokens": prompt_tokens,
+                "n_ctx": limit,
+            }
+            return _json_response(400, {"error": err})
+        return None
+    if cfg.profile is Profile.vllm:
+        asked = prompt_tokens + (max_tokens or 0)
+        if asked > limit or (max_tokens is None and prompt_tokens >= limit):
+            if max_tokens is None:
+                message = (
+                    f"This model's maximum context length is {limit} tokens. However, your "
+                    f"request has {prompt_tokens} input tokens. Please reduce the length of the "
+                    "input messages."
+                )
+            else:
+                message = (
+                    f"This model's maximum context length is {limit} tokens. However, you "
+                    f"requested {asked} tokens ({prompt_tokens} in the messages, {max_tokens} "
+                    "in the completion). Please reduce the length of the messages or completion."
+                )
+            err = {"message": message, "type": "BadRequestError", "param": None, "code": 400}
+            return _json_response(400, {"error": err})
+        return None
     if max_tokens is None:
         if prompt_tokens > limit:
             message = (
@@ -313,7 +362,17 @@ async def _answer(
     count = text.target_length(digest, low, high)
     finish_reason = "stop"
     max_tokens = _max_tokens(body)
-    if max_tokens is not None and count > max_tokens:
+    if cfg.queued:
+        # A local server sets no answer length of its own: without max_tokens the model
+        # writes until the window is full, and it never writes past the window.
+        room = max(cfg.window_for(body["model"]) - entry["prompt_tokens"], 0)
+        if max_tokens is None:
+            count = room
+        max_tokens = room if max_tokens is None else min(max_tokens, room)
+        if count >= max_tokens:
+            count = max_tokens
+            finish_reason = "length"
+    elif max_tokens is not None and count > max_tokens:
         count = max_tokens
         finish_reason = "length"
 

@@ -12,6 +12,7 @@ from itertools import islice
 from typing import Any
 
 from app.simulator.config import SimulatorConfig
+from app.simulator.slots import SlotQueue
 
 # p50/p95 come from the most recent samples only, so memory stays bounded on long benchmarks;
 # count, mean and max cover every answered request since the last reset.
@@ -25,6 +26,8 @@ class SimState:
         self.rng = random.Random(config.seed)
         self.closing = False
         self.in_flight = 0
+        # The llamacpp and vllm profiles: requests past the slots wait here.
+        self.slots = SlotQueue()
         self.rpm_window: deque[float] = deque()
         self.log: deque[dict[str, Any]] = deque(maxlen=config.request_log_size)
         self.reset()
@@ -73,6 +76,7 @@ class SimState:
             "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
             "rate_limited": self.rate_limited,
             "in_flight": self.in_flight,
+            "queued": self.slots.queued,
             "peak_in_flight": self.peak_in_flight,
             "dropped": self.dropped,
             "hung": self.hung,

@@ -91,6 +91,7 @@ class AgentRecord:
     waited_s: float
     rate_limited: int
     latency_ms: float | None
+    first_token_ms: float | None
     last_error: str | None
     started_at: datetime | None
     finished_at: datetime | None
@@ -129,6 +130,7 @@ class AgentRecord:
             waited_s=row.waited_s or 0.0,
             rate_limited=row.rate_limited,
             latency_ms=row.latency_ms,
+            first_token_ms=row.first_token_ms,
             last_error=row.last_error,
             started_at=row.started_at,
             finished_at=row.finished_at,

@@ -135,6 +135,8 @@ class Agent(SQLModel, table=True):
     unsent: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     rate_limited: int = 0
     latency_ms: float | None = None
+    # Of the successful call, when its answer was streamed: the time to its first chunk.
+    first_token_ms: float | None = None
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     started_at: datetime | None = None
     finished_at: datetime | None = None

@@ -18,6 +18,8 @@ T = TypeVar("T")
 class Store:
     def __init__(self, database_url: str, bus: EventBus, *, batch_max: int = 500) -> None:
         self.url = database_url
+        # Where the writer publishes committed events, and the scheduler live-only ones.
+        self.bus = bus
         self.read_engine = make_engine(database_url)
         self.write_engine = make_engine(database_url, writer=True)
         self.writer = StoreWriter(self.write_engine, bus, batch_max=batch_max)

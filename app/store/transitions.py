@@ -156,6 +156,31 @@ _TERMINAL_EVENT = {
 class JobFinishedData(TypedDict, total=False):
     counts: dict[str, int]  # agents by status
     error: str
+    # The job's totals, as GET /jobs/{id} gives them (estimates included and flagged).
+    usage: dict[str, int | None]
+    cost_usd: float | None
+    usage_estimated: bool
+    estimated_cost_usd: float | None
+
+
+class SpentData(TypedDict):
+    """What an agent's attempts have cost so far (answers paid for but not used, and the
+    estimates of those whose answer never arrived), carried by agent.retrying and
+    agent.failed."""
+
+    usage: dict[str, int | None] | None
+    cost_usd: float | None
+    usage_estimated: bool
+
+
+def spent_data(unused: Usage | None) -> SpentData:
+    if not unused:
+        return SpentData(usage=None, cost_usd=None, usage_estimated=False)
+    return SpentData(
+        usage={**unused.tokens(), "estimated_tokens": unused.estimated_tokens},
+        cost_usd=unused.cost_usd,
+        usage_estimated=unused.estimated,
+    )
 
 
 def mark_job_finished(job_id: str, status: JobStatus, error: str | None) -> WriteOp[bool]:
@@ -176,7 +201,17 @@ def mark_job_finished(job_id: str, status: JobStatus, error: str | None) -> Writ
                 .group_by(agents_t.c.status)
             ).all()
         )
-        data = JobFinishedData(counts={str(k): int(v) for k, v in counts.items()})
+        # Imported here: the jobs store builds on these transitions.
+        from app.store.jobs import job_totals
+
+        usage = job_totals(tx.conn, job_id).usage
+        data = JobFinishedData(
+            counts={str(k): int(v) for k, v in counts.items()},
+            usage=usage.tokens(),
+            cost_usd=usage.cost_usd,
+            usage_estimated=usage.estimated,
+            estimated_cost_usd=usage.estimated_cost_usd,
+        )
         if error:
             data["error"] = error
         tx.emit(job_id, _TERMINAL_EVENT[status], **data)
@@ -370,7 +405,7 @@ def mark_agent_started(
     return op
 
 
-class AgentRetryingData(TypedDict):
+class AgentRetryingData(SpentData):
     attempt: int
     reason: str
     error: str
@@ -413,7 +448,11 @@ def mark_agent_retrying(
         if not retried.rowcount:
             return False
         data = AgentRetryingData(
-            attempt=attempt, reason=reason, error=error, delay_s=round(delay_s, 3)
+            attempt=attempt,
+            reason=reason,
+            error=error,
+            delay_s=round(delay_s, 3),
+            **spent_data(unused),
         )
         tx.emit(job_id, EventType.agent_retrying, agent_id, **data)
         return True
@@ -426,6 +465,7 @@ class AgentCompletedData(TypedDict):
     cost_usd: float | None
     latency_ms: float
     finish_reason: str | None
+    first_token_ms: float | None  # the answer was streamed: the time to its first chunk
 
 
 def mark_agent_completed(
@@ -437,6 +477,7 @@ def mark_agent_completed(
     usage: Usage,
     latency_ms: float,
     fingerprint: str | None = None,
+    first_token_ms: float | None = None,
 ) -> WriteOp[bool]:
     """`usage`: of every answer the agent was paid for, this one included; `fingerprint`:
     of the request that gave the output, for later reuse."""
@@ -447,6 +488,7 @@ def mark_agent_completed(
             "finish_reason": finish_reason,
             **usage.columns(),
             "latency_ms": latency_ms,
+            "first_token_ms": first_token_ms,
             "last_error": None,
             "finished_at": utcnow(),
             "in_flight_json": None,
@@ -463,6 +505,7 @@ def mark_agent_completed(
             cost_usd=usage.cost_usd,
             latency_ms=round(latency_ms, 1),
             finish_reason=finish_reason,
+            first_token_ms=None if first_token_ms is None else round(first_token_ms, 1),
         )
         tx.emit(job_id, EventType.agent_completed, agent_id, **data)
         return True
@@ -526,6 +569,7 @@ def mark_agent_reused(
             cost_usd=usage.cost_usd,
             latency_ms=0.0,
             finish_reason=finish_reason,
+            first_token_ms=None,
             reused=True,
             reused_from=source,
             saved_usd=saved_usd,
@@ -536,7 +580,7 @@ def mark_agent_reused(
     return op
 
 
-class AgentFailedData(TypedDict):
+class AgentFailedData(SpentData):
     error: str
     reason: str
 
@@ -560,7 +604,10 @@ def mark_agent_failed(
         if not _enter(tx, job_id, agent_id, AgentStatus.failed, values):
             return False
         tx.emit(
-            job_id, EventType.agent_failed, agent_id, **AgentFailedData(error=error, reason=reason)
+            job_id,
+            EventType.agent_failed,
+            agent_id,
+            **AgentFailedData(error=error, reason=reason, **spent_data(unused)),
         )
         return True
 

@@ -341,9 +341,26 @@ class _Checker:
         res.offered = ids
         offered = set(ids)
         for r in routed:
+            if r.wire not in offered and len(ids) == 1 and not simulator:
+                # One alias listed (llama-server's --alias, a one-model vLLM): such a server
+                # answers any name with its one model, so "not listed" is not "missing".
+                res.offered_by_model[r.model] = None
+                res.advice.append(self._one_model_advice(r, url, ids[0]))
+                continue
             res.offered_by_model[r.model] = r.wire in offered
             if r.wire not in offered and not simulator:
                 res.advice.append(self._unknown_model_advice(r, ids))
+
+    @staticmethod
+    def _one_model_advice(r: _Routed, url: str, listed: str) -> str:
+        sent_as = f" (sent as {r.wire})" if r.wire != r.model else ""
+        return (
+            f"not listed: {r.model}{sent_as}; {url} lists one model only ({listed}), as a "
+            "server of one model does (llama.cpp's llama-server, vLLM), and such a server "
+            f"may answer any model name with {listed}: if that is the model meant, set "
+            f"upstream_name: {listed} for {r.model} in the models file (or "
+            f"SWARM_DEFAULT_MODEL={listed}) so that what is sent matches what is listed"
+        )
 
     def _unknown_model_advice(self, r: _Routed, ids: list[str]) -> str:
         sent_as = f" (sent as {r.wire})" if r.wire != r.model else ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +85,11 @@ class AgentRequest:
     # After an answer that did not match the schema: that answer and the request to repair
     # it, (role, content) after the user message.
     repair: tuple[tuple[str, str], ...] = ()
+    # Ask for the answer as a stream (`app.upstream.streaming`): the read time-out then
+    # bounds the silence before the first token and between chunks, not the whole answer.
+    stream: bool = False
+    # Hand each piece of the answer on as it arrives (the agent asked for stream: true).
+    deltas: bool = False
 
     def messages(self) -> list[dict[str, str]]:
         msgs = []
@@ -106,14 +112,29 @@ class CallResult:
     latency_ms: float
     # The model that answered, as the upstream names it (telemetry).
     response_model: str | None = None
+    # From the request to the first chunk of a streamed answer (None: not streamed).
+    first_token_ms: float | None = None
 
 
 class EmptyOutputError(Exception):
     """The upstream answered 200 with a completion that has no content."""
 
 
-async def call_chat(client: AsyncOpenAI, req: AgentRequest) -> CallResult:
-    """Make exactly one chat-completion call. Raises the SDK's exceptions unchanged."""
+class StreamInterrupted(Exception):
+    """A streamed answer broke after it had begun (its ``__cause__`` says how): the request
+    reached the upstream, which generated ``received`` characters of it at least."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(f"the answer's stream broke after {received:,} characters")
+        self.received = received
+
+
+# Called with each piece of a streamed answer.
+DeltaSink = Callable[[str], None]
+
+
+def chat_kwargs(req: AgentRequest) -> dict[str, Any]:
+    """The SDK's arguments for ``req`` (without streaming)."""
     kwargs: dict[str, Any] = {
         "model": req.upstream_model or req.model,
         "messages": req.messages(),
@@ -130,22 +151,59 @@ async def call_chat(client: AsyncOpenAI, req: AgentRequest) -> CallResult:
         kwargs["timeout"] = req.timeout_s
     if req.extra_body:
         kwargs["extra_body"] = req.extra_body
+    return kwargs
+
+
+async def call_chat(
+    client: AsyncOpenAI, req: AgentRequest, *, on_delta: DeltaSink | None = None
+) -> CallResult:
+    """Make exactly one chat-completion call. Raises the SDK's exceptions unchanged (and,
+    for a stream that breaks once begun, `StreamInterrupted`). ``on_delta`` is given each
+    piece of a streamed answer as it arrives."""
+    if req.stream:
+        from app.upstream.streaming import call_streamed
+
+        return await call_streamed(client, req, on_delta)
     started = time.perf_counter()
-    resp = await client.chat.completions.create(**kwargs)
-    latency_ms = (time.perf_counter() - started) * 1000
+    resp = await client.chat.completions.create(**chat_kwargs(req))
+    return completion_result(resp, (time.perf_counter() - started) * 1000)
+
+
+def completion_result(
+    resp: Any, latency_ms: float, first_token_ms: float | None = None
+) -> CallResult:
+    """The result of a whole (not streamed) chat completion."""
     if not resp.choices or resp.choices[0].message.content is None:
         raise EmptyOutputError("the upstream returned a completion without content")
     choice = resp.choices[0]
-    usage = resp.usage
+    return answer(
+        choice.message.content or "",
+        choice.finish_reason,
+        reported_usage(resp.usage),
+        latency_ms,
+        first_token_ms,
+        resp.model if isinstance(resp.model, str) else None,
+    )
+
+
+def answer(
+    content: str,
+    finish_reason: str | None,
+    usage: Usage,
+    latency_ms: float,
+    first_token_ms: float | None = None,
+    response_model: str | None = None,
+) -> CallResult:
     return CallResult(
         # An answer may quote the key (a model shown its own request, a proxy's echo): it
         # is masked here, before it can reach outputs, events, dependents or the database.
-        output=SECRETS.mask(clean_text(choice.message.content or "")),
+        output=SECRETS.mask(clean_text(content)),
         # Stored in a 32-character column; an odd upstream must not break the write.
-        finish_reason=str(choice.finish_reason)[:32] if choice.finish_reason else None,
-        usage=reported_usage(usage),
+        finish_reason=str(finish_reason)[:32] if finish_reason else None,
+        usage=usage,
         latency_ms=latency_ms,
-        response_model=resp.model if isinstance(resp.model, str) else None,
+        first_token_ms=first_token_ms,
+        response_model=response_model,
     )
 
 

@@ -1,7 +1,9 @@
 """Classifies an upstream failure once: retryable or not, why, and what the user should fix.
 
 Classification is by exception type and status code (never by matching message text), so
-the reason recorded on the agent and shown to users is the same everywhere.
+the reason recorded on the agent and shown to users is the same everywhere. The one
+exception is the context-length refusal of servers that give it no code of its own
+(vLLM, DeepSeek, Moonshot): `app.upstream.context_errors` knows their sentences.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import httpx2
 import openai
 
 from app.text import REDACTED, SECRETS, clean_text
-from app.upstream.client import EmptyOutputError
+from app.upstream.client import EmptyOutputError, StreamInterrupted
+from app.upstream.context_errors import ContextRefusal, context_refusal
 from app.upstream.retry import parse_retry_after
+from app.upstream.streaming import StreamEndedEarly
 
 
 class FailureReason(StrEnum):
@@ -40,6 +44,9 @@ class FailureReason(StrEnum):
     # an answer that does not match the agent's JSON Schema (response_format json_schema):
     # asked again with the validation errors shown to the model
     invalid_output = "invalid_output"
+    # an answer cut at its max_tokens (finish_reason "length") that the agent's on_truncated
+    # does not accept: asked again with more room, or failed
+    truncated = "truncated"
 
 
 RETRYABLE = frozenset(
@@ -84,10 +91,15 @@ class UpstreamFailure:
     retry_after_s: float | None = None
     # False when the request never reached the upstream (the connection was not made).
     sent: bool = True
+    # Whether to retry, when the reason alone does not say (a cut answer: by on_truncated).
+    retry: bool | None = None
+    # The failure came after a streamed answer had begun: the upstream was not overloaded
+    # (it was answering), so a time-out here is a stall, not a sign to lower the limit.
+    mid_answer: bool = False
 
     @property
     def retryable(self) -> bool:
-        return self.reason in RETRYABLE
+        return self.reason in RETRYABLE if self.retry is None else self.retry
 
     @property
     def told_to_wait(self) -> bool:
@@ -140,28 +152,8 @@ def _dropped_connection(exc: BaseException) -> bool:
     return False
 
 
-# How upstreams state their own limit in a context-length error (the number is only shown
-# to the user; the error is classified by its code): OpenAI, vLLM and most compatible
-# servers ("maximum context length is 131072 tokens"), Anthropic ("… > 200000 maximum").
-_UPSTREAM_LIMIT = re.compile(
-    r"maximum context length is (\d[\d,]*)|> ?(\d[\d,]*) maximum|"
-    r"context (?:window|length) (?:of|is) (\d[\d,]*)",
-    re.IGNORECASE,
-)
-# What the upstream counted: "(100 in the messages, 300000 in the completion)".
-_UPSTREAM_COUNTS = re.compile(r"(\d+) in the messages, (\d+) in the completion")
-
-
 def _tokens_estimate(prompt_chars: int) -> int:
     return max(1, -(-prompt_chars // 4)) if prompt_chars else 0
-
-
-def _upstream_limit(message: str) -> int | None:
-    match = _UPSTREAM_LIMIT.search(message)
-    if match is None:
-        return None
-    digits = next(g for g in match.groups() if g is not None).replace(",", "")
-    return int(digits) if digits.isdigit() and int(digits) > 0 else None
 
 
 def context_overflow(
@@ -173,17 +165,18 @@ def context_overflow(
     upstream: str,
     status: int | None,
     max_tokens: int | None = None,
+    refusal: ContextRefusal | None = None,
 ) -> UpstreamFailure:
     """The upstream refused the request as too long for the model: say whose limit was hit
     (the upstream's own, with its number, and how it compares with the registry's window)
     and what the request asked for."""
-    limit = _upstream_limit(upstream)
-    counts = _UPSTREAM_COUNTS.search(upstream)
-    if counts is not None:
-        prompt, completion = int(counts.group(1)), int(counts.group(2))
-        asked = f"the prompt ({prompt:,} tokens as the upstream counted) plus max_tokens " + (
-            f"{completion:,}"
-        )
+    said = refusal or context_refusal(400, None, upstream) or ContextRefusal()
+    limit = said.limit
+    if said.prompt_tokens is not None:
+        asked = f"the prompt ({said.prompt_tokens:,} tokens as the upstream counted)"
+        completion = said.completion_tokens if said.completion_tokens is not None else max_tokens
+        if completion:
+            asked += f" plus max_tokens {completion:,}"
     else:
         asked = (
             f"the prompt (about {_tokens_estimate(prompt_chars):,} tokens, "
@@ -262,9 +255,20 @@ def classify(
     context_window: int | None,
     prompt_chars: int,
     retry_after_cap_s: float = 60.0,
+    max_tokens: int | None = None,
 ) -> UpstreamFailure:
     """What ``exc`` means for the agent. The message is what users see (last_error, events,
     the log); no configured key, whole or in part, survives in it."""
+    if isinstance(exc, StreamInterrupted):
+        return _interrupted(
+            exc,
+            agent_id=agent_id,
+            model=model,
+            context_window=context_window,
+            prompt_chars=prompt_chars,
+            retry_after_cap_s=retry_after_cap_s,
+            max_tokens=max_tokens,
+        )
     failure = _classify(
         exc,
         agent_id=agent_id,
@@ -272,6 +276,7 @@ def classify(
         context_window=context_window,
         prompt_chars=prompt_chars,
         retry_after_cap_s=retry_after_cap_s,
+        max_tokens=max_tokens,
     )
     masked = SECRETS.mask(failure.message)
     if masked != failure.message:
@@ -279,6 +284,51 @@ def classify(
     if failure.reason in (FailureReason.timeout, FailureReason.connection) and _never_sent(exc):
         failure = replace(failure, sent=False)
     return failure
+
+
+def _interrupted(
+    exc: StreamInterrupted,
+    *,
+    agent_id: str,
+    model: str,
+    context_window: int | None,
+    prompt_chars: int,
+    retry_after_cap_s: float,
+    max_tokens: int | None,
+) -> UpstreamFailure:
+    """A streamed answer that broke once begun: retried like any dropped call, and always
+    counted as sent (the upstream had answered 200)."""
+    cause = exc.__cause__ or exc
+    after = f"after {exc.received:,} characters of the answer"
+    if isinstance(cause, StreamEndedEarly):
+        failure = UpstreamFailure(
+            FailureReason.connection, f"the upstream's stream ended before the answer, {after}"
+        )
+    elif isinstance(cause, openai.APIError) and not isinstance(
+        cause, openai.APIStatusError | openai.APIConnectionError
+    ):
+        # An error event inside the stream (vLLM sends one when generation fails).
+        failure = UpstreamFailure(
+            FailureReason.server_error,
+            f"the upstream reported an error mid-answer, {after}: {redact(cause.message)[:500]}",
+        )
+    elif isinstance(cause, httpx2.TimeoutException | openai.APITimeoutError):
+        failure = UpstreamFailure(
+            FailureReason.timeout,
+            f"the upstream fell silent mid-answer for longer than the read time-out, {after}",
+        )
+    else:
+        inner = classify(
+            cause,
+            agent_id=agent_id,
+            model=model,
+            context_window=context_window,
+            prompt_chars=prompt_chars,
+            retry_after_cap_s=retry_after_cap_s,
+            max_tokens=max_tokens,
+        )
+        failure = replace(inner, message=f"{inner.message} ({after})")
+    return replace(failure, message=SECRETS.mask(failure.message), sent=True, mid_answer=True)
 
 
 def _classify(
@@ -289,6 +339,7 @@ def _classify(
     context_window: int | None,
     prompt_chars: int,
     retry_after_cap_s: float,
+    max_tokens: int | None,
 ) -> UpstreamFailure:
     if isinstance(exc, openai.APITimeoutError) and not _dropped_connection(exc):
         return UpstreamFailure(FailureReason.timeout, "the upstream did not answer in time")
@@ -359,8 +410,11 @@ def _classify(
                 f"(GET /upstream lists what it offers); upstream said: {upstream}",
                 status,
             )
+        refusal = context_refusal(status, exc.body, upstream)
         code = _upstream_code(exc)
-        if code == "context_length_exceeded" or (status == 400 and "context" in (code or "")):
+        if refusal is None and status == 400 and "context" in (code or ""):
+            refusal = ContextRefusal()
+        if refusal is not None:
             return context_overflow(
                 agent_id=agent_id,
                 model=model,
@@ -368,6 +422,8 @@ def _classify(
                 prompt_chars=prompt_chars,
                 upstream=upstream,
                 status=status,
+                max_tokens=max_tokens,
+                refusal=refusal,
             )
         return UpstreamFailure(
             FailureReason.bad_request,

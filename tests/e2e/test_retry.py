@@ -35,7 +35,14 @@ def failing_job(n_ok: int, n_long: int) -> dict[str, Any]:
                 "depends_on": [f"long{i}"],
             }
         )
-    return {"name": "flaky", "max_concurrency": 50, "max_retries": 0, "agents": agents}
+    # A bounded answer: the default max_tokens (4096) would not fit the small window either.
+    return {
+        "name": "flaky",
+        "max_concurrency": 50,
+        "max_retries": 0,
+        "max_tokens": 200,
+        "agents": agents,
+    }
 
 
 def sim_config(sim: Proc, **patch: Any) -> None:

@@ -574,3 +574,22 @@ def test_swarmctl_upstream_says_when_no_key_is_set() -> None:
         console = Console(record=True, width=200)
         show_upstream(console, {"status": "failed", "upstreams": [{**up, "api_key_set": key_set}]})
         assert line in console.export_text()
+
+
+async def test_a_server_listing_one_alias_is_not_said_to_lack_the_other_models(
+    tmp_path: Path, httpx2_mock: HTTPXMock
+) -> None:
+    """llama-server lists its one alias and answers any model name with it: the models it
+    does not list are "not listed", said with why, never "unknown"."""
+    httpx2_mock.add_response(url=MODELS_URL, json=models_body("local"))
+    body, _ = await report(make_settings(tmp_path))
+    up = entry(body)
+    assert up["status"] == "ok" and up["models_offered"] == ["local"]
+    models = models_by_name(up)
+    assert models["kimi-k2.5"]["offered"] is None and models["gpt-4.1"]["offered"] is None
+    assert body["status"] == "ok"  # not degraded on a guess
+    assert not any(a.startswith("unknown model") for a in up["advice"])
+    (kimi,) = [a for a in up["advice"] if a.startswith("not listed: kimi-k2.5")]
+    assert "lists one model only (local)" in kimi
+    assert "may answer any model name with local" in kimi
+    assert "SWARM_DEFAULT_MODEL=local" in kimi
