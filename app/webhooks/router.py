@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter
-from sqlalchemy import Connection
 
 from app.api.auth import AUTH_RESPONSES, TenantDep
 from app.api.deps import JobsDep, ServicesDep
-from app.store import webhooks as hooks
-from app.webhooks.schemas import WebhookDeliveries, WebhookDeliveryPublic
+from app.webhooks.reads import job_webhooks as read_job_webhooks
+from app.webhooks.schemas import WebhookDeliveries
 
 router = APIRouter(prefix="/jobs", tags=["webhooks"], responses=AUTH_RESPONSES)
 
@@ -24,14 +22,4 @@ async def job_webhooks(
 ) -> WebhookDeliveries:
     """The job's webhook deliveries: status, attempts, last status code, next retry."""
     job = await jobs.require(tenant, job_id)
-
-    def read(conn: Connection) -> list[hooks.Delivery]:
-        return hooks.job_deliveries(conn, job_id)
-
-    deliveries = await services.store.read(read)
-    hook = json.loads(job.spec_json).get("webhook")
-    return WebhookDeliveries(
-        url=hook["url"] if hook else None,
-        events=list(hook["events"]) if hook else [],
-        data=[WebhookDeliveryPublic.of(d) for d in deliveries],
-    )
+    return await read_job_webhooks(services.store, job)
