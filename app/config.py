@@ -199,6 +199,19 @@ class Settings(BaseSettings):
     webhook_poll_s: float = Field(1.0, gt=0)
     webhook_concurrency: int = Field(16, ge=1)
 
+    # Agents that use tools (see README, Tools). The most model calls one agent's loop may
+    # declare (max_steps), the most tool calls a job may make in all, the most sub-agents
+    # a job's spawn_agents calls may create, and how deep spawning may go.
+    max_agent_steps: int = Field(100, ge=1, le=10_000)
+    max_tool_calls_per_job: int = Field(1_500, ge=1)
+    max_spawned_agents_per_job: int = Field(100, ge=1)
+    # One tool call's time-out, and the most characters of its result the model is shown
+    # (a larger result is an error result: the model may ask for less).
+    tool_timeout_s: float = Field(60.0, gt=0, le=3600)
+    tool_result_max_chars: int = Field(100_000, ge=100)
+    # Allow MCP and tool URLs on private, loopback and link-local addresses (tests, a LAN).
+    tool_allow_private: bool = False
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")

@@ -217,6 +217,11 @@ class RunState:
                 started.append(agent_id)
         return started
 
+    def over_budget(self) -> str | None:
+        """The budget's reason once the job's spend has reached it (a tool-using agent's
+        loop stops between steps), else None."""
+        return self.budget_reason if self._over_budget() else None
+
     def _over_budget(self) -> bool:
         if self.budget_usd is None or self.spent_usd < self.budget_usd:
             return False

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from app.engine.tool_spec import DEFAULT_MAX_STEPS, OnMaxSteps, ToolSpec
 from app.events.types import EventType
 
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
@@ -296,6 +297,51 @@ class AgentSpec(AgentDefaults):
         ),
     )
 
+    tools: list[ToolSpec] = Field(
+        default_factory=list,
+        max_length=32,
+        description=(
+            "Tools the agent may call: MCP servers ({type: 'mcp', url, headers_env, allow}) "
+            "and tools served by the caller ({type: 'http', name, description, parameters, "
+            "url}). An agent with tools runs a loop: model call, the tool calls it asks for "
+            "(in parallel), their results appended, until it answers without tool calls."
+        ),
+    )
+    max_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description=(
+            f"With tools: the most model calls of the agent's loop. Unset means "
+            f"{DEFAULT_MAX_STEPS}; the service's maximum (SWARM_MAX_AGENT_STEPS) applies."
+        ),
+    )
+    on_max_steps: OnMaxSteps = Field(
+        default=OnMaxSteps.fail,
+        description=(
+            "With tools, when max_steps is reached: 'fail' (the agent fails with the reason) "
+            "or 'answer' (its last model call is offered no tools, so it answers with what it "
+            "has)."
+        ),
+    )
+
+    _steps_number_only = field_validator("max_steps", mode="before")(_json_number)
+
+    @field_validator("tools")
+    @classmethod
+    def _unique_tool_names(cls, value: list[ToolSpec]) -> list[ToolSpec]:
+        seen: set[str] = set()
+        for tool in value:
+            name = getattr(tool, "name", None)
+            if name is None:
+                continue
+            if name in seen:
+                raise PydanticCustomError(
+                    "duplicate_tool", "two tools are named '{name}'", {"name": name}
+                )
+            seen.add(name)
+        return value
+
     @field_validator("depends_on")
     @classmethod
     def _no_repeated_dependency(cls, value: list[str]) -> list[str]:
@@ -444,6 +490,9 @@ class JobSpec(AgentDefaults):
             response_format=_first_set(agent.response_format, self.response_format)
             or ResponseFormat.text,
             map=agent.map,
+            tools=tuple(agent.tools),
+            max_steps=agent.max_steps,
+            on_max_steps=agent.on_max_steps,
         )
 
     def resolved_agents(self) -> list[ResolvedAgent]:
@@ -473,6 +522,9 @@ class ResolvedAgent:
     response_format: ResponseFormat
     map: MapSpec | None = None
     rate_limit_wait_s: float | None = None
+    tools: tuple[ToolSpec, ...] = ()
+    max_steps: int | None = None
+    on_max_steps: OnMaxSteps = OnMaxSteps.fail
 
 
 def _first_set(own: _T | None, inherited: _T | None) -> _T | None:

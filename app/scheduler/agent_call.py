@@ -72,6 +72,15 @@ class AgentOutcome:
 
 
 @dataclass(frozen=True)
+class Answer:
+    """A call's answer, with what the agent has wasted and how its attempts counted."""
+
+    result: CallResult
+    wasted: Usage
+    tally: Tally
+
+
+@dataclass(frozen=True)
 class PlanCheck:
     """A planner's answer must be the list its map nodes fan out over."""
 
@@ -96,6 +105,7 @@ class AgentCaller:
         metrics: Metrics,
         draining: Callable[[], bool],
         spend: Callable[[float | None], None],
+        over_budget: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.job_id = job_id
         self.tenant = tenant
@@ -108,6 +118,9 @@ class AgentCaller:
         self.metrics = metrics
         self._draining = draining
         self._spend = spend
+        self.over_budget = over_budget
+        # Tool calls the job has made (tool-using agents), read from the store when needed.
+        self.tool_calls: int | None = None
         # Agents whose upstream call is in flight right now (not waiting for a slot).
         self.in_call: set[str] = set()
         self._rng = random.Random()
@@ -195,6 +208,40 @@ class AgentCaller:
         # Answers paid for but not used (a planner's answer that was no list), and the
         # estimates of attempts whose answer never arrived.
         wasted = unused or Usage()
+        if agent.tools:
+            from app.scheduler.tool_loop import run_tool_loop  # it builds on this module
+
+            return await run_tool_loop(self, agent, route, req, limits, tally, wasted)
+        answer = await self.answer(agent_id, route, req, limits, tally, wasted, estimate, plan)
+        if isinstance(answer, AgentOutcome):
+            return answer
+        result, wasted = answer.result, answer.wasted
+        paid = self._priced(route, result.usage)
+        await self.persist(
+            ops.mark_agent_completed(
+                self.job_id,
+                agent_id,
+                output=result.output,
+                finish_reason=result.finish_reason,
+                usage=wasted + paid,
+                latency_ms=result.latency_ms,
+            )
+        )
+        return AgentOutcome(agent_id, True, output=result.output, cost_usd=paid.cost_usd)
+
+    async def answer(
+        self,
+        agent_id: str,
+        route: Route,
+        req: AgentRequest,
+        limits: RetryLimits,
+        tally: Tally,
+        wasted: Usage,
+        estimate: Usage,
+        plan: PlanCheck | None = None,
+    ) -> Answer | AgentOutcome:
+        """The one retry loop: attempts until an answer, or the agent's failure (written).
+        `wasted`: what was paid for (or estimated) and not used, so far."""
         while True:
             tally = tally.started()
             attempt = tally.attempts
@@ -219,8 +266,7 @@ class AgentCaller:
                         f"{', '.join(plan.map_nodes)}, and {exc}",
                     )
             if isinstance(outcome, CallResult):
-                result = outcome
-                break
+                return Answer(outcome, wasted, tally)
             last = outcome
             delay = retry_delay(
                 attempt,
@@ -264,18 +310,6 @@ class AgentCaller:
             if self._draining():
                 raise asyncio.CancelledError  # resumes on the next start
             await sleep(step.delay_s)
-        paid = self._priced(route, result.usage)
-        await self.persist(
-            ops.mark_agent_completed(
-                self.job_id,
-                agent_id,
-                output=result.output,
-                finish_reason=result.finish_reason,
-                usage=wasted + paid,
-                latency_ms=result.latency_ms,
-            )
-        )
-        return AgentOutcome(agent_id, True, output=result.output, cost_usd=paid.cost_usd)
 
     def _too_large(self, agent_id: str, kind: AgentKind, req: AgentRequest) -> str:
         limit = self.settings.max_prompt_chars

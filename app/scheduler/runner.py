@@ -60,6 +60,7 @@ class JobRunner:
             metrics=metrics,
             draining=lambda: self.state.draining,
             spend=self.state.spend,
+            over_budget=self.state.over_budget,
         )
         self.units = Units(self.state, self.caller, settings)
         self.tasks: dict[str, asyncio.Task[AgentOutcome]] = {}

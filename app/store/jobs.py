@@ -14,6 +14,7 @@ from app.engine.lifecycle import FINISHED_JOB_STATUSES, AgentKind, AgentStatus, 
 from app.engine.usage import Usage
 from app.events.types import EventType
 from app.store.models import utcnow
+from app.store.steps import forget_transcripts
 from app.store.tables import agents_t, dumps, events_t, jobs_t, loads, owned
 from app.store.transitions import cancel_unfinished_agents, mark_job_finished
 from app.store.writer import Refused, Tx, WriteOp
@@ -252,6 +253,7 @@ def delete_job(job_id: str, tenant: str | None = None) -> WriteOp[None]:
         if row.status not in FINISHED_JOB_STATUSES:
             return Refused(JobStillRunningError(job_id, JobStatus(row.status)))
         tx.conn.execute(delete(events_t).where(events_t.c.job_id == job_id))
+        forget_transcripts(tx, job_id)
         tx.conn.execute(delete(agents_t).where(agents_t.c.job_id == job_id))
         tx.conn.execute(delete(jobs_t).where(jobs_t.c.id == job_id))
         tx.forget_job(job_id)

@@ -78,12 +78,17 @@ class AgentRequest:
     extra_body: dict[str, Any] = field(default_factory=dict)
     # The provider's name for the model, when it differs from ours.
     upstream_model: str | None = None
+    # An agent with tools: the loop's messages after the user's (assistant tool calls and
+    # tool results), and the tools offered (OpenAI function definitions).
+    history: tuple[dict[str, Any], ...] = ()
+    tools: tuple[dict[str, Any], ...] = ()
 
-    def messages(self) -> list[dict[str, str]]:
-        msgs = []
+    def messages(self) -> list[dict[str, Any]]:
+        msgs: list[dict[str, Any]] = []
         if self.system_prompt:
             msgs.append({"role": "system", "content": self.system_prompt})
         msgs.append({"role": "user", "content": self.prompt})
+        msgs.extend(self.history)
         return msgs
 
     @property
@@ -92,11 +97,22 @@ class AgentRequest:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A tool call the model asked for: its id in the conversation, the tool, and the
+    arguments as the model wrote them (JSON text, not yet parsed)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class CallResult:
     output: str
     finish_reason: str | None
     usage: Usage  # as the upstream reported it; the cost is added by the caller
     latency_ms: float
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class EmptyOutputError(Exception):
@@ -119,10 +135,13 @@ async def call_chat(client: AsyncOpenAI, req: AgentRequest) -> CallResult:
         kwargs["timeout"] = req.timeout_s
     if req.extra_body:
         kwargs["extra_body"] = req.extra_body
+    if req.tools:
+        kwargs["tools"] = list(req.tools)
     started = time.perf_counter()
     resp = await client.chat.completions.create(**kwargs)
     latency_ms = (time.perf_counter() - started) * 1000
-    if not resp.choices or resp.choices[0].message.content is None:
+    tool_calls = _tool_calls(resp) if req.tools else ()
+    if not resp.choices or (resp.choices[0].message.content is None and not tool_calls):
         raise EmptyOutputError("the upstream returned a completion without content")
     choice = resp.choices[0]
     usage = resp.usage
@@ -134,7 +153,27 @@ async def call_chat(client: AsyncOpenAI, req: AgentRequest) -> CallResult:
         finish_reason=str(choice.finish_reason)[:32] if choice.finish_reason else None,
         usage=reported_usage(usage),
         latency_ms=latency_ms,
+        tool_calls=tool_calls,
     )
+
+
+def _tool_calls(resp: Any) -> tuple[ToolCall, ...]:
+    if not resp.choices:
+        return ()
+    calls = getattr(resp.choices[0].message, "tool_calls", None) or []
+    found: list[ToolCall] = []
+    for k, call in enumerate(calls):
+        function = getattr(call, "function", None)
+        if function is None:
+            continue  # not a function call (a custom tool type): nothing we offered
+        found.append(
+            ToolCall(
+                id=str(getattr(call, "id", None) or f"call_{k}")[:200],
+                name=str(function.name or "")[:200],
+                arguments=SECRETS.mask(clean_text(function.arguments or "")),
+            )
+        )
+    return tuple(found)
 
 
 def reported_usage(usage: Any) -> Usage:

@@ -1,5 +1,5 @@
-"""Which webhook URLs a job may name: no private, loopback or link-local target (the
-service must not be a way into the network it runs in), unless the operator allows it."""
+"""Which webhook (and tool) URLs a job may name: no private, loopback or link-local target
+(the service must not be a way into the network it runs in), unless the operator allows it."""
 
 from __future__ import annotations
 
@@ -26,7 +26,13 @@ def _refused(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | No
     return None
 
 
-def check_target(url: str, *, allow_private: bool) -> None:
+def check_target(
+    url: str,
+    *,
+    allow_private: bool,
+    what: str = "webhooks go",
+    setting: str = "SWARM_WEBHOOK_ALLOW_PRIVATE",
+) -> None:
     """Raise WebhookTargetError unless `url` is an http(s) URL whose host is (or resolves
     only to) public addresses. Blocking (it may resolve a name): run it in a thread."""
     try:
@@ -53,6 +59,6 @@ def check_target(url: str, *, allow_private: bool) -> None:
         kind = _refused(address)
         if kind is not None:
             raise WebhookTargetError(
-                f"the host {host!r} is a {kind} address ({address}): webhooks go to public "
-                "addresses only (an operator may set SWARM_WEBHOOK_ALLOW_PRIVATE=true)"
+                f"the host {host!r} is a {kind} address ({address}): {what} to public "
+                f"addresses only (an operator may set {setting}=true)"
             )

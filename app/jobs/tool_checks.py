@@ -1,0 +1,61 @@
+"""Submit-time checks of the agents' tools that need the service's settings: URL targets,
+the environment variables header values come from, and the bound on max_steps."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from app.config import Settings
+from app.engine.spec import JobSpec
+from app.engine.tool_spec import McpTools
+from app.errors import UnprocessableError
+from app.webhooks.targets import WebhookTargetError, check_target
+
+
+def check_tools(spec: JobSpec, settings: Settings) -> None:
+    """Raise a 422 naming every problem. Blocking (it may resolve host names): run it in a
+    thread."""
+    problems: list[dict[str, Any]] = []
+    for index, agent in enumerate(spec.agents):
+        where: list[str | int] = ["body", "agents", index]
+        if agent.max_steps is not None and agent.max_steps > settings.max_agent_steps:
+            problems.append(
+                {
+                    "loc": [*where, "max_steps"],
+                    "type": "max_steps",
+                    "msg": f"agent {agent.id!r}: max_steps {agent.max_steps} is above this "
+                    f"service's maximum of {settings.max_agent_steps} (SWARM_MAX_AGENT_STEPS)",
+                }
+            )
+        for k, tool in enumerate(agent.tools):
+            at = [*where, "tools", k]
+            try:
+                check_target(
+                    tool.url,
+                    allow_private=settings.tool_allow_private,
+                    what="tools are called",
+                    setting="SWARM_TOOL_ALLOW_PRIVATE",
+                )
+            except WebhookTargetError as exc:
+                problems.append(
+                    {
+                        "loc": [*at, "url"],
+                        "type": "tool_target",
+                        "msg": f"agent {agent.id!r}, tool {k}: {exc}",
+                    }
+                )
+            if isinstance(tool, McpTools):
+                for header, env in tool.headers_env.items():
+                    if not os.environ.get(env):
+                        problems.append(
+                            {
+                                "loc": [*at, "headers_env", header],
+                                "type": "tool_header_env",
+                                "msg": f"agent {agent.id!r}, tool {k}: the header {header!r} "
+                                f"comes from the environment variable {env!r}, which is not "
+                                "set on this service",
+                            }
+                        )
+    if problems:
+        raise UnprocessableError(problems)
