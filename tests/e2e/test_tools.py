@@ -17,6 +17,7 @@ import pytest
 
 from tests.helpers.e2e import agent, sim_requests
 from tests.helpers.processes import (
+    ROOT,
     Proc,
     free_port,
     start_listener,
@@ -176,3 +177,38 @@ def test_kill_9_mid_tool_call_resumes_from_the_transcript(
     finally:
         sim.stop()
         tools.stop()
+
+
+def test_the_tool_research_example_runs_against_the_simulator(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "mcp-calls.jsonl"
+    mcp = start_listener(
+        tmp_path,
+        "mcp",
+        ["examples/mcp_server.py", "--port", str(port), "--calls-log", str(log)],
+        port,
+    )
+    sim = start_simulator(tmp_path, "--latency-uniform-ms", "20,60", "--seed", "3")
+    env = {"SWARM_UPSTREAM_BASE_URL": sim.url + "/v1", "SWARM_TOOL_ALLOW_PRIVATE": "true"}
+    try:
+        svc = start_service(tmp_path, env)
+        with httpx2.Client(base_url=svc.url, timeout=10) as client:
+            # The example as shipped, but with the MCP server on the port it got here.
+            text = (ROOT / "examples" / "tool_research.json").read_text()
+            body = json.loads(text.replace("127.0.0.1:8765", f"127.0.0.1:{port}"))
+            resp = client.post("/jobs", json=body)
+            assert resp.status_code == 201, resp.text
+            job = wait_job(client, resp.json()["id"], timeout=90)
+            assert job["status"] == "completed", job
+            performance = agent(client, job["id"], "performance")
+        svc.stop()
+        assert len(read_lines(log)) == 5  # 2 + 2 + 1 tool calls
+        # `performance` was offered both tools and used each once, in turn.
+        assert [s["tool"] for s in performance["transcript"] if s["kind"] == "tool_call"] == [
+            "search",
+            "word_count",
+        ]
+        assert "From 2 tool result(s)" in performance["output"]
+    finally:
+        sim.stop()
+        mcp.stop()

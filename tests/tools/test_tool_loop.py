@@ -3,6 +3,7 @@ caller-served tool faked at the transport."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -206,3 +207,49 @@ async def test_tool_calls_per_job_are_limited(
     assert len(fake_tool.calls) == 2
     seen = tool_results(fake_upstream.calls[-1])
     assert seen[2].startswith("error: the job has made its limit of 2 tool calls")
+
+
+async def test_cancel_aborts_a_tool_call_in_flight(
+    service: Service, fake_upstream: FakeUpstream, httpx2_mock: Any
+) -> None:
+    started = asyncio.Event()
+    in_flight = {"n": 0}
+
+    async def hang(_request: httpx2.Request) -> httpx2.Response:
+        in_flight["n"] += 1
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            in_flight["n"] -= 1
+        raise AssertionError("unreachable")
+
+    slow = {**LOOKUP, "name": "slow", "url": "http://tools.test/slow"}
+    httpx2_mock.add_callback(hang, url="http://tools.test/slow", is_optional=True)
+    fake_upstream.script = ask_tools([[("slow", "{}")]])
+    submitted = await service.submit(
+        {"agents": [{"id": "r", "task": "wait for the tool", "tools": [slow]}]}
+    )
+    async with asyncio.timeout(10):
+        await started.wait()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    resp = await service.client.post(f"/jobs/{submitted['id']}/cancel")
+    assert resp.status_code == 202
+    done = await service.wait(submitted["id"], timeout=5)
+    assert loop.time() - t0 < 1.0
+    assert done["status"] == "cancelled"
+    assert in_flight["n"] == 0  # the tool call was aborted
+
+
+async def test_tool_calls_are_counted_by_tool_and_outcome(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    fake_upstream.script = ask_tools(
+        [[("lookup", '{"q": "a"}'), ("lookup", '{"q": "b"}'), ("invented", "{}")]]
+    )
+    submitted = await service.submit(job())
+    assert (await service.wait(submitted["id"]))["status"] == "completed"
+    metrics = (await service.client.get("/metrics")).text
+    assert 'swarm_tool_calls_total{outcome="ok",tool="lookup"} 2.0' in metrics
+    assert 'swarm_tool_calls_total{outcome="error",tool="unknown"} 1.0' in metrics
