@@ -460,7 +460,8 @@ class RunState:
             self.spent_usd += r.usage.cost_usd or 0.0
             if not r.status.finished and r.usage:
                 self.prior_usage[r.agent_id] = r.usage
-            if r.parent_id is not None:
+            # Spawned agents are run by their parent's spawn_agents call, not by the run.
+            if r.parent_id is not None and r.kind is not AgentKind.spawned:
                 subs_of.setdefault(r.parent_id, []).append(r)
         decision = Decision()
         # Queued again in the order of the graph, as the replay releases them.

@@ -11,7 +11,13 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from app.engine.tool_spec import DEFAULT_MAX_STEPS, OnMaxSteps, ToolSpec
+from app.engine.tool_spec import (
+    DEFAULT_MAX_STEPS,
+    SPAWN_TOOL_NAME,
+    OnMaxSteps,
+    SpawnAgents,
+    ToolSpec,
+)
 from app.events.types import EventType
 
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
@@ -332,7 +338,7 @@ class AgentSpec(AgentDefaults):
     def _unique_tool_names(cls, value: list[ToolSpec]) -> list[ToolSpec]:
         seen: set[str] = set()
         for tool in value:
-            name = getattr(tool, "name", None)
+            name = SPAWN_TOOL_NAME if isinstance(tool, SpawnAgents) else getattr(tool, "name", None)
             if name is None:
                 continue
             if name in seen:
@@ -468,10 +474,17 @@ class JobSpec(AgentDefaults):
         default=None,
         description="Signed webhook deliveries of the job's events (see README, Webhooks).",
     )
-
-    _job_numbers_only = field_validator("max_concurrency", "budget_usd", mode="before")(
-        _json_number
+    max_spawn_depth: int = Field(
+        default=1,
+        ge=1,
+        le=2,
+        description="How deep spawn_agents may go: 1 (agents spawned by a submitted agent may "
+        "not spawn again) or 2 (they may, once more).",
     )
+
+    _job_numbers_only = field_validator(
+        "max_concurrency", "budget_usd", "max_spawn_depth", mode="before"
+    )(_json_number)
     _storable_objects = field_validator("context", "metadata")(_storable_json_object)
 
     def resolve(self, agent: AgentSpec) -> ResolvedAgent:
@@ -493,6 +506,7 @@ class JobSpec(AgentDefaults):
             tools=tuple(agent.tools),
             max_steps=agent.max_steps,
             on_max_steps=agent.on_max_steps,
+            spawn_levels=self.max_spawn_depth,
         )
 
     def resolved_agents(self) -> list[ResolvedAgent]:
@@ -525,6 +539,10 @@ class ResolvedAgent:
     tools: tuple[ToolSpec, ...] = ()
     max_steps: int | None = None
     on_max_steps: OnMaxSteps = OnMaxSteps.fail
+    # spawn_agents: how many levels of spawning the job allows, and this agent's level
+    # (0: submitted; 1: spawned by a submitted agent).
+    spawn_levels: int = 1
+    depth: int = 0
 
 
 def _first_set(own: _T | None, inherited: _T | None) -> _T | None:

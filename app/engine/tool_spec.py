@@ -116,4 +116,4 @@ class SpawnAgents(BaseModel):
     )
 
 
-ToolSpec = Annotated[McpTools | HttpTool, Field(discriminator="type")]
+ToolSpec = Annotated[McpTools | HttpTool | SpawnAgents, Field(discriminator="type")]

@@ -8,7 +8,7 @@ from typing import Any
 
 from app.config import Settings
 from app.engine.spec import JobSpec
-from app.engine.tool_spec import McpTools
+from app.engine.tool_spec import McpTools, SpawnAgents
 from app.errors import UnprocessableError
 from app.webhooks.targets import WebhookTargetError, check_target
 
@@ -30,6 +30,8 @@ def check_tools(spec: JobSpec, settings: Settings) -> None:
             )
         for k, tool in enumerate(agent.tools):
             at = [*where, "tools", k]
+            if isinstance(tool, SpawnAgents):
+                continue
             try:
                 check_target(
                     tool.url,

@@ -121,6 +121,8 @@ class AgentCaller:
         self.over_budget = over_budget
         # Tool calls the job has made (tool-using agents), read from the store when needed.
         self.tool_calls: int | None = None
+        # Agents the job's spawn_agents calls have created, likewise.
+        self.spawned: int | None = None
         # Agents whose upstream call is in flight right now (not waiting for a slot).
         self.in_call: set[str] = set()
         self._rng = random.Random()

@@ -13,13 +13,13 @@ import logging
 
 from app.engine.attempts import RetryLimits, Tally, estimate_attempt
 from app.engine.spec import ResolvedAgent
-from app.engine.tool_spec import DEFAULT_MAX_STEPS, HttpTool, OnMaxSteps
+from app.engine.tool_spec import DEFAULT_MAX_STEPS, HttpTool, OnMaxSteps, SpawnAgents
 from app.engine.transcript import PlannedCall, Step, StepKind, Transcript, call_id_for
 from app.engine.usage import Usage
 from app.scheduler.agent_call import AgentCaller, AgentOutcome, Answer
 from app.store import steps as step_store
 from app.store import transitions as ops
-from app.tools.base import ToolCallContext
+from app.tools.base import Tool, ToolCallContext
 from app.tools.http_tool import signing_secret
 from app.tools.mcp_tools import McpServerError
 from app.tools.toolbox import Toolbox, ToolOutcome
@@ -86,7 +86,7 @@ class ToolLoop:
             )
         try:
             try:
-                await self.toolbox.open(self.agent.tools, secret)
+                await self.toolbox.open(self.agent.tools, secret, self._built_in())
             except McpServerError as exc:
                 return await self._fail(f"agent {agent_id!r}: {exc}", "tool_server")
             return await self._loop()
@@ -96,6 +96,16 @@ class ToolLoop:
                     await self.toolbox.close()
             except (TimeoutError, Exception):
                 log.debug("closing an agent's tools failed", exc_info=True)
+
+    def _built_in(self) -> list[Tool]:
+        from app.tools.spawn import SpawnTool  # it runs agents through this package
+
+        tools: list[Tool] = [
+            SpawnTool(spec, self.caller, self.agent, self.caller.settings.tool_result_max_chars)
+            for spec in self.agent.tools
+            if isinstance(spec, SpawnAgents)
+        ]
+        return tools[:1]
 
     async def _loop(self) -> AgentOutcome:
         transcript = self.transcript

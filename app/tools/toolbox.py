@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx2
 
-from app.engine.tool_spec import HttpTool, McpTools, ToolSpec
+from app.engine.tool_spec import HttpTool, McpTools, SpawnAgents, ToolSpec
 from app.engine.transcript import parse_arguments
 from app.text import SECRETS, clean_text
 from app.tools.base import Tool, ToolCallContext, ToolError
@@ -45,10 +45,17 @@ class Toolbox:
         self._max_chars = max_chars
         self._stack = contextlib.AsyncExitStack()
 
-    async def open(self, specs: tuple[ToolSpec, ...], secret: str | None) -> None:
-        """Raises McpServerError when a server cannot be listed."""
+    async def open(
+        self, specs: tuple[ToolSpec, ...], secret: str | None, built_in: list[Tool]
+    ) -> None:
+        """Raises McpServerError when a server cannot be listed. `built_in`: the tools the
+        service itself provides (spawn_agents)."""
         http: httpx2.AsyncClient | None = None
+        for tool in built_in:
+            self.tools[tool.name] = tool
         for spec in specs:
+            if isinstance(spec, SpawnAgents):
+                continue
             if isinstance(spec, McpTools):
                 found: list[Tool] = list(await open_server(spec, self._stack, self._timeout_s))
             elif isinstance(spec, HttpTool):
@@ -86,11 +93,13 @@ class Toolbox:
         parsed = parse_arguments(arguments)
         if isinstance(parsed, str):
             return outcome(False, f"error: {parsed}")
+        # A tool may set its own time-out (spawn_agents: none, its agents have theirs).
+        timeout_s = getattr(tool, "timeout_s", self._timeout_s)
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(timeout_s):
                 text = await tool.call(parsed, ctx)
         except TimeoutError:
-            return outcome(False, f"error: the tool did not answer within {self._timeout_s:g} s")
+            return outcome(False, f"error: the tool did not answer within {timeout_s:g} s")
         except ToolError as exc:
             return outcome(False, f"error: {exc}")
         except httpx2.HTTPError as exc:
