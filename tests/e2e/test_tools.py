@@ -212,3 +212,60 @@ def test_the_tool_research_example_runs_against_the_simulator(tmp_path: Path) ->
     finally:
         sim.stop()
         mcp.stop()
+
+
+def test_kill_9_mid_spawn_does_not_call_completed_spawned_agents_again(tmp_path: Path) -> None:
+    sim = start_simulator(tmp_path, "--latency-uniform-ms", "200,2500", "--seed", "5")
+    db = tmp_path / "swarm.db"
+    env = {"SWARM_UPSTREAM_BASE_URL": sim.url + "/v1"}
+    body = {
+        "agents": [
+            {
+                "id": "lead",
+                "task": "Survey heat pump markets: spawn 6 researchers.",
+                "tools": [{"type": "spawn_agents", "max_agents": 10}],
+            }
+        ]
+    }
+
+    def spawned(client: httpx2.Client, job_id: str) -> dict[str, dict[str, Any]]:
+        agents = client.get(f"/jobs/{job_id}").json()["agents"]
+        return {a["id"]: a for a in agents if a["kind"] == "spawned"}
+
+    try:
+        svc = start_service(tmp_path, env, db=db)
+        with httpx2.Client(base_url=svc.url, timeout=10) as client:
+            job_id = client.post("/jobs", json=body).json()["id"]
+            wait_until(
+                lambda: any(a["status"] == "completed" for a in spawned(client, job_id).values()),
+                "a spawned agent to complete",
+            )
+            svc.stop(sig_kill=True)
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute(
+                "SELECT agent_id, status, prompt FROM agents WHERE job_id = ? AND kind = ?",
+                (job_id, "spawned"),
+            ).fetchall()
+        completed_before = {prompt for _, status, prompt in rows if status == "completed"}
+        assert completed_before and len(rows) == 6
+
+        svc = start_service(tmp_path, env, db=db)
+        with httpx2.Client(base_url=svc.url, timeout=10) as client:
+            job = wait_job(client, job_id, timeout=90)
+            assert job["status"] == "completed", job
+            after = spawned(client, job_id)
+            lead = agent(client, job_id, "lead")
+        svc.stop()
+        assert len(after) == 6 and all(a["status"] == "completed" for a in after.values())
+        requests = sim_requests(sim)
+        prompts = Counter(r["messages"][-1]["content"] for r in requests)
+        for prompt in completed_before:
+            assert prompts[prompt] == 1, prompt  # completed before the kill: never again
+        # The lead's first call (which spawned them) was made once; its answer quotes
+        # the spawn's result, six outputs.
+        assert prompts[body["agents"][0]["task"]] == 1
+        (result,) = [s for s in lead["transcript"] if s["kind"] == "tool_result"]
+        assert len(json.loads(result["data"]["content"])["agents"]) == 6
+        assert "From 1 tool result(s)" in lead["output"]
+    finally:
+        sim.stop()
