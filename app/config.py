@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import lru_cache
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,6 +39,17 @@ class Role(StrEnum):
     api = "api"
     # Claims and runs jobs under leases; serves only /healthz, /readyz and /metrics.
     worker = "worker"
+
+
+class McpServer(BaseModel):
+    """An MCP server the operator declares once (SWARM_MCP_SERVERS); agents name it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2000)
+    # Header name -> the environment variable holding its value.
+    headers_env: dict[str, str] = Field(default_factory=dict)
+    allow: list[str] | None = None
 
 
 class Settings(BaseSettings):
@@ -211,6 +222,10 @@ class Settings(BaseSettings):
     tool_result_max_chars: int = Field(100_000, ge=100)
     # Allow MCP and tool URLs on private, loopback and link-local addresses (tests, a LAN).
     tool_allow_private: bool = False
+    # MCP servers declared once, by name (JSON: {"name": {"url", "headers_env", "allow"}});
+    # an agent's tool {"type": "mcp", "server": "name"} uses one. Declared by the operator,
+    # so they may be on a private network.
+    mcp_servers: dict[str, McpServer] = Field(default_factory=dict)
 
     @property
     def is_sqlite(self) -> bool:

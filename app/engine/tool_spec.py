@@ -7,7 +7,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 # Tool names as the OpenAI API accepts them.
@@ -30,12 +30,19 @@ class McpTools(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["mcp"]
-    url: str = Field(
+    url: str | None = Field(
+        default=None,
         max_length=2000,
         pattern=_URL,
         description="The server's streamable HTTP endpoint, e.g. http://host:8765/mcp. Private, "
         "loopback and link-local addresses are refused unless the service sets "
-        "SWARM_TOOL_ALLOW_PRIVATE.",
+        "SWARM_TOOL_ALLOW_PRIVATE. Give either url or server.",
+    )
+    server: str | None = Field(
+        default=None,
+        max_length=100,
+        description="The name of an MCP server the service declares (SWARM_MCP_SERVERS), "
+        "with its URL and headers; in place of url.",
     )
     headers_env: dict[str, str] = Field(
         default_factory=dict,
@@ -49,6 +56,12 @@ class McpTools(BaseModel):
         max_length=200,
         description="Only these of the server's tools are offered. Unset: all of them.",
     )
+
+    @model_validator(mode="after")
+    def _url_or_server(self) -> McpTools:
+        if (self.url is None) == (self.server is None):
+            raise PydanticCustomError("mcp_target", "give either 'url' or 'server' (one of them)")
+        return self
 
     @field_validator("headers_env")
     @classmethod

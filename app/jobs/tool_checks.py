@@ -32,6 +32,20 @@ def check_tools(spec: JobSpec, settings: Settings) -> None:
             at = [*where, "tools", k]
             if isinstance(tool, SpawnAgents):
                 continue
+            if isinstance(tool, McpTools) and tool.server is not None:
+                declared = settings.mcp_servers.get(tool.server)
+                if declared is None:
+                    known = ", ".join(sorted(settings.mcp_servers)) or "none"
+                    problems.append(
+                        {
+                            "loc": [*at, "server"],
+                            "type": "unknown_mcp_server",
+                            "msg": f"agent {agent.id!r}, tool {k}: no MCP server named "
+                            f"{tool.server!r} is declared (SWARM_MCP_SERVERS: {known})",
+                        }
+                    )
+                continue
+            assert tool.url is not None
             try:
                 check_target(
                     tool.url,

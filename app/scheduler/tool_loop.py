@@ -70,7 +70,9 @@ class ToolLoop:
         self.max_steps = agent.max_steps or DEFAULT_MAX_STEPS
         settings = caller.settings
         self.toolbox = Toolbox(
-            timeout_s=settings.tool_timeout_s, max_chars=settings.tool_result_max_chars
+            timeout_s=settings.tool_timeout_s,
+            max_chars=settings.tool_result_max_chars,
+            declared=settings.mcp_servers,
         )
         self.transcript = Transcript()
 

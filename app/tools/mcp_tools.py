@@ -7,12 +7,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from app.config import McpServer
 from app.engine.tool_spec import McpTools
 from app.text import SECRETS
 from app.tools.base import ToolCallContext, ToolError, function_definition
@@ -62,11 +64,31 @@ class McpTool:
         return text
 
 
+def resolve(spec: McpTools, declared: Mapping[str, McpServer]) -> McpTools:
+    """A tool naming a declared server, as if the graph had given its URL and headers."""
+    if spec.server is None:
+        return spec
+    server = declared.get(spec.server)
+    if server is None:
+        raise McpServerError(f"no MCP server named {spec.server!r} is declared on this service")
+    return McpTools(
+        type="mcp",
+        url=server.url,
+        headers_env={**server.headers_env, **spec.headers_env},
+        allow=spec.allow if spec.allow is not None else server.allow,
+    )
+
+
 async def open_server(
-    spec: McpTools, stack: contextlib.AsyncExitStack, timeout_s: float
+    spec: McpTools,
+    stack: contextlib.AsyncExitStack,
+    timeout_s: float,
+    declared: Mapping[str, McpServer],
 ) -> list[McpTool]:
     """Connect, list the server's tools (narrowed by `allow`), and keep the session open
     on `stack` until the loop ends."""
+    spec = resolve(spec, declared)
+    assert spec.url is not None
     http = await stack.enter_async_context(
         httpx2.AsyncClient(headers=_headers(spec), timeout=timeout_s, follow_redirects=False)
     )

@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import httpx2
 
+from app.config import McpServer
 from app.engine.tool_spec import HttpTool, McpTools, SpawnAgents, ToolSpec
 from app.engine.transcript import parse_arguments
 from app.text import SECRETS, clean_text
@@ -39,8 +41,15 @@ class ToolOutcome:
 
 
 class Toolbox:
-    def __init__(self, *, timeout_s: float, max_chars: int) -> None:
+    def __init__(
+        self,
+        *,
+        timeout_s: float,
+        max_chars: int,
+        declared: Mapping[str, McpServer] | None = None,
+    ) -> None:
         self.tools: dict[str, Tool] = {}
+        self._declared = declared or {}
         self._timeout_s = timeout_s
         self._max_chars = max_chars
         self._stack = contextlib.AsyncExitStack()
@@ -57,7 +66,9 @@ class Toolbox:
             if isinstance(spec, SpawnAgents):
                 continue
             if isinstance(spec, McpTools):
-                found: list[Tool] = list(await open_server(spec, self._stack, self._timeout_s))
+                found: list[Tool] = list(
+                    await open_server(spec, self._stack, self._timeout_s, self._declared)
+                )
             elif isinstance(spec, HttpTool):
                 if http is None:
                     http = await self._stack.enter_async_context(

@@ -269,3 +269,35 @@ def test_kill_9_mid_spawn_does_not_call_completed_spawned_agents_again(tmp_path:
         assert "From 1 tool result(s)" in lead["output"]
     finally:
         sim.stop()
+
+
+def test_an_mcp_server_declared_by_name(tmp_path: Path, mcp_server: tuple[Proc, Path]) -> None:
+    mcp, mcp_log = mcp_server
+    sim = start_simulator(tmp_path, "--latency-uniform-ms", "20,60", "--seed", "2")
+    servers = {"notes": {"url": mcp.url + "/mcp", "allow": ["word_count"]}}
+    env = {"SWARM_UPSTREAM_BASE_URL": sim.url + "/v1", "SWARM_MCP_SERVERS": json.dumps(servers)}
+    body = {
+        "agents": [
+            {
+                "id": "counter",
+                "task": "Count words: use 1 tool.",
+                "tools": [{"type": "mcp", "server": "notes"}],
+            }
+        ]
+    }
+    try:
+        # No SWARM_TOOL_ALLOW_PRIVATE: a declared server is the operator's, trusted.
+        svc = start_service(tmp_path, env)
+        with httpx2.Client(base_url=svc.url, timeout=10) as client:
+            resp = client.post("/jobs", json=body)
+            assert resp.status_code == 201, resp.text
+            job = wait_job(client, resp.json()["id"], timeout=60)
+            assert job["status"] == "completed", job
+            unknown = {"agents": [{**body["agents"][0], "tools": [{"type": "mcp", "server": "x"}]}]}
+            refused = client.post("/jobs", json=unknown)
+        svc.stop()
+        assert [c["tool"] for c in read_lines(mcp_log)] == ["word_count"]
+        assert refused.status_code == 422
+        assert "no MCP server named 'x' is declared (SWARM_MCP_SERVERS: notes)" in refused.text
+    finally:
+        sim.stop()
