@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import ssl
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import httpx2
 
 
 class ToolError(Exception):
@@ -34,3 +38,10 @@ def function_definition(name: str, description: str, parameters: dict[str, Any])
         "type": "function",
         "function": {"name": name, "description": description, "parameters": parameters},
     }
+
+
+@functools.cache
+def ssl_context() -> ssl.SSLContext:
+    """One TLS context for every tool client: building one costs tens of milliseconds of
+    CPU, and each agent loop opens its own clients."""
+    return httpx2.create_ssl_context()

@@ -17,7 +17,7 @@ from mcp.client.streamable_http import streamable_http_client
 from app.config import McpServer
 from app.engine.tool_spec import McpTools
 from app.text import SECRETS
-from app.tools.base import ToolCallContext, ToolError, function_definition
+from app.tools.base import ToolCallContext, ToolError, function_definition, ssl_context
 
 
 class McpServerError(Exception):
@@ -90,7 +90,12 @@ async def open_server(
     spec = resolve(spec, declared)
     assert spec.url is not None
     http = await stack.enter_async_context(
-        httpx2.AsyncClient(headers=_headers(spec), timeout=timeout_s, follow_redirects=False)
+        httpx2.AsyncClient(
+            headers=_headers(spec),
+            timeout=timeout_s,
+            follow_redirects=False,
+            verify=ssl_context(),
+        )
     )
     try:
         session = await stack.enter_async_context(

@@ -18,7 +18,7 @@ from app.config import McpServer
 from app.engine.tool_spec import HttpTool, McpTools, SpawnAgents, ToolSpec
 from app.engine.transcript import parse_arguments
 from app.text import SECRETS, clean_text
-from app.tools.base import Tool, ToolCallContext, ToolError
+from app.tools.base import Tool, ToolCallContext, ToolError, ssl_context
 from app.tools.http_tool import CallerTool
 from app.tools.mcp_tools import open_server
 
@@ -72,7 +72,9 @@ class Toolbox:
             elif isinstance(spec, HttpTool):
                 if http is None:
                     http = await self._stack.enter_async_context(
-                        httpx2.AsyncClient(timeout=self._timeout_s, follow_redirects=False)
+                        httpx2.AsyncClient(
+                            timeout=self._timeout_s, follow_redirects=False, verify=ssl_context()
+                        )
                     )
                 found = [CallerTool(spec, http, secret)]
             for tool in found:
