@@ -1,7 +1,7 @@
 """Deterministic tool calling: while tools are offered and the conversation holds fewer tool
 results than the prompt asks for ("use 2 tools"), the answer is a call of an offered tool
-(spawn_agents with N tasks when the prompt says "spawn N"), with arguments made from the
-prompt; otherwise the answer quotes the tool results it saw."""
+(spawn_agents with N tasks when the prompt says "spawn N", once), with arguments made from
+the prompt; otherwise the answer quotes the tool results it saw."""
 
 from __future__ import annotations
 
@@ -75,7 +75,9 @@ def next_tool_call(messages: Sequence[Any], tools: Any, seq: int) -> dict[str, A
     topic = (asked[-1] if asked else "the task").strip()[:_TOPIC_CHARS]
     spawn = next((m for t in asked if (m := _SPAWN.search(t))), None)
     names = dict(offered)
-    if spawn is not None and "spawn_agents" in names and done == 0:
+    if spawn is not None and "spawn_agents" in names:
+        if done:
+            return None  # an orchestrator spawns once, then answers from what came back
         count = int(spawn.group(1))
         tasks = [{"task": f"{topic} (part {k + 1} of {count})"} for k in range(count)]
         return _call(seq, "spawn_agents", {"agents": tasks})
