@@ -21,6 +21,10 @@ from app.engine.spec import JobSpec
 from app.metrics import Metrics
 from app.scheduler.agent_call import AgentCaller, AgentOutcome, StoreWriteError
 from app.scheduler.gates import Gates
+
+# Loaded with the runner, not at a job's first tool-using agent: with the MCP SDK it takes
+# most of a second, which that agent would wait.
+from app.scheduler.tool_loop import run_tool_loop  # noqa: F401
 from app.scheduler.units import Units
 from app.store import transitions as ops
 from app.store.store import Store
