@@ -179,7 +179,12 @@ def test_kill_9_mid_tool_call_resumes_from_the_transcript(
         tools.stop()
 
 
-def test_the_tool_research_example_runs_against_the_simulator(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "example, tool_calls", [("tool_research.json", 5), ("spawn_swarm.json", 10)]
+)
+def test_the_tool_examples_run_against_the_simulator(
+    tmp_path: Path, example: str, tool_calls: int
+) -> None:
     port = free_port()
     log = tmp_path / "mcp-calls.jsonl"
     mcp = start_listener(
@@ -194,15 +199,22 @@ def test_the_tool_research_example_runs_against_the_simulator(tmp_path: Path) ->
         svc = start_service(tmp_path, env)
         with httpx2.Client(base_url=svc.url, timeout=10) as client:
             # The example as shipped, but with the MCP server on the port it got here.
-            text = (ROOT / "examples" / "tool_research.json").read_text()
+            text = (ROOT / "examples" / example).read_text()
             body = json.loads(text.replace("127.0.0.1:8765", f"127.0.0.1:{port}"))
             resp = client.post("/jobs", json=body)
             assert resp.status_code == 201, resp.text
             job = wait_job(client, resp.json()["id"], timeout=90)
             assert job["status"] == "completed", job
-            performance = agent(client, job["id"], "performance")
+            first = agent(client, job["id"], body["agents"][0]["id"])
+            agents = client.get(f"/jobs/{job['id']}").json()["agents"]
         svc.stop()
-        assert len(read_lines(log)) == 5  # 2 + 2 + 1 tool calls
+        assert len(read_lines(log)) == tool_calls  # MCP calls: 2 + 2 + 1, or 5 agents x 2
+        if example == "spawn_swarm.json":
+            spawned = [a for a in agents if a["kind"] == "spawned"]
+            assert len(spawned) == 5 and all(a["status"] == "completed" for a in spawned)
+            assert "From 1 tool result(s)" in first["output"]
+            return
+        performance = first
         # `performance` was offered both tools and used each once, in turn.
         assert [s["tool"] for s in performance["transcript"] if s["kind"] == "tool_call"] == [
             "search",
