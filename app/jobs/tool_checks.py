@@ -17,8 +17,24 @@ def check_tools(spec: JobSpec, settings: Settings) -> None:
     """Raise a 422 naming every problem. Blocking (it may resolve host names): run it in a
     thread."""
     problems: list[dict[str, Any]] = []
+    # A planner's answer must be the list its map nodes fan out over, which is checked on a
+    # single answer; a loop's last answer is not.
+    planners = {
+        a.map.over.split(".")[1]
+        for a in spec.agents
+        if a.map is not None and a.map.over.startswith("agents.") and a.map.over.count(".") >= 2
+    }
     for index, agent in enumerate(spec.agents):
         where: list[str | int] = ["body", "agents", index]
+        if agent.tools and agent.id in planners:
+            problems.append(
+                {
+                    "loc": [*where, "tools"],
+                    "type": "planner_tools",
+                    "msg": f"agent {agent.id!r} plans a map node's items, and a planner may not "
+                    "use tools; give the tools to an agent it depends on",
+                }
+            )
         if agent.max_steps is not None and agent.max_steps > settings.max_agent_steps:
             problems.append(
                 {

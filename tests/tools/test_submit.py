@@ -133,3 +133,23 @@ async def test_malformed_tools_are_422s_naming_the_field(
         p["loc"][: 3 + len(where)] == ["body", "agents", 0, *where] and words in p["msg"]
         for p in found
     ), found
+
+
+async def test_a_planner_may_not_use_tools(strict: Service) -> None:
+    body = {
+        "agents": [
+            {"id": "plan", "task": "plan", "response_format": "json", "tools": [SPAWN_ONLY]},
+            {
+                "id": "work",
+                "task": "do",
+                "depends_on": ["plan"],
+                "map": {"over": "agents.plan.output"},
+            },
+        ]
+    }
+    (problem,) = await problems(strict, body)
+    assert problem["loc"] == ["body", "agents", 0, "tools"]
+    assert "a planner may not use tools" in problem["msg"]
+
+
+SPAWN_ONLY = {"type": "spawn_agents"}
