@@ -109,6 +109,7 @@ async def run_service(http: aiohttp.ClientSession, sim_url: str, tool_url: str, 
         try:
             body = {
                 "name": "tool-swarm",
+                "max_concurrency": 200,
                 "agents": [
                     {
                         "id": "lead",

@@ -106,6 +106,7 @@ class AgentCaller:
         draining: Callable[[], bool],
         spend: Callable[[float | None], None],
         over_budget: Callable[[], str | None] = lambda: None,
+        max_concurrency: int | None = None,
     ) -> None:
         self.job_id = job_id
         self.tenant = tenant
@@ -121,8 +122,12 @@ class AgentCaller:
         self.over_budget = over_budget
         # Tool calls the job has made (tool-using agents), read from the store when needed.
         self.tool_calls: int | None = None
-        # Agents the job's spawn_agents calls have created, likewise.
+        # Agents the job's spawn_agents calls have created, likewise; those running at once
+        # are bounded by the job's max_concurrency, as its other agents are (per level of
+        # spawning: an agent waiting for the ones it spawned holds its slot).
         self.spawned: int | None = None
+        self.max_concurrency = max_concurrency or 16
+        self.spawn_slots: dict[int, asyncio.Semaphore] = {}
         # Agents whose upstream call is in flight right now (not waiting for a slot).
         self.in_call: set[str] = set()
         self._rng = random.Random()

@@ -65,6 +65,7 @@ class JobRunner:
             draining=lambda: self.state.draining,
             spend=self.state.spend,
             over_budget=self.state.over_budget,
+            max_concurrency=spec.max_concurrency,
         )
         self.units = Units(self.state, self.caller, settings)
         self.tasks: dict[str, asyncio.Task[AgentOutcome]] = {}

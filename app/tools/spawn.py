@@ -174,7 +174,7 @@ class SpawnTool:
             )
         outcomes = await asyncio.gather(
             *(
-                self._run(agent_id, ask, existing.get(agent_id))
+                self._run_in_slot(agent_id, ask, existing.get(agent_id))
                 for agent_id, ask in zip(ids, asks, strict=True)
             )
         )
@@ -189,6 +189,15 @@ class SpawnTool:
                 error = outcome.error or "failed"
                 results.append({"agent_id": agent_id, "status": "failed", "error": error})
         return json.dumps({"agents": results}, ensure_ascii=False)
+
+    async def _run_in_slot(
+        self, agent_id: str, ask: _Ask, stored: StoredAgent | None
+    ) -> AgentOutcome:
+        caller = self.caller
+        depth = self.parent.depth + 1
+        slots = caller.spawn_slots.setdefault(depth, asyncio.Semaphore(caller.max_concurrency))
+        async with slots:
+            return await self._run(agent_id, ask, stored)
 
     async def _run(self, agent_id: str, ask: _Ask, stored: StoredAgent | None) -> AgentOutcome:
         caller = self.caller

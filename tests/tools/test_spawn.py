@@ -113,3 +113,18 @@ async def test_spawn_agents_is_refused_twice_and_on_a_bad_depth(service: Service
     resp = await service.client.post("/jobs", json=body)
     assert resp.status_code == 422
     assert "max_spawn_depth" in resp.text
+
+
+async def test_spawning_two_levels_deep_at_a_concurrency_of_one(
+    service: Service, fake_upstream: FakeUpstream
+) -> None:
+    # The spawned agent waits for the one it spawned while holding its slot: each level
+    # has its own, so this cannot deadlock.
+    fake_upstream.script = spawning("deeper", "wider")
+    body = orchestrator()
+    body["max_spawn_depth"] = 2
+    body["max_concurrency"] = 1
+    submitted = await service.submit(body)
+    done = await service.wait(submitted["id"], timeout=30)
+    assert done["status"] == "completed", done
+    assert len([a for a in done["agents"] if a["kind"] == "spawned"]) == 6
