@@ -17,6 +17,7 @@ import httpx2
 from app.config import McpServer
 from app.engine.tool_spec import HttpTool, McpTools, SpawnAgents, ToolSpec
 from app.engine.transcript import parse_arguments
+from app.scheduler.agent_call import StoreWriteError
 from app.text import SECRETS, clean_text
 from app.tools.base import Tool, ToolCallContext, ToolError, ssl_context
 from app.tools.http_tool import CallerTool
@@ -115,6 +116,8 @@ class Toolbox:
             return outcome(False, f"error: the tool did not answer within {timeout_s:g} s")
         except ToolError as exc:
             return outcome(False, f"error: {exc}")
+        except StoreWriteError:
+            raise  # spawn_agents could not record its agents: the run resumes from the store
         except httpx2.HTTPError as exc:
             return outcome(False, f"error: the tool could not be reached ({type(exc).__name__})")
         except Exception as exc:  # an MCP session's protocol or transport error
