@@ -45,3 +45,10 @@ def ssl_context() -> ssl.SSLContext:
     """One TLS context for every tool client: building one costs tens of milliseconds of
     CPU, and each agent loop opens its own clients."""
     return httpx2.create_ssl_context()
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The first error inside exception groups (the MCP SDK's task groups wrap them)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

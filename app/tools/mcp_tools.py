@@ -17,7 +17,13 @@ from mcp.client.streamable_http import streamable_http_client
 from app.config import McpServer
 from app.engine.tool_spec import McpTools
 from app.text import SECRETS
-from app.tools.base import ToolCallContext, ToolError, function_definition, ssl_context
+from app.tools.base import (
+    ToolCallContext,
+    ToolError,
+    function_definition,
+    root_cause,
+    ssl_context,
+)
 
 
 class McpServerError(Exception):
@@ -105,9 +111,10 @@ async def open_server(
         )
         listed = await session.list_tools()
     except Exception as exc:  # the SDK raises many kinds (transport, protocol, HTTP)
+        cause = root_cause(exc)
         raise McpServerError(
-            f"the MCP server at {spec.url} could not be listed: {type(exc).__name__}: "
-            f"{SECRETS.mask(str(exc))[:300]}"
+            f"the MCP server at {spec.url} could not be listed: {type(cause).__name__}: "
+            f"{SECRETS.mask(str(cause))[:300]}"
         ) from None
     allowed = None if spec.allow is None else set(spec.allow)
     return [

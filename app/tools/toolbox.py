@@ -19,7 +19,7 @@ from app.engine.tool_spec import HttpTool, McpTools, SpawnAgents, ToolSpec
 from app.engine.transcript import parse_arguments
 from app.scheduler.agent_call import StoreWriteError
 from app.text import SECRETS, clean_text
-from app.tools.base import Tool, ToolCallContext, ToolError, ssl_context
+from app.tools.base import Tool, ToolCallContext, ToolError, root_cause, ssl_context
 from app.tools.http_tool import CallerTool
 from app.tools.mcp_tools import open_server
 
@@ -121,9 +121,9 @@ class Toolbox:
         except httpx2.HTTPError as exc:
             return outcome(False, f"error: the tool could not be reached ({type(exc).__name__})")
         except Exception as exc:  # an MCP session's protocol or transport error
-            return outcome(
-                False, f"error: the tool call failed ({type(exc).__name__}: {exc})"[:600]
-            )
+            cause = root_cause(exc)
+            failed = f"error: the tool call failed ({type(cause).__name__}: {cause})"
+            return outcome(False, failed[:600])
         if len(text) > self._max_chars:
             return outcome(
                 False,

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
+from pytest_httpx2 import HTTPXMock
 
 from tests.helpers.service import FakeUpstream, Service, make_settings, start_service
 
@@ -21,6 +23,17 @@ async def problems(service: Service, body: dict[str, Any]) -> list[dict[str, Any
     assert resp.status_code == 422, resp.text
     detail: list[dict[str, Any]] = resp.json()["detail"]
     return detail
+
+
+@pytest.fixture(autouse=True)
+def unreachable_mcp(httpx2_mock: HTTPXMock) -> None:
+    # Accepted jobs run: their MCP server (at the transport) is not there.
+    httpx2_mock.add_callback(
+        lambda _request: httpx2.Response(404),
+        url="http://127.0.0.1:9/mcp",
+        is_optional=True,
+        is_reusable=True,
+    )
 
 
 @pytest.fixture
