@@ -313,3 +313,44 @@ def test_an_mcp_server_declared_by_name(tmp_path: Path, mcp_server: tuple[Proc, 
         assert "no MCP server named 'x' is declared (SWARM_MCP_SERVERS: notes)" in refused.text
     finally:
         sim.stop()
+
+
+def test_sigterm_mid_tool_call_resumes_the_loop_on_the_next_start(tmp_path: Path) -> None:
+    tools, tool_log = tool_server(tmp_path, hang=1)
+    sim = start_simulator(tmp_path, "--latency-uniform-ms", "20,60", "--seed", "4")
+    db = tmp_path / "swarm.db"
+    env = {
+        "SWARM_UPSTREAM_BASE_URL": sim.url + "/v1",
+        "SWARM_TOOL_ALLOW_PRIVATE": "true",
+        "SWARM_WEBHOOK_SECRET": TOOL_SECRET,
+        "SWARM_SHUTDOWN_GRACE_S": "1",
+    }
+    lookup = {
+        "type": "http",
+        "name": "lookup",
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+        "url": tools.url + "/lookup",
+    }
+    body = {"agents": [{"id": "r", "task": "Look it up: use 2 tools.", "tools": [lookup]}]}
+    try:
+        svc = start_service(tmp_path, env, db=db)
+        with httpx2.Client(base_url=svc.url, timeout=10) as client:
+            job_id = client.post("/jobs", json=body).json()["id"]
+            wait_until(lambda: len(read_lines(tool_log)) == 1, "the first lookup")
+            svc.stop()  # SIGTERM: the held call is abandoned when the grace period ends
+        assert svc.proc.returncode is not None
+        svc = start_service(tmp_path, env, db=db)
+        with httpx2.Client(base_url=svc.url, timeout=10) as client:
+            job = wait_job(client, job_id, timeout=60)
+            detail = agent(client, job_id, "r")
+        svc.stop()
+        assert job["status"] == "completed", job
+        calls = read_lines(tool_log)
+        assert [c["call_id"] for c in calls][:2] == [calls[0]["call_id"]] * 2
+        assert len(calls) == 3
+        requests = sim_requests(sim)
+        assert Counter(tool_results_seen(r) for r in requests) == {0: 1, 1: 1, 2: 1}
+        assert "From 2 tool result(s)" in detail["output"]
+    finally:
+        sim.stop()
+        tools.stop()
