@@ -253,3 +253,25 @@ async def test_tool_calls_are_counted_by_tool_and_outcome(
     metrics = (await service.client.get("/metrics")).text
     assert 'swarm_tool_calls_total{outcome="ok",tool="lookup"} 2.0' in metrics
     assert 'swarm_tool_calls_total{outcome="error",tool="unknown"} 1.0' in metrics
+
+
+async def test_a_retried_agent_starts_its_loop_afresh_and_keeps_what_it_spent(
+    service: Service, fake_upstream: FakeUpstream, fake_tool: FakeTool
+) -> None:
+    fake_upstream.script = ask_tools([[("lookup", '{"q": "a"}')]] * 5)
+    submitted = await service.submit(job(max_steps=1))
+    assert (await service.wait(submitted["id"]))["status"] == "failed"
+    before = await agent_detail(service, submitted["id"])
+    assert [s["kind"] for s in before["transcript"]] == ["model"]
+
+    fake_upstream.script = None  # now the model answers at once
+    resp = await service.client.post(f"/jobs/{submitted['id']}/retry")
+    assert resp.status_code == 202, resp.text
+    assert (await service.wait(submitted["id"]))["status"] == "completed"
+    after = await agent_detail(service, submitted["id"])
+    # The loop started over (one new answer, nothing of the failed run), and the usage
+    # counts both runs' calls.
+    assert [s["kind"] for s in after["transcript"]] == ["model"]
+    assert after["transcript"][0]["data"]["tool_calls"] == []
+    assert after["usage"]["prompt_tokens"] > before["usage"]["prompt_tokens"]
+    assert len(fake_upstream.calls) == 2
