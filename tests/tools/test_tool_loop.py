@@ -275,3 +275,16 @@ async def test_a_retried_agent_starts_its_loop_afresh_and_keeps_what_it_spent(
     assert after["transcript"][0]["data"]["tool_calls"] == []
     assert after["usage"]["prompt_tokens"] > before["usage"]["prompt_tokens"]
     assert len(fake_upstream.calls) == 2
+
+
+async def test_tool_arguments_and_results_are_not_logged_at_info(
+    service: Service, fake_upstream: FakeUpstream, caplog: Any
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO)
+    fake_upstream.script = ask_tools([[("lookup", '{"q": "xyzzy-argument"}')]])
+    submitted = await service.submit(job())
+    assert (await service.wait(submitted["id"]))["status"] == "completed"
+    assert "agent.tool_call" in caplog.text  # the events are logged…
+    assert "xyzzy-argument" not in caplog.text  # …without what was sent or answered
