@@ -5,7 +5,7 @@ python -m app.admin keys create --tenant NAME [--name LABEL]   # prints the key 
 python -m app.admin keys list [--tenant NAME]
 python -m app.admin keys revoke KEY_ID_OR_PREFIX
 python -m app.admin keys move-jobs --from TENANT --to TENANT   # e.g. keep earlier jobs
-python -m app.admin webhooks secret --tenant NAME   # create or rotate; prints it once
+python -m app.admin webhooks secret --tenant NAME [--rotate]   # show (made if none) or rotate
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from app.keys import (
 from app.store import migrate
 from app.store.db import make_engine
 from app.store.models import DEFAULT_TENANT
-from app.store.webhooks import rotate_secret, tenant_secret_exists
+from app.store.secret_box import SecretKeyError, secret_box
+from app.store.webhooks import rotate_secret, tenant_secret, tenant_secret_exists
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -77,7 +78,9 @@ def _after_create(url: str, tenant: str) -> None:
     )
 
 
-def _rotate_webhook_secret(url: str, tenant: str) -> int:
+def _webhook_secret(url: str, tenant: str, *, rotate: bool) -> int:
+    """Print the tenant's signing secret: the one it has, else a new one; `rotate`: a new
+    one in any case (the old one stops verifying at once)."""
     tenant = tenant.strip()
     if not tenant or len(tenant) > 64:
         _say("error: a tenant is 1 to 64 characters")
@@ -85,15 +88,31 @@ def _rotate_webhook_secret(url: str, tenant: str) -> int:
     engine = make_engine(url)
     try:
         had = tenant_secret_exists(engine, tenant)
-        secret = rotate_secret(engine, tenant)
+        box = secret_box(get_settings(), url, create=not had or rotate)
+        if had and not rotate:
+            with engine.connect() as conn:
+                secret = tenant_secret(conn, tenant, lambda: box)
+            assert secret is not None
+        else:
+            secret = rotate_secret(engine, tenant, box)
+    except SecretKeyError as exc:
+        _say(f"error: {exc}")
+        return 2
     finally:
         engine.dispose()
     print(secret)
-    _say(
-        f"{'rotated' if had else 'created'} the webhook signing secret of tenant {tenant!r}; "
-        "store it now (your receiver verifies with it): it is not shown again"
-        + ("; deliveries from now on are signed with this one" if had else "")
-    )
+    if had and not rotate:
+        _say(f"the webhook signing secret of tenant {tenant!r} (--rotate replaces it)")
+    elif had:
+        _say(
+            f"rotated the webhook signing secret of tenant {tenant!r}: deliveries from now on "
+            "are signed with this one, give it to your receiver now"
+        )
+    else:
+        _say(
+            f"created the webhook signing secret of tenant {tenant!r}; your receiver "
+            "verifies with it (it is stored encrypted; this command shows it again)"
+        )
     return 0
 
 
@@ -121,9 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         dest="command", required=True
     )
     secret = hooks.add_parser(
-        "secret", help="create or rotate a tenant's signing secret and print it (once)"
+        "secret", help="print a tenant's signing secret (made if it has none), or --rotate it"
     )
     secret.add_argument("--tenant", required=True)
+    secret.add_argument("--rotate", action="store_true", help="replace the secret the tenant has")
     args = parser.parse_args(argv)
 
     url = get_settings().database_url
@@ -139,11 +159,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         _say(
             f"note: there was no database at {path}; a new, empty one is created there. "
-            f"A service using another database will not know this key: {hint}"
+            f"A service using another database will not know what is made here: {hint}"
         )
     migrate.upgrade(url)
     if args.group == "webhooks":
-        return _rotate_webhook_secret(url, args.tenant)
+        return _webhook_secret(url, args.tenant, rotate=args.rotate)
     if args.command == "create":
         try:
             key, info = create_key(url, args.tenant, args.name)

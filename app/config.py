@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -193,6 +194,21 @@ class Settings(BaseSettings):
     claim_poll_s: float = Field(5.0, gt=0)
     # A worker's name in the jobs' lease_owner column (default: host name and process id).
     worker_id: str | None = Field(None, max_length=64)
+
+    # Keys that encrypt stored secrets (the tenants' webhook signing secrets) at rest:
+    # Fernet keys separated by commas; the first encrypts, every one decrypts (to change
+    # keys, put the new one first and keep the old one until each secret is rotated).
+    # Unset with SQLite: a key file beside the database (secrets_key_file) is made on first
+    # use and announced. Unset with PostgreSQL: storing a secret is refused (every process
+    # must share the key, a file on one host would not do).
+    secrets_key: SecretStr | None = None
+    # Where the generated key is kept (default: secrets.key beside the SQLite database).
+    secrets_key_file: Path | None = None
+
+    # OpenTelemetry (see README, OpenTelemetry; on when OTEL_EXPORTER_OTLP_ENDPOINT is set):
+    # put prompts and answers on the upstream attempts' spans. Off: they may be
+    # confidential, and the tracing backend may be less guarded than the database.
+    otel_capture_content: bool = False
 
     # Webhooks (see README, Webhooks). The signing secret of tenant 'default' when it has
     # none of its own (the no-keys mode); a tenant's own is made with the admin command.

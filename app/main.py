@@ -39,6 +39,8 @@ from app.store import events as event_store
 from app.store import leases, migrate
 from app.store import notify as pg
 from app.store.store import Store
+from app.telemetry import Telemetry
+from app.telemetry import install as install_telemetry
 from app.ui import routes as ui_routes
 from app.upstream.local_simulator import LocalSimulator
 from app.upstream.pool import UpstreamPool
@@ -232,6 +234,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("%s", auth.describe())
         else:
             log.warning("%s", auth.describe())
+        # Traces and metrics over OTLP when an endpoint is configured (else nothing is).
+        own_telemetry = Telemetry.from_env(settings)
+        if own_telemetry is not None:
+            install_telemetry(own_telemetry)
         scheduler = Scheduler(settings=settings, store=store, upstreams=upstreams, metrics=metrics)
         app.state.services = Services(
             settings=settings,
@@ -300,6 +306,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await upstreams.aclose()
             if simulator is not None:
                 await simulator.stop()
+            if own_telemetry is not None:
+                install_telemetry(None)
+                await asyncio.to_thread(own_telemetry.shutdown)
 
     # The docs pages load Swagger UI and ReDoc from this package, not from a CDN: they work
     # offline. The validator badge would call swagger.io: off.

@@ -528,6 +528,30 @@ def keys_move_jobs(
     _admin("move-jobs", "--from", source, "--to", target)
 
 
+webhooks_app = typer.Typer(
+    help="Webhook signing secrets of tenants, for the operator on the service's host: like "
+    "`keys`, acts on the service's database directly and says which database it used.",
+    no_args_is_help=True,
+)
+app.add_typer(webhooks_app, name="webhooks")
+
+
+@webhooks_app.command("secret")
+def webhooks_secret(
+    tenant: Annotated[str, typer.Option(help="The tenant whose deliveries it signs.")],
+    rotate: Annotated[
+        bool, typer.Option("--rotate", help="Replace the tenant's secret with a new one.")
+    ] = False,
+) -> None:
+    """Print the tenant's `whsec_…` secret (made if it has none), or replace it with
+    `--rotate`: deliveries from then on are signed with the new one."""
+    from app.admin import main as admin_main
+
+    raise typer.Exit(
+        admin_main(["webhooks", "secret", "--tenant", tenant, *(["--rotate"] if rotate else [])])
+    )
+
+
 def main() -> None:
     app()
 

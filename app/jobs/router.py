@@ -58,9 +58,16 @@ async def submit_job(
     tenant: TenantDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    traceparent: Annotated[
+        str | None,
+        Header(
+            description="W3C Trace Context: the job's trace spans are children of it (when "
+            "OpenTelemetry is on). An invalid value is ignored."
+        ),
+    ] = None,
 ) -> JobPublic:
     """Validate and store a job graph, then run it in the background."""
-    submitted = await jobs.submit(spec, tenant, idempotency_key)
+    submitted = await jobs.submit(spec, tenant, idempotency_key, traceparent)
     if not submitted.created:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/jobs/{submitted.job.id}"

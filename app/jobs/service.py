@@ -46,6 +46,7 @@ from app.store.jobs import JobStoreError, JobTotals, StoredJob
 from app.store.models import utcnow
 from app.store.store import Store
 from app.store.writer import StoreUnwritableError, WriteOp
+from app.telemetry import valid_traceparent
 
 T = TypeVar("T")
 
@@ -62,8 +63,15 @@ class JobsService:
         self.scheduler = scheduler
         self.admission = admission
 
-    async def submit(self, spec: JobSpec, tenant: str, idempotency_key: str | None) -> Submitted:
-        """Validate and store a job graph, then hand it to the scheduler."""
+    async def submit(
+        self,
+        spec: JobSpec,
+        tenant: str,
+        idempotency_key: str | None,
+        traceparent: str | None = None,
+    ) -> Submitted:
+        """Validate and store a job graph, then hand it to the scheduler. `traceparent`:
+        the request's W3C trace context (an invalid one is ignored)."""
         body_hash = await asyncio.to_thread(request_hash, spec) if idempotency_key else None
         if idempotency_key:
             # A retry of an accepted submit gets its job back before any limit applies.
@@ -90,6 +98,7 @@ class JobsService:
             idempotency_key=idempotency_key,
             request_hash=body_hash,
             map_nodes=admitted.graph.maps.keys(),
+            traceparent=valid_traceparent(traceparent),
         )
         max_active = self.admission.settings.tenant_max_active_jobs
         async with self.admission.active_jobs_turn(tenant):

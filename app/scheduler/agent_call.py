@@ -24,6 +24,7 @@ from app.scheduler.limits import Outcome
 from app.store import transitions as ops
 from app.store.store import Store
 from app.store.writer import WriteOp
+from app.telemetry import traced_chat
 from app.upstream.client import AgentRequest, CallResult, call_chat
 from app.upstream.errors import FailureReason, UpstreamFailure, classify
 from app.upstream.pool import NoRouteError, Route, UpstreamPool
@@ -395,7 +396,8 @@ class AgentCaller:
                 )
                 started = time.perf_counter()
                 try:
-                    result = await call_chat(route.upstream.client, req)
+                    call = call_chat(route.upstream.client, req)
+                    result = await traced_chat(route, req, attempt, call)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:

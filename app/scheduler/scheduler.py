@@ -29,7 +29,8 @@ from app.store import model_limits
 from app.store.leases import CURRENT_LEASE, Lease
 from app.store.notify import CANCEL_CHANNEL, JOBS_CHANNEL, notify
 from app.store.store import Store
-from app.store.writer import WriteOp
+from app.store.writer import StoreUnwritableError, WriteOp
+from app.telemetry import traced_job
 from app.upstream.pool import UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,10 @@ LIMIT_RESAVE_S = 3600.0
 # A run that lived this long before it crashed made progress: its crash count starts over,
 # so separate outages in a long job do not add up to MAX_CRASHES.
 CRASH_COUNT_RESET_S = 300.0
+# A run that crashed because the database refused writes (disk full, read-only) is not at
+# fault: it is resumed after this delay (doubling up to the cap) for as long as the outage
+# lasts, and such crashes never count towards MAX_CRASHES.
+OUTAGE_RETRY_CAP_S = 10.0
 
 
 class Scheduler:
@@ -65,6 +70,7 @@ class Scheduler:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.running = False
         self._crashes: dict[str, int] = {}
+        self._outages: dict[str, int] = {}  # per job: crashes in a row on a refused write
         self._launched_at: dict[str, float] = {}
         self._recoveries: set[asyncio.Task[None]] = set()
         self._saved_limits: dict[str, model_limits.LearnedLimit] = {}
@@ -254,7 +260,12 @@ class Scheduler:
         context = contextvars.copy_context()
         context.run(CURRENT_LEASE.set, lease)
         task = asyncio.create_task(
-            run.run(resumed=resumed, cancel_requested=cancel_requested),
+            traced_job(
+                self.store,
+                job_id,
+                run.run(resumed=resumed, cancel_requested=cancel_requested),
+                resumed=resumed,
+            ),
             name=f"job:{job_id}",
             context=context,
         )
@@ -279,14 +290,27 @@ class Scheduler:
         if task.cancelled() or task.exception() is None:
             self._launched_at.pop(job_id, None)
             self._crashes.pop(job_id, None)
+            self._outages.pop(job_id, None)
             if lease is not None:
                 self._spawn(self._release(lease))
             return
         exc = task.exception()
-        log.error("job run crashed", exc_info=exc, extra={"job_id": job_id})
         lived = time.monotonic() - self._launched_at.pop(job_id, time.monotonic())
         if lived >= CRASH_COUNT_RESET_S:
             self._crashes.pop(job_id, None)
+            self._outages.pop(job_id, None)
+        if self.running and self._store_refused(exc):
+            outages = self._outages[job_id] = self._outages.get(job_id, 0) + 1
+            delay = min(OUTAGE_RETRY_CAP_S, RECOVERY_DELAY_S * 2 ** min(outages - 1, 10))
+            log.warning(
+                "job run stopped: the database refuses writes; it resumes when they succeed",
+                extra={"job_id": job_id, "error": str(exc)[:300], "retry_in_s": delay},
+            )
+            recovery = asyncio.create_task(self._recover(job_id, delay))
+            self._recoveries.add(recovery)
+            recovery.add_done_callback(self._recoveries.discard)
+            return
+        log.error("job run crashed", exc_info=exc, extra={"job_id": job_id})
         if self.running:
             crashes = self._crashes[job_id] = self._crashes.get(job_id, 0) + 1
             if crashes >= MAX_CRASHES:
@@ -331,6 +355,18 @@ class Scheduler:
         if not resumed and lease is not None and job_id not in self.runs:
             await self._release(lease)
 
+    def _store_refused(self, exc: BaseException | None) -> bool:
+        """Whether the run stopped because the database refused a write for want of room or
+        permission (the error itself or a cause of it)."""
+        seen: BaseException | None = exc
+        for _ in range(10):
+            if seen is None:
+                break
+            if isinstance(seen, StoreUnwritableError):
+                return True
+            seen = seen.__cause__ or seen.__context__
+        return False
+
     async def _give_up(self, job_id: str, crashes: int, exc: BaseException | None) -> None:
         """Fail a job whose run keeps crashing (it is not resumed again)."""
         what = type(exc).__name__ if exc is not None else "an error"
@@ -338,12 +374,21 @@ class Scheduler:
             f"the job's run failed {crashes} times in a row ({what}: {str(exc)[:300]}); "
             "it was stopped"
         )
-        try:
-            await self._write_for(
-                job_id, job_store.end_unfinished_job(job_id, JobStatus.failed, reason)
-            )
-        except Exception:
-            log.exception("failing a crashing job failed", extra={"job_id": job_id})
+        delay = RECOVERY_DELAY_S
+        while True:
+            try:
+                await self._write_for(
+                    job_id, job_store.end_unfinished_job(job_id, JobStatus.failed, reason)
+                )
+                break
+            except Exception:
+                # Not written, the job would stay `running` with no run: try again (the
+                # next start resumes it if this process stops first).
+                log.exception("failing a crashing job failed", extra={"job_id": job_id})
+                if not self.running:
+                    break
+                await asyncio.sleep(delay)
+                delay = min(OUTAGE_RETRY_CAP_S, delay * 2)
         lease = self._lease(job_id)
         if lease is not None:
             await self._release(lease)

@@ -41,6 +41,7 @@ from app.engine.templates import (
 )
 from app.scheduler.agent_call import AgentCaller, AgentOutcome, PlanCheck
 from app.store import transitions as ops
+from app.telemetry import agent_span
 from app.upstream.pool import NoRouteError, Route
 
 log = logging.getLogger(__name__)
@@ -93,14 +94,18 @@ class Units:
         self, agent: ResolvedAgent, prompt: Callable[[], str], kind: AgentKind = AgentKind.agent
     ) -> AgentOutcome:
         state = self.state
-        return await self.caller.call(
-            agent,
-            prompt,
-            kind=kind,
-            prior=state.prior_tally.get(agent.id),
-            unused=state.prior_usage.pop(agent.id, None),
-            plan=self.plan_checks.get(agent.id),
-        )
+        model = agent.model or self.caller.default_model
+        with agent_span(self.job_id, agent, model, str(kind)) as span:
+            outcome = await self.caller.call(
+                agent,
+                prompt,
+                kind=kind,
+                prior=state.prior_tally.get(agent.id),
+                unused=state.prior_usage.pop(agent.id, None),
+                plan=self.plan_checks.get(agent.id),
+            )
+            span.ended(outcome)
+            return outcome
 
     async def _run_sub(self, sub: SubAgent) -> AgentOutcome:
         outputs = self.state.outputs

@@ -219,6 +219,24 @@ def _max_tokens(body: dict[str, Any]) -> Any:
     return body.get("max_tokens") if value is None else value
 
 
+# Model names of reasoning models (deepseek-reasoner, kimi-k2-thinking, …).
+_REASONING_NAMES = ("reason", "think")
+
+
+def _reasons(body: dict[str, Any]) -> bool:
+    """Whether the answer is reported as partly reasoning (half its completion tokens, as
+    `completion_tokens_details.reasoning_tokens`): a reasoning model's name, a
+    `reasoning_effort`, or thinking switched on. Deterministic, so the reporting of
+    reasoning tokens is tested offline."""
+    model = str(body.get("model", "")).lower()
+    thinking = body.get("thinking")
+    return (
+        any(name in model for name in _REASONING_NAMES)
+        or body.get("reasoning_effort") is not None
+        or (isinstance(thinking, dict) and thinking.get("type") == "enabled")
+    )
+
+
 def _cached_prefix_tokens(state: SimState, messages: Any, prompt_tokens: int) -> int:
     """The prompt tokens a provider's cache would serve: a leading system message this
     simulator has answered before (deterministic, so cost tests need no real cache)."""
@@ -346,6 +364,8 @@ async def _answer(
         "total_tokens": prompt_tokens + completion_tokens,
         "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
+    if _reasons(body):
+        usage["completion_tokens_details"] = {"reasoning_tokens": completion_tokens // 2}
     entry["cached_tokens"] = cached_tokens
     entry["completion_tokens"] = completion_tokens
     completion_id = f"chatcmpl-sim{entry['seq']}"

@@ -15,7 +15,15 @@ from app.engine.usage import Usage
 from app.events.types import EventType
 from app.store.models import utcnow
 from app.store.steps import forget_transcripts
-from app.store.tables import agents_t, dumps, events_t, jobs_t, loads, owned
+from app.store.tables import (
+    agents_t,
+    dumps,
+    events_t,
+    jobs_t,
+    loads,
+    owned,
+    webhook_deliveries_t,
+)
 from app.store.transitions import cancel_unfinished_agents, mark_job_finished
 from app.store.writer import Refused, Tx, WriteOp
 
@@ -158,6 +166,7 @@ def new_job(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
     map_nodes: Collection[str] = (),
+    traceparent: str | None = None,
 ) -> NewJob:
     """The rows of a job just accepted: `agents` as (id, model, depends_on), in order;
     those in `map_nodes` are map nodes."""
@@ -175,6 +184,7 @@ def new_job(
         "agents_total": len(agents),
         "idempotency_key": idempotency_key,
         "request_hash": request_hash,
+        "traceparent": traceparent,
         "created_at": utcnow(),
         "cancel_requested": False,
     }
@@ -243,8 +253,10 @@ def request_cancel(job_id: str, tenant: str | None = None) -> WriteOp[JobStatus]
 
 
 def delete_job(job_id: str, tenant: str | None = None) -> WriteOp[None]:
-    """Remove a finished job with its agents and events; refuses one still queued or
-    running (JobStillRunningError) or that does not exist (JobNotFoundError)."""
+    """Remove a finished job with its agents, events and webhook deliveries (those not yet
+    made are dropped: their body would describe a job that no longer exists); refuses one
+    still queued or running (JobStillRunningError) or that does not exist
+    (JobNotFoundError)."""
 
     def op(tx: Tx) -> Refused | None:
         row = tx.conn.execute(select(jobs_t.c.status).where(owned(job_id, tenant))).first()
@@ -255,6 +267,7 @@ def delete_job(job_id: str, tenant: str | None = None) -> WriteOp[None]:
         tx.conn.execute(delete(events_t).where(events_t.c.job_id == job_id))
         forget_transcripts(tx, job_id)
         tx.conn.execute(delete(agents_t).where(agents_t.c.job_id == job_id))
+        tx.conn.execute(delete(webhook_deliveries_t).where(webhook_deliveries_t.c.job_id == job_id))
         tx.conn.execute(delete(jobs_t).where(jobs_t.c.id == job_id))
         tx.forget_job(job_id)
         return None
@@ -278,6 +291,25 @@ def end_unfinished_job(job_id: str, status: JobStatus, reason: str) -> WriteOp[b
 
 
 # -- reads ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JobTrace:
+    """What a job's trace span shows."""
+
+    name: str
+    tenant: str
+    status: str
+    traceparent: str | None
+
+
+def job_trace(conn: Connection, job_id: str) -> JobTrace | None:
+    row = conn.execute(
+        select(jobs_t.c.name, jobs_t.c.tenant, jobs_t.c.status, jobs_t.c.traceparent).where(
+            jobs_t.c.id == job_id
+        )
+    ).first()
+    return None if row is None else JobTrace(row.name, row.tenant, row.status, row.traceparent)
 
 
 def find_idempotent(conn: Connection, tenant: str, key: str) -> PriorSubmit | None:
@@ -412,6 +444,12 @@ def move_tenant_jobs(conn: Connection, source: str, target: str) -> tuple[int, i
         .where(jobs_t.c.tenant == source, jobs_t.c.idempotency_key.in_(taken))
         .values(idempotency_key=None)
     ).rowcount
+    # The deliveries go with their jobs: from now on signed with the target's secret.
+    conn.execute(
+        update(webhook_deliveries_t)
+        .where(webhook_deliveries_t.c.tenant == source)
+        .values(tenant=target)
+    )
     moved = conn.execute(
         update(jobs_t).where(jobs_t.c.tenant == source).values(tenant=target)
     ).rowcount

@@ -71,6 +71,9 @@ class Job(SQLModel, table=True):
     lease_owner: str | None = Field(default=None, max_length=64)
     lease_expires_at: datetime | None = None
     lease_token: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # The W3C traceparent of the POST /jobs that made the job: its trace spans (every run
+    # of it, after a restart too) are children of it.
+    traceparent: str | None = Field(default=None, max_length=55)
 
 
 class Agent(SQLModel, table=True):
@@ -178,12 +181,13 @@ class ModelLimit(SQLModel, table=True):
 
 class WebhookSecret(SQLModel, table=True):
     """A tenant's webhook signing secret (`whsec_…`, Standard Webhooks). It must be kept to
-    sign, so it is stored as is; it is printed once when created and never shown by the API,
-    the logs or the events."""
+    sign, so it is stored encrypted (app/store/secret_box.py), never in the clear; only the
+    admin command shows it, never the API, the logs or the events."""
 
     __tablename__ = "webhook_secrets"
 
     tenant: str = Field(primary_key=True, max_length=64)
+    # "fernet:" and the Fernet token of the secret.
     secret: str = Field(max_length=200)
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -218,6 +222,9 @@ class WebhookDelivery(SQLModel, table=True):
     next_attempt_at: datetime | None = Field(default_factory=utcnow)
     last_attempt_at: datetime | None = None
     delivered_at: datetime | None = None
+    # A delivery loop that took the row sends it before then; past it (the loop died) any
+    # loop may take it again.
+    claimed_until: datetime | None = None
 
 
 class AgentStep(SQLModel, table=True):

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 
 from app.events.bus import StoredEvent
 from app.store.models import Job, WebhookDelivery, WebhookSecret, utcnow
+from app.store.secret_box import SecretBox
+
+if TYPE_CHECKING:
+    from app.store.writer import Tx, WriteOp
 
 _jobs_t = Job.__table__  # type: ignore[attr-defined]
 _deliveries_t = WebhookDelivery.__table__  # type: ignore[attr-defined]
@@ -105,14 +109,48 @@ class Delivery:
         return cls(**{k: getattr(row, k) for k in cls.__slots__})
 
 
-def due_deliveries(conn: Connection, now: datetime, limit: int) -> list[Delivery]:
-    rows = conn.execute(
-        select(_deliveries_t)
-        .where(_deliveries_t.c.status == "pending", _deliveries_t.c.next_attempt_at <= now)
-        .order_by(_deliveries_t.c.next_attempt_at, _deliveries_t.c.id)
-        .limit(limit)
-    ).all()
-    return [Delivery.from_row(r) for r in rows]
+def _claimable(now: datetime) -> Any:
+    d = _deliveries_t.c
+    return and_(
+        d.status == "pending",
+        d.next_attempt_at <= now,
+        or_(d.claimed_until.is_(None), d.claimed_until < now),
+    )
+
+
+def any_due(conn: Connection, now: datetime) -> bool:
+    """Whether a delivery may be claimed now (a read: most polls find nothing to claim)."""
+    return (
+        conn.execute(select(_deliveries_t.c.id).where(_claimable(now)).limit(1)).first() is not None
+    )
+
+
+def claim_due(now: datetime, limit: int, lease_s: float) -> WriteOp[list[Delivery]]:
+    """Take up to `limit` deliveries due now for `lease_s` seconds: no other delivery loop
+    (another worker) takes them meanwhile. PostgreSQL skips rows another loop is taking
+    (FOR UPDATE SKIP LOCKED); SQLite has one writer, and the guarded update settles it on
+    both."""
+
+    def op(tx: Tx) -> list[Delivery]:
+        d = _deliveries_t.c
+        query = select(d.id).where(_claimable(now)).order_by(d.next_attempt_at, d.id).limit(limit)
+        if tx.conn.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        ids = list(tx.conn.execute(query).scalars())
+        if not ids:
+            return []
+        until = now + timedelta(seconds=lease_s)
+        tx.conn.execute(
+            update(_deliveries_t).where(d.id.in_(ids), _claimable(now)).values(claimed_until=until)
+        )
+        rows = tx.conn.execute(
+            select(_deliveries_t)
+            .where(d.id.in_(ids), d.claimed_until == until)
+            .order_by(d.next_attempt_at, d.id)
+        ).all()
+        return [Delivery.from_row(r) for r in rows]
+
+    return op
 
 
 def job_deliveries(conn: Connection, job_id: str) -> list[Delivery]:
@@ -145,6 +183,7 @@ def record_attempt(
             last_attempt_at=now,
             next_attempt_at=next_attempt_at,
             delivered_at=now if status == "delivered" else None,
+            claimed_until=None,
         )
     )
 
@@ -159,29 +198,36 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def tenant_secret(conn: Connection, tenant: str) -> str | None:
-    return conn.execute(
+def tenant_secret(conn: Connection, tenant: str, box: Callable[[], SecretBox]) -> str | None:
+    """The tenant's secret, decrypted (None: it has none). `box` is asked for only when
+    there is one to decrypt; it and the decryption raise SecretKeyError."""
+    stored = conn.execute(
         select(_secrets_t.c.secret).where(_secrets_t.c.tenant == tenant)
     ).scalar_one_or_none()
+    return None if stored is None else box().decrypt(stored)
 
 
-def rotate_secret(engine: Engine, tenant: str) -> str:
+def rotate_secret(engine: Engine, tenant: str, box: SecretBox) -> str:
     """Create the tenant's secret, or replace it: deliveries from now on are signed with
-    the new one."""
+    the new one. Stored encrypted."""
     secret = new_secret()
+    stored = box.encrypt(secret)
     with engine.begin() as conn:
         done = conn.execute(
             update(_secrets_t)
             .where(_secrets_t.c.tenant == tenant)
-            .values(secret=secret, created_at=utcnow())
+            .values(secret=stored, created_at=utcnow())
         ).rowcount
         if not done:
             conn.execute(
-                insert(_secrets_t).values(tenant=tenant, secret=secret, created_at=utcnow())
+                insert(_secrets_t).values(tenant=tenant, secret=stored, created_at=utcnow())
             )
     return secret
 
 
 def tenant_secret_exists(engine: Engine, tenant: str) -> bool:
     with engine.connect() as conn:
-        return tenant_secret(conn, tenant) is not None
+        return (
+            conn.execute(select(_secrets_t.c.tenant).where(_secrets_t.c.tenant == tenant)).first()
+            is not None
+        )

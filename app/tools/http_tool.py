@@ -13,6 +13,7 @@ from sqlalchemy import Connection
 from app.config import Settings
 from app.engine.tool_spec import HttpTool
 from app.store.models import DEFAULT_TENANT, utcnow
+from app.store.secret_box import SecretKeyError, secret_box
 from app.store.webhooks import tenant_secret
 from app.tools.base import ToolCallContext, ToolError, function_definition
 from app.webhooks.delivery import signed_headers
@@ -65,8 +66,12 @@ class CallerTool:
 
 def signing_secret(conn: Connection, tenant: str, settings: Settings) -> str | None:
     """The tenant's webhook signing secret (tenant 'default' may use SWARM_WEBHOOK_SECRET),
-    which signs its tool calls as it signs its webhooks."""
-    secret = tenant_secret(conn, tenant)
+    which signs its tool calls as it signs its webhooks; None when it has none, or when
+    this process cannot decrypt the stored one (the calls then get an error result)."""
+    try:
+        secret = tenant_secret(conn, tenant, lambda: secret_box(settings))
+    except SecretKeyError:
+        return None
     if secret is None and tenant == DEFAULT_TENANT and settings.webhook_secret is not None:
         secret = settings.webhook_secret.get_secret_value()
     return secret

@@ -112,6 +112,8 @@ class CallResult:
     finish_reason: str | None
     usage: Usage  # as the upstream reported it; the cost is added by the caller
     latency_ms: float
+    # The model that answered, as the upstream names it (telemetry).
+    response_model: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
 
 
@@ -153,6 +155,7 @@ async def call_chat(client: AsyncOpenAI, req: AgentRequest) -> CallResult:
         finish_reason=str(choice.finish_reason)[:32] if choice.finish_reason else None,
         usage=reported_usage(usage),
         latency_ms=latency_ms,
+        response_model=resp.model if isinstance(resp.model, str) else None,
         tool_calls=tool_calls,
     )
 

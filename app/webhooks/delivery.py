@@ -1,11 +1,12 @@
 """The delivery loop: sends what the outbox holds, signed, at least once.
 
-Each outbox row (written with its event, see app/store/webhooks.py) is sent when due; a 2xx
-answer delivers it, a 410 stops it for good, anything else (another status, a refused
-connection, a time-out, a redirect, which is never followed) schedules the next attempt
-after the next of `webhook_retry_delays_s`, until they are used up. Every state is in the
-database, so a restart resumes where the last process stopped; a delivery is only ever
-read and written here, never on the job's path.
+Each outbox row (written with its event, see app/store/webhooks.py) is claimed for a while
+(so another worker's loop leaves it alone) and sent when due; a 2xx answer delivers it, a
+410 stops it for good, anything else (another status, a refused connection, a time-out, a
+redirect, which is never followed, a host that now resolves to a private address) schedules
+the next attempt after the next of `webhook_retry_delays_s`, until they are used up. Every
+state is in the database, so a restart resumes where the last process stopped; a delivery
+is only ever read and written here, never on the job's path.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from app.store import jobs as job_store
 from app.store import webhooks as hooks
 from app.store.events import events_after
 from app.store.models import DEFAULT_TENANT, utcnow
+from app.store.secret_box import SecretBox, SecretKeyError, secret_box
 from app.store.store import Store
 from app.store.writer import Tx
+from app.webhooks.targets import WebhookTargetError, pin_target
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ PENDING = "pending"
 DELIVERED = "delivered"
 GONE = "gone"
 FAILED = "failed"
+# Seconds a claim outlasts the longest attempt (slow reads and writes around it).
+_CLAIM_MARGIN_S = 30.0
 # How much of a receiver's error answer is kept (it is shown at GET /jobs/{id}/webhooks).
 _ERROR_CHARS = 300
 
@@ -61,19 +66,34 @@ def signed_headers(secret: str, msg_id: str, body: str, now: datetime) -> dict[s
 
 
 class WebhookDeliverer:
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        transport: httpx2.AsyncBaseTransport | None = None,
+    ) -> None:
         self._settings = settings
         self._store = store
+        self._transport = transport
+        # How long a claimed delivery is this loop's alone: more than an attempt can take.
+        self._claim_s = 2 * settings.webhook_timeout_s + _CLAIM_MARGIN_S
         self._task: asyncio.Task[None] | None = None
         self._client: httpx2.AsyncClient | None = None
         self._wake = asyncio.Event()
         self._inflight: set[str] = set()
+        self._box: SecretBox | None = None
 
     async def start(self) -> None:
         self._client = httpx2.AsyncClient(
+            transport=self._transport,
             follow_redirects=False,
             timeout=self._settings.webhook_timeout_s,
-            limits=httpx2.Limits(max_connections=self._settings.webhook_concurrency),
+            # No kept-alive connections: each delivery connects to the address it checked,
+            # and a TLS connection verified for one name is never reused for another.
+            limits=httpx2.Limits(
+                max_connections=self._settings.webhook_concurrency, max_keepalive_connections=0
+            ),
         )
         self._task = asyncio.create_task(self._loop(), name="webhook-delivery")
 
@@ -102,7 +122,10 @@ class WebhookDeliverer:
     async def deliver_due(self) -> int:
         """Send every delivery due now (up to the concurrency); how many were sent."""
         limit = self._settings.webhook_concurrency
-        due = await self._store.read(lambda c: hooks.due_deliveries(c, utcnow(), limit))
+        # Claiming is a write: the poll takes the writer only when there is work.
+        if not await self._store.read(lambda c: hooks.any_due(c, utcnow())):
+            return 0
+        due = await self._store.write(hooks.claim_due(utcnow(), limit, self._claim_s))
         due = [d for d in due if d.id not in self._inflight]
         if due:
             await asyncio.gather(*(self._deliver(d) for d in due))
@@ -117,27 +140,45 @@ class WebhookDeliverer:
 
     async def _attempt(self, delivery: hooks.Delivery) -> None:
         assert self._client is not None
-        body, secret = await self._store.read(lambda c: self._prepare(c, delivery))
+        body, secret, error = await self._store.read(lambda c: self._prepare(c, delivery))
         status_code: int | None = None
-        error: str | None = None
         now = utcnow()
-        if secret is None:
+        if error is None and secret is None:
             error = (
                 f"tenant {delivery.tenant!r} has no webhook signing secret: create one with "
-                f"`python -m app.admin webhooks secret --tenant {delivery.tenant}`"
+                f"`swarmctl webhooks secret --tenant {delivery.tenant}`"
             )
-        else:
+        if error is None and secret is not None:
             try:
+                # Resolving counts against the time-out too (a resolver may hang).
+                target = await asyncio.wait_for(
+                    asyncio.to_thread(
+                        pin_target,
+                        delivery.url,
+                        allow_private=self._settings.webhook_allow_private,
+                    ),
+                    self._settings.webhook_timeout_s,
+                )
+                headers = signed_headers(secret, delivery.id, body, now)
+                if target.host is not None:
+                    headers["host"] = target.host
                 response = await self._client.post(
-                    delivery.url,
+                    target.url,
                     content=body.encode(),
-                    headers=signed_headers(secret, delivery.id, body, now),
+                    headers=headers,
+                    extensions=(
+                        {"sni_hostname": target.sni_hostname} if target.sni_hostname else {}
+                    ),
                 )
                 status_code = response.status_code
                 if not 200 <= status_code < 300 and status_code != 410:
                     error = f"HTTP {status_code}: {response.text[:_ERROR_CHARS]}".rstrip(": ")
                     if 300 <= status_code < 400:
                         error = f"HTTP {status_code}: redirects are not followed"
+            except WebhookTargetError as exc:
+                error = f"refused the target: {exc}"[:_ERROR_CHARS]
+            except TimeoutError:
+                error = "resolving the target's host timed out"
             except httpx2.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"[:_ERROR_CHARS]
         attempts = delivery.attempts + 1
@@ -173,15 +214,28 @@ class WebhookDeliverer:
 
         await self._store.write(record)
 
-    def _prepare(self, conn: Connection, delivery: hooks.Delivery) -> tuple[str, str | None]:
-        """The body (as first sent, else made now) and the tenant's signing secret."""
-        secret = hooks.tenant_secret(conn, delivery.tenant)
-        if secret is None and delivery.tenant == DEFAULT_TENANT:
+    def _prepare(
+        self, conn: Connection, delivery: hooks.Delivery
+    ) -> tuple[str, str | None, str | None]:
+        """The body (as first sent, else made now), the tenant's signing secret, and why it
+        cannot be had (a stored secret this process has no key for)."""
+        secret: str | None = None
+        error: str | None = None
+        try:
+            secret = hooks.tenant_secret(conn, delivery.tenant, self._secret_box)
+        except SecretKeyError as exc:
+            error = f"the tenant's webhook secret cannot be read: {exc}"
+        if secret is None and error is None and delivery.tenant == DEFAULT_TENANT:
             configured = self._settings.webhook_secret
             secret = configured.get_secret_value() if configured is not None else None
         if delivery.body_json is not None:
-            return delivery.body_json, secret
-        return json.dumps(self._body(conn, delivery), ensure_ascii=False), secret
+            return delivery.body_json, secret, error
+        return json.dumps(self._body(conn, delivery), ensure_ascii=False), secret, error
+
+    def _secret_box(self) -> SecretBox:
+        if self._box is None:
+            self._box = secret_box(self._settings)
+        return self._box
 
     @staticmethod
     def _body(conn: Connection, delivery: hooks.Delivery) -> dict[str, Any]:

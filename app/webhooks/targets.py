@@ -1,11 +1,14 @@
-"""Which webhook (and tool) URLs a job may name: no private, loopback or link-local target
-(the service must not be a way into the network it runs in), unless the operator allows it."""
+"""Which webhook (and tool) URLs a job may name: no private, loopback or link-local target (the
+service must not be a way into the network it runs in), unless the operator allows it.
+Checked at submit, and again at each delivery on the addresses then connected to (a name
+may resolve elsewhere by then: DNS rebinding)."""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from urllib.parse import SplitResult, urlsplit
 
 
 class WebhookTargetError(ValueError):
@@ -26,39 +29,86 @@ def _refused(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | No
     return None
 
 
-def check_target(
-    url: str,
-    *,
-    allow_private: bool,
-    what: str = "webhooks go",
-    setting: str = "SWARM_WEBHOOK_ALLOW_PRIVATE",
-) -> None:
-    """Raise WebhookTargetError unless `url` is an http(s) URL whose host is (or resolves
-    only to) public addresses. Blocking (it may resolve a name): run it in a thread."""
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _parse(url: str) -> SplitResult:
     try:
         parts = urlsplit(url)
-        port = parts.port
+        _ = parts.port  # raises ValueError on a bad port
     except ValueError as exc:
         raise WebhookTargetError(f"not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookTargetError("must be an http:// or https:// URL with a host")
     if parts.username or parts.password:
         raise WebhookTargetError("must not carry a user name or password")
-    if allow_private:
-        return
+    return parts
+
+
+# Whose URL it is, in the refusal: (what may only go to public addresses, the setting).
+_WEBHOOKS = ("webhooks go", "SWARM_WEBHOOK_ALLOW_PRIVATE")
+
+
+def _public_addresses(parts: SplitResult, whose: tuple[str, str] = _WEBHOOKS) -> list[Address]:
+    """Every address the URL's host is (or resolves to now), all public; else raises."""
     host = parts.hostname
+    assert host is not None
     try:
-        addresses = [ipaddress.ip_address(host)]
+        addresses: list[Address] = [ipaddress.ip_address(host)]
     except ValueError:
         try:
-            infos = socket.getaddrinfo(host, port or 443, proto=socket.IPPROTO_TCP)
+            infos = socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)
         except (OSError, UnicodeError):
             raise WebhookTargetError(f"the host {host!r} cannot be resolved") from None
         addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
     for address in addresses:
         kind = _refused(address)
         if kind is not None:
+            what, setting = whose
             raise WebhookTargetError(
                 f"the host {host!r} is a {kind} address ({address}): {what} to public "
                 f"addresses only (an operator may set {setting}=true)"
             )
+    return addresses
+
+
+def check_target(
+    url: str,
+    *,
+    allow_private: bool,
+    what: str = _WEBHOOKS[0],
+    setting: str = _WEBHOOKS[1],
+) -> None:
+    """Raise WebhookTargetError unless `url` is an http(s) URL whose host is (or resolves
+    only to) public addresses. Blocking (it may resolve a name): run it in a thread."""
+    parts = _parse(url)
+    if not allow_private:
+        _public_addresses(parts, (what, setting))
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedTarget:
+    """Where one delivery connects: `url` names the checked address itself, so nothing
+    resolves the name again between the check and the connection."""
+
+    url: str
+    # The Host header (the name in the job's URL), and the name TLS verifies the
+    # certificate for (https only).
+    host: str | None
+    sni_hostname: str | None
+
+
+def pin_target(url: str, *, allow_private: bool) -> PinnedTarget:
+    """Resolve the URL's host now, refuse it unless every address is public, and point the
+    connection at the first. With private targets allowed, the URL as it is. Blocking."""
+    parts = _parse(url)
+    if allow_private:
+        return PinnedTarget(url=url, host=None, sni_hostname=None)
+    address = _public_addresses(parts)[0]
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    netloc = literal if parts.port is None else f"{literal}:{parts.port}"
+    pinned = parts._replace(netloc=netloc).geturl()
+    host = parts.netloc
+    return PinnedTarget(
+        url=pinned, host=host, sni_hostname=parts.hostname if parts.scheme == "https" else None
+    )

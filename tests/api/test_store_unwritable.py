@@ -198,3 +198,39 @@ async def test_other_write_routes_never_answer_500_while_full(
     else:
         resp = await service.client.post(f"/jobs/{job['id']}/cancel")
         assert resp.status_code in (409, 503), resp.text
+
+
+async def test_a_long_outage_never_fails_a_job_for_crashing(
+    service: Service,
+    fake_upstream: FakeUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A run stopped by refused writes is resumed for as long as the outage lasts: such
+    stops are not the job's crashes, so a full disk for longer than MAX_CRASHES recoveries
+    neither fails the job nor leaves it `running` with no run."""
+    from app.scheduler import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "MAX_CRASHES", 2)
+    monkeypatch.setattr(scheduler_module, "RECOVERY_DELAY_S", 0.01)
+    monkeypatch.setattr(scheduler_module, "OUTAGE_RETRY_CAP_S", 0.05, raising=False)
+    full = asyncio.Event()
+
+    async def answer(body: dict[str, Any], _n: int) -> httpx2.Response:
+        await full.wait()
+        return httpx2.Response(200, json=completion_body(BIG))
+
+    fake_upstream.script = answer
+    job = await service.submit(_job("long-outage", n=2))
+    await fill_up(service)
+    full.set()
+    stopped = ("job run stopped", "job run crashed")
+    async with asyncio.timeout(30):  # several resumes, each stopped again by the full disk
+        while sum(r.getMessage().startswith(stopped) for r in caplog.records) < 4:
+            status = (await service.client.get(f"/jobs/{job['id']}?agents=false")).json()
+            assert status["status"] == "running", status
+            await asyncio.sleep(0.02)
+    await _unlimit(service)
+    done = await service.wait(job["id"], timeout=15)
+    assert done["status"] == "completed", done
+    assert done["counts"]["completed"] == 2

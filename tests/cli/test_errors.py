@@ -156,3 +156,21 @@ def test_keys_are_managed_on_the_services_database(tmp_path: Path) -> None:
     again = run_cli("http://127.0.0.1:9", "keys", "revoke", key[:12], **db)
     assert again.code == 1 and "no active key" in again.err
     assert_plain(again)
+
+
+def test_webhook_secrets_are_shown_and_rotated_on_the_services_database(tmp_path: Path) -> None:
+    db = {"SWARM_DATABASE_URL": f"sqlite:///{tmp_path}/swarm.db"}
+    nowhere = "http://127.0.0.1:9"
+    made = run_cli(nowhere, "webhooks", "secret", "--tenant", "acme", **db)
+    assert made.code == 0, made.text
+    secret = made.out.strip()
+    assert secret.startswith("whsec_") and "created" in made.err
+    assert str(tmp_path / "swarm.db") in made.err
+    shown = run_cli(nowhere, "webhooks", "secret", "--tenant", "acme", **db)
+    assert shown.code == 0 and shown.out.strip() == secret
+    rotated = run_cli(nowhere, "webhooks", "secret", "--tenant", "acme", "--rotate", **db)
+    assert rotated.code == 0 and "rotated" in rotated.err
+    assert rotated.out.strip().startswith("whsec_") and rotated.out.strip() != secret
+    bad = run_cli(nowhere, "webhooks", "secret", "--tenant", " ", **db)
+    assert bad.code == 2 and "tenant" in bad.err
+    assert_plain(bad)

@@ -10,8 +10,12 @@ from typing import Any
 import httpx2
 import pytest
 
+from app.config import Settings
 from app.keys import create_key
 from app.store import migrate
+from app.store.db import make_engine
+from app.store.secret_box import secret_box
+from app.store.webhooks import rotate_secret
 from tests.helpers.processes import ROOT, start_service, start_simulator, wait_job
 
 pytestmark = pytest.mark.e2e
@@ -26,6 +30,10 @@ def test_no_secret_in_any_response_event_log_or_database_file(tmp_path: Path) ->
     migrate.upgrade(url)
     key_a, _ = create_key(url, "acme")
     key_b, _ = create_key(url, "globex")
+    # A tenant's webhook signing secret, stored (encrypted) by the admin command's code.
+    engine = make_engine(url)
+    hook_secret = rotate_secret(engine, "acme", secret_box(Settings(), url, create=True))
+    engine.dispose()
     svc = start_service(
         tmp_path,
         {
@@ -64,7 +72,7 @@ def test_no_secret_in_any_response_event_log_or_database_file(tmp_path: Path) ->
         sim.stop()
     texts.append(svc.log())
     blobs = [p.read_bytes() for p in tmp_path.glob("swarm.db*")]
-    for secret in (UPSTREAM_SECRET, key_a, key_b):
+    for secret in (UPSTREAM_SECRET, key_a, key_b, hook_secret):
         assert not any(secret in t for t in texts), secret
         assert not any(secret.encode() in b for b in blobs), secret
     # The log really has the state changes (so the search above meant something).

@@ -27,7 +27,8 @@ def free_port() -> int:
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
+    # Nor the machine's OpenTelemetry settings: a child exports only where a test says.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SWARM_", "OTEL_"))}
     env.update(extra)
     return env
 

@@ -231,3 +231,19 @@ async def test_invalid_bodies_are_bad_requests(sim: Any) -> None:
             assert (await resp.json())["error"]["type"] == "invalid_request_error"
     with pytest.raises(openai.BadRequestError):
         await sim.client().chat.completions.create(model="m", messages=MESSAGES, max_tokens=0)
+
+
+async def test_reasoning_models_report_reasoning_tokens(sim: Any) -> None:
+    client = sim.client()
+    plain = await client.chat.completions.create(model="gpt-4.1", messages=MESSAGES)
+    thinking = await client.chat.completions.create(model="kimi-k2-thinking", messages=MESSAGES)
+    effort = await client.chat.completions.create(
+        model="gpt-4.1", messages=MESSAGES, extra_body={"reasoning_effort": "low"}
+    )
+    assert plain.usage is not None and plain.usage.completion_tokens_details is None
+    for result in (thinking, effort):
+        assert result.usage is not None and result.usage.completion_tokens_details is not None
+        completion = result.usage.completion_tokens
+        # Half the completion, deterministically: part of it, not added to it.
+        assert result.usage.completion_tokens_details.reasoning_tokens == completion // 2
+    assert thinking.choices[0].message.content == plain.choices[0].message.content

@@ -10,11 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select
+from cryptography.fernet import Fernet, MultiFernet
+from sqlalchemy import create_engine, insert, select
 from standardwebhooks.webhooks import Webhook
 
 from app.config import Settings
-from app.store.models import WebhookDelivery, WebhookSecret
+from app.store import migrate
+from app.store.models import WebhookSecret
+from app.store.secret_box import SecretBox, SecretKeyError, secret_box
+from app.store.webhooks import new_secret
 from app.webhooks.delivery import next_attempt, signed_headers
 from app.webhooks.targets import WebhookTargetError, check_target
 from tests.helpers.processes import ROOT, child_env
@@ -112,27 +116,91 @@ def test_the_signature_verifies_with_the_reference_library() -> None:
     assert Webhook(secret).verify('{"a":1}', headers) == {"a": 1}
 
 
-def test_the_admin_command_creates_and_rotates_a_tenant_secret(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/swarm.db"
+def admin_secret(url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.admin", "webhooks", "secret", "--tenant", "acme", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=child_env(SWARM_DATABASE_URL=url, **env),
+    )
 
-    def run() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "app.admin", "webhooks", "secret", "--tenant", "acme"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            env=child_env(SWARM_DATABASE_URL=url),
-            check=True,
-        )
 
-    first, second = run(), run()
-    assert first.stdout.startswith("whsec_") and second.stdout.startswith("whsec_")
-    assert first.stdout != second.stdout
-    assert "created" in first.stderr and "rotated" in second.stderr
+def stored_secrets(url: str) -> list[Any]:
     engine = create_engine(url)
     with engine.connect() as conn:
         rows = conn.execute(select(WebhookSecret.__table__)).all()  # type: ignore[attr-defined]
-        deliveries = conn.execute(select(WebhookDelivery.__table__)).all()  # type: ignore[attr-defined]
     engine.dispose()
-    assert [(r.tenant, r.secret) for r in rows] == [("acme", second.stdout.strip())]
-    assert deliveries == []
+    return list(rows)
+
+
+def test_the_admin_command_creates_shows_and_rotates_a_tenant_secret(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/swarm.db"
+    first = admin_secret(url)
+    again = admin_secret(url)
+    rotated = admin_secret(url, "--rotate")
+    assert first.returncode == again.returncode == rotated.returncode == 0, first.stderr
+    assert first.stdout.startswith("whsec_") and rotated.stdout.startswith("whsec_")
+    # Shown again as it is; replaced only when asked.
+    assert again.stdout == first.stdout
+    assert rotated.stdout != first.stdout
+    assert "created" in first.stderr and "rotated" in rotated.stderr
+    # The key that encrypts it was made beside the database, for its owner only, and said so.
+    key_file = tmp_path / "secrets.key"
+    assert key_file.exists() and key_file.stat().st_mode & 0o077 == 0
+    assert "generated the key" in first.stderr and str(key_file) in first.stderr
+    (row,) = stored_secrets(url)
+    assert row.tenant == "acme"
+    # Stored encrypted: neither secret is in the row, nor anywhere in the database file.
+    assert row.secret.startswith("fernet:")
+    blobs = b"".join(p.read_bytes() for p in tmp_path.glob("swarm.db*"))
+    for shown in (first.stdout.strip(), rotated.stdout.strip()):
+        assert shown not in row.secret
+        assert shown.encode() not in blobs
+    box = secret_box(Settings(database_url=url), url)
+    assert box.decrypt(row.secret) == rotated.stdout.strip()
+
+
+def test_a_configured_key_encrypts_and_a_wrong_one_is_refused_clearly(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/swarm.db"
+    key, other = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    made = admin_secret(url, SWARM_SECRETS_KEY=key)
+    assert made.returncode == 0, made.stderr
+    assert not (tmp_path / "secrets.key").exists()
+    (row,) = stored_secrets(url)
+    assert SecretBox(MultiFernet([Fernet(key)])).decrypt(row.secret) == made.stdout.strip()
+    # A new key first, the old one kept: still readable.
+    assert admin_secret(url, SWARM_SECRETS_KEY=f"{other},{key}").stdout == made.stdout
+    wrong = admin_secret(url, SWARM_SECRETS_KEY=other)
+    assert wrong.returncode == 2 and wrong.stdout == ""
+    assert "cannot be decrypted" in wrong.stderr and "SWARM_SECRETS_KEY" in wrong.stderr
+    bad = admin_secret(url, SWARM_SECRETS_KEY="not-a-key")
+    assert bad.returncode == 2 and "Fernet" in bad.stderr
+
+
+def test_without_a_key_postgresql_refuses_to_store_a_secret() -> None:
+    with pytest.raises(SecretKeyError, match="SWARM_SECRETS_KEY"):
+        secret_box(
+            Settings(database_url="postgresql://u@127.0.0.1/db"),
+            "postgresql://u@127.0.0.1/db",
+            create=True,
+        )
+
+
+def test_the_migration_encrypts_secrets_stored_in_the_clear(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/swarm.db"
+    migrate.upgrade(url, "0009")
+    plain = new_secret()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(WebhookSecret.__table__).values(  # type: ignore[attr-defined]
+                tenant="acme", secret=plain, created_at=datetime.now(UTC)
+            )
+        )
+    engine.dispose()
+    migrate.upgrade(url)
+    (row,) = stored_secrets(url)
+    assert row.secret.startswith("fernet:") and plain not in row.secret
+    assert secret_box(Settings(database_url=url), url).decrypt(row.secret) == plain
+    assert admin_secret(url).stdout.strip() == plain
