@@ -49,6 +49,11 @@ class Metrics:
         self.agent_attempts = Counter(
             "swarm_agent_attempts", "Upstream calls started for agents.", registry=r
         )
+        self.reused_calls = Counter(
+            "swarm_reused_calls",
+            "Agents that took an earlier answer to the same request instead of a call (reuse).",
+            registry=r,
+        )
         self.upstream_requests = Counter(
             "swarm_upstream_requests",
             "Upstream chat-completion calls by model and outcome (ok, 429, 5xx, timeout, error).",

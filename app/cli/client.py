@@ -322,8 +322,9 @@ class SwarmClient:
         on_resume: Callable[[int], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> Iterator[Event]:
-        """The job's events after `after`, until the terminal one (the first after seq
-        `run_from`: a retried job's stream holds the earlier runs' terminal events too).
+        """The job's events after `after`, until the service closes the stream after a
+        terminal one (after seq `run_from`): a retried job's stream holds the earlier runs'
+        terminal events too, each followed by its `job.retried`.
 
         When the connection drops (or the service closes the stream early: a restart, its
         lifetime cap, a slow reader cut off), it reconnects with `Last-Event-ID` set to the
@@ -333,6 +334,7 @@ class SwarmClient:
         deleted) or an absence longer than RECONNECT_GIVE_UP_S ends with `CliError`.
         """
         last = after
+        ended = False
         connected_once = False
         dropped = False
         failing_since: float | None = None
@@ -363,11 +365,14 @@ class SwarmClient:
                         if event is None:
                             continue
                         last = event.seq
+                        ended = event.terminal and event.seq > run_from
                         yield event
-                        if event.terminal and event.seq > run_from:
-                            return
                         if failing_since is not None:
                             failing_since, attempt = None, 0  # the stream works again
+                    if ended:
+                        # The service closes the stream after the terminal event that ends
+                        # it: one followed by a retry's `job.retried` ended a run only.
+                        return
                 reason = "the service closed the stream"
                 # Closed at once with nothing new is not a working stream: keep backing off.
                 if last != before or time.monotonic() - opened >= HEALTHY_STREAM_S:

@@ -193,6 +193,11 @@ class JobState:
             line = f"{agent} retrying after attempt {data.get('attempt', '?')} ({why}): {error}"
             self.note, self.note_agent = f"{agent} retrying ({why}): {error}", agent
             return line + wait
+        if kind == "agent.completed" and data.get("reused"):
+            self._move(agent, "completed")
+            source = data.get("reused_from") or {}
+            where = f"{source.get('agent_id', '?')} of job {source.get('job_id', '?')}"
+            return f"{agent} completed: reused the answer of {where}, no call"
         if kind == "agent.completed":
             self._move(agent, "completed")
             if self.note_agent == agent:  # its retries are over: the note is stale

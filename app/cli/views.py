@@ -171,6 +171,14 @@ def show_summary(console: Console, job: dict[str, Any], metrics: dict[str, Any] 
     _line(console, ("  agents   ", "dim"), counts_text(counts))
     _line(console, ("  tokens   ", "dim"), _usage_text(job.get("usage", {})))
     _line(console, ("  cost     ", "dim"), _cost_text(job))
+    if job.get("agents_reused"):
+        saved = job.get("reuse_saved_usd")
+        _line(
+            console,
+            ("  reused   ", "dim"),
+            f"{number(job['agents_reused'])} answers of earlier calls"
+            + (f", saving {cost(saved)}" if isinstance(saved, int | float) else ""),
+        )
     if metrics:
         latency = metrics.get("latency") or {}
         p50, p95 = latency.get("p50_ms"), latency.get("p95_ms")

@@ -25,7 +25,7 @@ class RequestKey:
     messages: tuple[tuple[str, str], ...]  # (role, content), after templates were filled in
     temperature: float | None  # None: the upstream's default
     max_tokens: int | None  # None: the upstream's default
-    response_format: str | None  # "json" for JSON mode, else None
+    response_format: str | None  # "json" for JSON mode, a schema as canonical JSON, or None
     extra_body: Mapping[str, Any] = field(default_factory=dict)  # the model's extra fields
 
     def fingerprint(self) -> str:

@@ -16,10 +16,12 @@ from app.engine.problems import (
     context_miss,
     show,
 )
-from app.engine.spec import AgentSpec, JobSpec
+from app.engine.spec import AgentSpec, JobSpec, ResponseFormat
+from app.engine.structured import path_problem
 from app.engine.templates import (
     ContextPathError,
     RefKind,
+    find_refs,
     lookup_context,
     scan_refs,
 )
@@ -111,6 +113,7 @@ def validate_graph(
     )
     for i, agent in enumerate(agents):
         _check_agent_templates(i, agent, index, spec.context, problems)
+        _check_output_fields(i, agent, spec, index, problems)
 
     if not ids_ok:
         # With an id used twice, "depends on X" has no single meaning: a cycle or a map
@@ -264,6 +267,46 @@ def _check_agent_templates(
             context,
             problems,
         )
+
+
+def _check_output_fields(
+    i: int, agent: AgentSpec, spec: JobSpec, index: Mapping[str, int], problems: Problems
+) -> None:
+    """{{agents.ID.output.FIELD}}: ID must answer JSON, and FIELD fit its schema if it has
+    one. (Unknown and undeclared ids are reported by the template check.)"""
+    declared = set(agent.depends_on)
+    for ref in find_refs(agent.task):
+        if ref.kind is not RefKind.agent or not ref.key or ref.agent_id not in declared:
+            continue
+        position = index.get(ref.agent_id)
+        if position is None:
+            continue
+        source = spec.agents[position]
+        resolved = spec.resolve(source)
+        loc: Loc = ("body", "agents", i, "task")
+        if source.map is not None or resolved.response_format is not ResponseFormat.json:
+            what = (
+                "a map node (its output is the list of its items' outputs)"
+                if (source.map is not None)
+                else "not answering JSON"
+            )
+            problems.add(
+                loc,
+                f"agent {show(agent.id)} references {show(ref.raw)}, a field of the output "
+                f"of {show(source.id)}, which is {what}; give {show(source.id)} "
+                '"response_format": "json" or a JSON Schema, or reference its whole output',
+                ProblemType.output_field_not_json,
+            )
+            continue
+        if resolved.output_schema is not None:
+            problem = path_problem(resolved.output_schema.schema, ref.path)
+            if problem is not None:
+                problems.add(
+                    loc,
+                    f"agent {show(agent.id)} references {show(ref.raw)}, but the "
+                    f"response_format schema of {show(source.id)} has no such field: {problem}",
+                    ProblemType.unknown_output_field,
+                )
 
 
 def _check_system_prompt(

@@ -54,6 +54,8 @@ class ProblemType(StrEnum):
     too_many_problems = "job_graph.too_many_problems"
     item_outside_map = "template.item_outside_map"
     unknown_item_field = "template.unknown_item_field"
+    output_field_not_json = "template.output_field_not_json"
+    unknown_output_field = "template.unknown_output_field"
     map_bad_source = "map.bad_source"
     map_source_not_json = "map.source_not_json"
     map_not_mappable = "map.not_mappable"

@@ -3,14 +3,26 @@ precedence that turns them into one agent's effective settings (``ResolvedAgent`
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
+from app.engine.structured import DEFAULT_SCHEMA_NAME, OutputSchema, schema_problem
 from app.engine.tool_spec import (
     DEFAULT_MAX_STEPS,
     SPAWN_TOOL_NAME,
@@ -95,6 +107,112 @@ class ResponseFormat(StrEnum):
     text = "text"
     # A JSON object (the upstream's JSON mode).
     json = "json"
+
+
+class ReuseSpec(BaseModel):
+    """Reuse of earlier answers with a bound on their age."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_age_s: float = Field(
+        gt=0,
+        le=10 * 365 * 86_400,
+        allow_inf_nan=False,
+        description="Reuse only answers received at most this many seconds ago.",
+    )
+
+    _numbers_only = field_validator("max_age_s", mode="before")(_json_number)
+
+
+# OpenAI's rule for a schema's name.
+SCHEMA_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class NamedJsonSchema(BaseModel):
+    """OpenAI's ``json_schema`` object: a named schema and whether it is strict."""
+
+    model_config = ConfigDict(extra="forbid", serialize_by_alias=True, validate_by_name=True)
+
+    name: str = Field(default=DEFAULT_SCHEMA_NAME, pattern=SCHEMA_NAME_PATTERN)
+    description: str | None = Field(default=None, max_length=10_000)
+    schema_: dict[str, Any] = Field(alias="schema", description="A JSON Schema.")
+    strict: StrictBool | None = None
+
+
+class JsonSchemaFormat(BaseModel):
+    """``{"type": "json_schema", "schema": {…}}``, or OpenAI's form
+    ``{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}``."""
+
+    model_config = ConfigDict(extra="forbid", serialize_by_alias=True, validate_by_name=True)
+
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] | None = Field(
+        default=None, alias="schema", description="The JSON Schema the answer must match."
+    )
+    json_schema: NamedJsonSchema | None = Field(
+        default=None, description="OpenAI's form: the schema with its name and strict flag."
+    )
+
+    @model_validator(mode="after")
+    def _one_valid_schema(self) -> JsonSchemaFormat:
+        if (self.schema_ is None) == (self.json_schema is None):
+            raise PydanticCustomError(
+                "schema_required",
+                "give the JSON Schema either as 'schema' or as OpenAI's "
+                "'json_schema': {name, schema, strict}, not both and not neither",
+            )
+        problem = schema_problem(self.output().schema)
+        if problem is not None:
+            raise PydanticCustomError(
+                "invalid_schema",
+                "the schema is not a valid JSON Schema: {problem}",
+                {"problem": problem[:500]},
+            )
+        return self
+
+    def output(self) -> OutputSchema:
+        if self.json_schema is not None:
+            return OutputSchema(
+                self.json_schema.schema_, self.json_schema.name, self.json_schema.strict
+            )
+        assert self.schema_ is not None
+        return OutputSchema(self.schema_)
+
+
+_OPENAI_NAMES = {"json_object": ResponseFormat.json, "text": ResponseFormat.text}
+
+
+def _format_setting(value: Any) -> Any:
+    """A name ('text', 'json') or a schema object, told apart by shape so that a bad one is
+    reported once, as what it is meant to be, at response_format itself."""
+    if value is None or isinstance(value, ResponseFormat | JsonSchemaFormat):
+        return value
+    if isinstance(value, str):
+        if value in ResponseFormat.__members__.values():
+            return ResponseFormat(value)
+        raise PydanticCustomError(
+            "enum",
+            "Input should be 'text', 'json' or a JSON Schema object "
+            '({"type": "json_schema", "schema": {…}}), not {value}',
+            {"value": json.dumps(value[:40])},
+        )
+    if isinstance(value, dict) and value.keys() == {"type"} and value["type"] in _OPENAI_NAMES:
+        # OpenAI's objects for the plain formats: {"type": "json_object"}, {"type": "text"}.
+        return _OPENAI_NAMES[value["type"]]
+    if isinstance(value, dict):
+        try:
+            return JsonSchemaFormat.model_validate(value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise PydanticCustomError(
+                str(first["type"]),
+                "{where}{msg}",
+                {"where": f"{where}: " if where else "", "msg": first["msg"]},
+            ) from None
+    raise PydanticCustomError(
+        "format_type", "Input should be 'text', 'json' or a JSON Schema object"
+    )
 
 
 WEBHOOK_EVENT_TYPES = tuple(str(t) for t in EventType)
@@ -186,9 +304,14 @@ class AgentDefaults(BaseModel):
         allow_inf_nan=False,
         description="Per-attempt timeout in seconds. Unset means the service's default.",
     )
-    response_format: ResponseFormat | None = Field(
+    response_format: ResponseFormat | JsonSchemaFormat | None = Field(
         default=None,
-        description="'text' or 'json' (JSON mode). Unset means 'text'.",
+        description='\'text\', \'json\' (JSON mode; OpenAI\'s {"type": "text"} and {"type": '
+        '"json_object"} are taken too), or {"type": "json_schema", "schema": '
+        '{…}} (also OpenAI\'s {"type": "json_schema", "json_schema": {"name", "schema", '
+        '"strict"}}): the answer must be JSON matching the schema, and an answer that does '
+        "not is asked again with the errors shown (see README, Structured output). Unset "
+        "means 'text'.",
     )
     rate_limit_wait_s: float | None = Field(
         default=None,
@@ -205,6 +328,7 @@ class AgentDefaults(BaseModel):
     _numbers_only = field_validator(
         "temperature", "max_tokens", "max_retries", "timeout_s", "rate_limit_wait_s", mode="before"
     )(_json_number)
+    _format = field_validator("response_format", mode="before")(_format_setting)
 
 
 # chunk_tokens when a map over text does not set it: a part that leaves room for the
@@ -482,13 +606,36 @@ class JobSpec(AgentDefaults):
         "not spawn again) or 2 (they may, once more).",
     )
 
+    reuse: StrictBool | ReuseSpec = Field(
+        default=False,
+        description=(
+            "Take earlier answers instead of calling again: before each call the request "
+            "exactly as it would be sent is fingerprinted, and a completed call of this "
+            "tenant with the same fingerprint (in any job, this one included) gives its "
+            "output at no cost; identical calls within the job are made once. true: answers "
+            'of any age; {"max_age_s": N}: at most N seconds old. Answers sampled at '
+            "temperature > 0 are reused too: opting in says one sample is enough (see "
+            "README, Reuse)."
+        ),
+    )
+
     _job_numbers_only = field_validator(
         "max_concurrency", "budget_usd", "max_spawn_depth", mode="before"
     )(_json_number)
     _storable_objects = field_validator("context", "metadata")(_storable_json_object)
 
+    @property
+    def reuse_max_age_s(self) -> float | None:
+        """None: no reuse; math.inf: answers of any age."""
+        if isinstance(self.reuse, ReuseSpec):
+            return self.reuse.max_age_s
+        return math.inf if self.reuse else None
+
     def resolve(self, agent: AgentSpec) -> ResolvedAgent:
         """``agent``'s effective settings: its own value where set, else the job's."""
+        fmt: ResponseFormat | JsonSchemaFormat | None = (
+            agent.response_format if agent.response_format is not None else self.response_format
+        )
         return ResolvedAgent(
             id=agent.id,
             task=agent.task,
@@ -500,8 +647,8 @@ class JobSpec(AgentDefaults):
             max_retries=_first_set(agent.max_retries, self.max_retries),
             timeout_s=_first_set(agent.timeout_s, self.timeout_s),
             rate_limit_wait_s=_first_set(agent.rate_limit_wait_s, self.rate_limit_wait_s),
-            response_format=_first_set(agent.response_format, self.response_format)
-            or ResponseFormat.text,
+            response_format=_format(fmt),
+            output_schema=fmt.output() if isinstance(fmt, JsonSchemaFormat) else None,
             map=agent.map,
             tools=tuple(agent.tools),
             max_steps=agent.max_steps,
@@ -543,6 +690,15 @@ class ResolvedAgent:
     # (0: submitted; 1: spawned by a submitted agent).
     spawn_levels: int = 1
     depth: int = 0
+    # The JSON Schema the answer must match (response_format json_schema; then
+    # `response_format` is `json`).
+    output_schema: OutputSchema | None = None
+
+
+def _format(fmt: ResponseFormat | JsonSchemaFormat | None) -> ResponseFormat:
+    if fmt is None:
+        return ResponseFormat.text
+    return ResponseFormat.json if isinstance(fmt, JsonSchemaFormat) else fmt
 
 
 def _first_set(own: _T | None, inherited: _T | None) -> _T | None:

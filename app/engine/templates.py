@@ -6,6 +6,9 @@ Syntax
 - ``{{context.KEY}}``: a value from the job's context. KEY may be a dotted path into nested
   objects (``{{context.doc.title}}``); each segment is a key without whitespace or dots.
 - ``{{agents.ID.output}}``: the output of agent ID, which must be in the agent's depends_on.
+- ``{{agents.ID.output.FIELD}}``: a value in ID's JSON answer (a dotted path; a number
+  indexes a list), for an ID with response_format 'json' or a JSON Schema (against which
+  the path is checked at submit). Strings verbatim, anything else as JSON.
 - ``{{item}}`` / ``{{item.PATH}}``: in a map node's task only, the item its sub-agent works
   on (see ``MapItem``).
 - Whitespace just inside the braces is allowed (``{{ context.x }}``).
@@ -24,6 +27,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+from app.engine.structured import MissingField, lookup_output
 
 # The body may not contain braces: that keeps matching linear (each attempt stops at the next
 # brace) and makes "{{{context.x}}}" match the inner reference rather than "{context.x".
@@ -51,7 +56,8 @@ class TemplateRef:
     """A well-formed reference found in a template.
 
     ``key`` is the dotted context path (``"doc.title"``) for ``RefKind.context``, the dotted
-    path into the item for ``RefKind.item`` (``""`` for the whole item), and ``agent_id`` the
+    path into the item for ``RefKind.item`` (``""`` for the whole item), or into the JSON
+    answer for ``RefKind.agent`` (``None`` for the whole output), and ``agent_id`` the
     referenced agent for ``RefKind.agent``; the others are ``None``.
     ``span`` is ``(start, end)`` of ``raw`` (the whole ``{{…}}``) in the template.
     """
@@ -175,14 +181,29 @@ def _parse(match: re.Match[str]) -> TemplateRef | MalformedRef | None:
         )
     if body.startswith(AGENTS_PREFIX):
         rest = body[len(AGENTS_PREFIX) :]
-        if rest.endswith(OUTPUT_SUFFIX):
-            agent_id = rest[: -len(OUTPUT_SUFFIX)]
-            if _AGENT_ID_RE.fullmatch(agent_id):
-                return TemplateRef(RefKind.agent, raw, span, agent_id=agent_id)
+        agent_id, field = _agent_and_field(rest)
+        if _AGENT_ID_RE.fullmatch(agent_id) and (
+            field is None or all(_CONTEXT_SEGMENT_RE.fullmatch(s) for s in field.split("."))
+        ):
+            return TemplateRef(RefKind.agent, raw, span, key=field, agent_id=agent_id)
         return MalformedRef(
-            raw, span, "agent references look like {{agents.ID.output}}, with ID an agent id"
+            raw,
+            span,
+            "agent references look like {{agents.ID.output}}, with ID an agent id, or "
+            "{{agents.ID.output.FIELD}} (a dotted path into ID's JSON answer)",
         )
     return None
+
+
+def _agent_and_field(rest: str) -> tuple[str, str | None]:
+    """`ID.output` -> (ID, None); `ID.output.a.b` -> (ID, "a.b"). An id may hold dots, so
+    the first ".output." after a valid id prefix is the seam."""
+    if rest.endswith(OUTPUT_SUFFIX) and _AGENT_ID_RE.fullmatch(rest[: -len(OUTPUT_SUFFIX)]):
+        return rest[: -len(OUTPUT_SUFFIX)], None
+    seam = rest.find(OUTPUT_SUFFIX + ".")
+    if seam <= 0:
+        return "", None
+    return rest[:seam], rest[seam + len(OUTPUT_SUFFIX) + 1 :]
 
 
 def scan_refs(text: str) -> tuple[list[TemplateRef], list[MalformedRef]]:
@@ -272,6 +293,12 @@ def render(
         dep = outputs.get(ref.agent_id)
         if dep is None:
             raise TemplateRenderError(f"{ref.raw}: no output recorded for agent {ref.agent_id!r}")
+        if ref.key and not dep.failed:
+            try:
+                return format_value(lookup_output(dep.output or "", ref.path))
+            except MissingField as exc:
+                # Only fields the schema requires are sure to be there: say what is missing.
+                return f"[{ref.raw[2:-2].strip()}: {exc}]"
         return format_dep_output(dep)
 
     return _CANDIDATE_RE.sub(substitute, text)

@@ -50,6 +50,6 @@ class TooManyActiveJobs(TooManyRequestsError):
     def __init__(self, active: int, limit: int) -> None:
         super().__init__(
             f"this tenant already has {active} jobs queued or running (the limit is "
-            f"{limit}); submit again when one has finished",
+            f"{limit}); try again when one has finished",
             retry_after_s=5,
         )

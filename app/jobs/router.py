@@ -157,6 +157,10 @@ async def cancel_job(job_id: str, jobs: JobsDep, tenant: TenantDep) -> CancelAcc
             "description": "The job is queued or running, completed, has nothing to retry, "
             "or its budget is spent (raise budget_usd)."
         },
+        429: {
+            "description": "The tenant has its most jobs queued or running (as at submit); "
+            "see Retry-After."
+        },
         **_UNWRITABLE,
     },
 )

@@ -79,6 +79,14 @@ class AgentSummary(ResponseModel):
     cost_usd: Usd | None = None
     latency_ms: float | None = None
     error: str | None = None
+    reused: bool = Field(
+        False, description="True when the output was reused from an earlier call (reuse)."
+    )
+
+
+class ReusedFrom(ResponseModel):
+    job_id: str
+    agent_id: str
 
 
 class JobPublic(ResponseModel):
@@ -107,6 +115,16 @@ class JobPublic(ResponseModel):
     estimated_cost_usd: Usd | None = Field(
         None, description="Of cost_usd, how much is estimated; null when nothing is."
     )
+    agents_reused: int = Field(
+        0,
+        description="Agents that took the answer of an earlier call of the same request "
+        "instead of calling (reuse), map items and merge steps included.",
+    )
+    reuse_saved_usd: Usd | None = Field(
+        None,
+        description="What the calls whose answers were reused had cost: the saving of "
+        "reuse; null when nothing was reused or the calls had no known price.",
+    )
     created_at: UtcDateTime
     started_at: UtcDateTime | None
     finished_at: UtcDateTime | None
@@ -134,6 +152,8 @@ class JobPublic(ResponseModel):
             cost_complete=totals.cost_complete,
             usage_estimated=totals.usage.estimated,
             estimated_cost_usd=totals.usage.estimated_cost_usd,
+            agents_reused=totals.reused,
+            reuse_saved_usd=totals.reuse_saved_usd,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
@@ -244,6 +264,14 @@ class AgentDetail(ResponseModel):
     transcript: list[TranscriptStep] = Field(
         default_factory=list,
         description="An agent with tools: each step of its loop, in order (empty otherwise).",
+    )
+    reused_from: ReusedFrom | None = Field(
+        None,
+        description="When the output was reused (the job's reuse): the agent whose call "
+        "gave it. The agent made no call and cost nothing.",
+    )
+    reuse_saved_usd: Usd | None = Field(
+        None, description="For a reused output: what the call that gave it had cost."
     )
     started_at: UtcDateTime | None
     finished_at: UtcDateTime | None

@@ -237,15 +237,17 @@ class JobsService:
     async def retry(self, tenant: str, job_id: str, body: RetryRequest) -> RetryAccepted:
         """Run a failed or cancelled job again under the same id: its failed, skipped and
         cancelled agents go back to pending, completed ones keep their outputs."""
-        result = await self._write(
-            ops.retry_job(
-                job_id,
-                tenant,
-                graph=self._stored_graph,
-                budget_usd=body.budget_usd,
-                max_retries=body.max_retries,
+        async with self.admission.active_jobs_turn(tenant):
+            result = await self._write(
+                ops.retry_job(
+                    job_id,
+                    tenant,
+                    graph=self._stored_graph,
+                    budget_usd=body.budget_usd,
+                    max_retries=body.max_retries,
+                    max_active=self.admission.settings.tenant_max_active_jobs,
+                )
             )
-        )
         if result.refused is not None:
             raise _retry_refused(job_id, result)
         await self.scheduler.resume(job_id)
@@ -302,6 +304,8 @@ def _retry_refused(job_id: str, result: ops.RetryResult) -> ServiceError:
         )
     if refused is ops.RetryRefusal.completed:
         return errors.JobNotRetryable("job completed; nothing to retry")
+    if refused is ops.RetryRefusal.too_many_active:
+        return errors.TooManyActiveJobs(result.active, result.limit)
     if refused is ops.RetryRefusal.budget_spent:
         return errors.JobNotRetryable(
             f"the job's budget of ${result.budget_usd or 0:.4f} is spent "

@@ -26,6 +26,16 @@ def check_tools(spec: JobSpec, settings: Settings) -> None:
     }
     for index, agent in enumerate(spec.agents):
         where: list[str | int] = ["body", "agents", index]
+        if agent.tools and spec.resolve(agent).output_schema is not None:
+            problems.append(
+                {
+                    "loc": [*where, "tools"],
+                    "type": "schema_tools",
+                    "msg": f"agent {agent.id!r} has a response_format json_schema, which an "
+                    "agent with tools may not have yet (its answer is not checked against "
+                    "the schema); give the schema to an agent that depends on it",
+                }
+            )
         if agent.tools and agent.id in planners:
             problems.append(
                 {

@@ -16,11 +16,14 @@ from app.engine.lifecycle import AgentKind
 from app.engine.mapping import PlanError, parse_plan
 from app.engine.run_state import SubAgent
 from app.engine.spec import ResolvedAgent, ResponseFormat
+from app.engine.structured import OutputSchema
 from app.engine.templates import render_system_prompt
 from app.engine.usage import Usage
 from app.metrics import Metrics
 from app.scheduler.gates import Gates, estimate_tokens
 from app.scheduler.limits import Outcome
+from app.scheduler.reuse import Answer, Claim, Reuse, request_key
+from app.scheduler.structured_output import invalid_output, shaped
 from app.store import transitions as ops
 from app.store.store import Store
 from app.store.writer import WriteOp
@@ -73,7 +76,7 @@ class AgentOutcome:
 
 
 @dataclass(frozen=True)
-class Answer:
+class Answered:
     """A call's answer, with what the agent has wasted and how its attempts counted."""
 
     result: CallResult
@@ -87,6 +90,17 @@ class PlanCheck:
 
     paths: tuple[tuple[str, ...], ...]
     map_nodes: tuple[str, ...]
+
+
+def _fits(found: Answer, plan: PlanCheck | None) -> bool:
+    """Whether a reused answer would do: a planner's must still be the list to fan out over."""
+    if plan is None:
+        return True
+    try:
+        parse_plan(found.output, plan.paths)
+    except PlanError:
+        return False
+    return True
 
 
 class AgentCaller:
@@ -106,6 +120,7 @@ class AgentCaller:
         metrics: Metrics,
         draining: Callable[[], bool],
         spend: Callable[[float | None], None],
+        reuse: Reuse | None = None,
         over_budget: Callable[[], str | None] = lambda: None,
         max_concurrency: int | None = None,
     ) -> None:
@@ -120,6 +135,8 @@ class AgentCaller:
         self.metrics = metrics
         self._draining = draining
         self._spend = spend
+        # Set when the job opted in to reuse (app/scheduler/reuse.py).
+        self.reuse = reuse
         self.over_budget = over_budget
         # Tool calls the job has made (tool-using agents), read from the store when needed.
         self.tool_calls: int | None = None
@@ -155,6 +172,9 @@ class AgentCaller:
             if agent.system_prompt
             else None
         )
+        json_schema = None
+        if agent.output_schema is not None:
+            system, json_schema = shaped(agent.output_schema, route.model.structured_output, system)
         return AgentRequest(
             model=route.model.name,
             upstream_model=route.wire_model,
@@ -165,6 +185,7 @@ class AgentCaller:
             json_mode=agent.response_format is ResponseFormat.json,
             timeout_s=agent.timeout_s,
             extra_body=dict(route.model.extra_body),
+            json_schema=json_schema,
         )
 
     def route(self, agent: ResolvedAgent) -> Route:
@@ -194,6 +215,55 @@ class AgentCaller:
             return await self.fail(
                 agent_id, self._too_large(agent_id, kind, req), "prompt_too_large"
             )
+        fingerprint = request_key(route.upstream.name, req).fingerprint()
+        # A tool-using agent's answer depends on its tools' results: never reused.
+        if self.reuse is None or agent.tools:
+            return await self._called(agent, route, req, fingerprint, prior, unused, plan)
+        async with self.reuse.lookup(fingerprint) as found:
+            if isinstance(found, Answer) and _fits(found, plan):
+                return await self._reused(agent_id, req, fingerprint, found, unused)
+            outcome = await self._called(agent, route, req, fingerprint, prior, unused, plan)
+            if isinstance(found, Claim) and outcome.completed and outcome.output is not None:
+                found.settle(Answer(self.job_id, agent_id, outcome.output, None, outcome.cost_usd))
+            return outcome
+
+    async def _reused(
+        self,
+        agent_id: str,
+        req: AgentRequest,
+        fingerprint: str,
+        found: Answer,
+        unused: Usage | None,
+    ) -> AgentOutcome:
+        await self.persist(
+            ops.mark_agent_reused(
+                self.job_id,
+                agent_id,
+                model=req.model,
+                system_prompt=req.system_prompt,
+                prompt=req.prompt,
+                output=found.output,
+                finish_reason=found.finish_reason,
+                fingerprint=fingerprint,
+                source=ops.ReusedFrom(job_id=found.job_id, agent_id=found.agent_id),
+                saved_usd=found.cost_usd,
+                unused=unused,
+            )
+        )
+        self.metrics.reused_calls.inc()
+        return AgentOutcome(agent_id, True, output=found.output, cost_usd=0.0)
+
+    async def _called(
+        self,
+        agent: ResolvedAgent,
+        route: Route,
+        req: AgentRequest,
+        fingerprint: str,
+        prior: Tally | None,
+        unused: Usage | None,
+        plan: PlanCheck | None,
+    ) -> AgentOutcome:
+        agent_id = agent.id
         limits = RetryLimits(
             max_retries=agent.max_retries
             if agent.max_retries is not None
@@ -204,15 +274,7 @@ class AgentCaller:
         )
         tally = prior or Tally()
         # The most one attempt may cost, should its answer never arrive.
-        estimate = self._priced(
-            route,
-            estimate_attempt(
-                req.system_prompt,
-                req.prompt,
-                req.max_tokens,
-                default_completion_tokens=self.settings.unknown_completion_tokens,
-            ),
-        ).as_estimate()
+        estimate = self._estimate(route, req)
         # Answers paid for but not used (a planner's answer that was no list), and the
         # estimates of attempts whose answer never arrived.
         wasted = unused or Usage()
@@ -220,7 +282,9 @@ class AgentCaller:
             from app.scheduler.tool_loop import run_tool_loop  # it builds on this module
 
             return await run_tool_loop(self, agent, route, req, limits, tally, wasted)
-        answer = await self.answer(agent_id, route, req, limits, tally, wasted, estimate, plan)
+        answer = await self.answer(
+            agent_id, route, req, limits, tally, wasted, estimate, plan, agent.output_schema
+        )
         if isinstance(answer, AgentOutcome):
             return answer
         result, wasted = answer.result, answer.wasted
@@ -233,6 +297,7 @@ class AgentCaller:
                 finish_reason=result.finish_reason,
                 usage=wasted + paid,
                 latency_ms=result.latency_ms,
+                fingerprint=fingerprint,
             )
         )
         return AgentOutcome(agent_id, True, output=result.output, cost_usd=paid.cost_usd)
@@ -247,7 +312,8 @@ class AgentCaller:
         wasted: Usage,
         estimate: Usage,
         plan: PlanCheck | None = None,
-    ) -> Answer | AgentOutcome:
+        output_schema: OutputSchema | None = None,
+    ) -> Answered | AgentOutcome:
         """The one retry loop: attempts until an answer, or the agent's failure (written).
         `wasted`: what was paid for (or estimated) and not used, so far."""
         while True:
@@ -273,8 +339,16 @@ class AgentCaller:
                         f"agent {agent_id!r} is the planner of map node(s) "
                         f"{', '.join(plan.map_nodes)}, and {exc}",
                     )
+            if isinstance(outcome, CallResult) and output_schema is not None:
+                invalid = invalid_output(agent_id, output_schema, req, outcome)
+                if invalid is not None:
+                    paid = self._priced(route, outcome.usage)
+                    wasted += paid
+                    self._spend(paid.cost_usd)
+                    outcome, req = invalid
+                    estimate = self._estimate(route, req)
             if isinstance(outcome, CallResult):
-                return Answer(outcome, wasted, tally)
+                return Answered(outcome, wasted, tally)
             last = outcome
             delay = retry_delay(
                 attempt,
@@ -332,6 +406,18 @@ class AgentCaller:
                 "the dependencies answer shorter (max_tokens) or reference fewer of them"
             )
         return f"agent {agent_id!r}: its prompt is {req.prompt_chars:,} characters {advice}"
+
+    def _estimate(self, route: Route, req: AgentRequest) -> Usage:
+        sent = "\n".join([req.prompt, *(content for _, content in req.repair)])
+        return self._priced(
+            route,
+            estimate_attempt(
+                req.system_prompt,
+                sent,
+                req.max_tokens,
+                default_completion_tokens=self.settings.unknown_completion_tokens,
+            ),
+        ).as_estimate()
 
     @staticmethod
     def _priced(route: Route, usage: Usage) -> Usage:

@@ -21,6 +21,7 @@ from app.engine.spec import JobSpec
 from app.metrics import Metrics
 from app.scheduler.agent_call import AgentCaller, AgentOutcome, StoreWriteError
 from app.scheduler.gates import Gates
+from app.scheduler.reuse import Reuse
 
 # Loaded with the runner, not at a job's first tool-using agent: with the MCP SDK it takes
 # most of a second, which that agent would wait.
@@ -66,6 +67,9 @@ class JobRunner:
             spend=self.state.spend,
             over_budget=self.state.over_budget,
             max_concurrency=spec.max_concurrency,
+            reuse=None
+            if spec.reuse_max_age_s is None
+            else Reuse(job_id=job_id, tenant=tenant, store=store, max_age_s=spec.reuse_max_age_s),
         )
         self.units = Units(self.state, self.caller, settings)
         self.tasks: dict[str, asyncio.Task[AgentOutcome]] = {}

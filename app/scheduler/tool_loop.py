@@ -16,7 +16,7 @@ from app.engine.spec import ResolvedAgent
 from app.engine.tool_spec import DEFAULT_MAX_STEPS, HttpTool, OnMaxSteps, SpawnAgents
 from app.engine.transcript import PlannedCall, Step, StepKind, Transcript, call_id_for
 from app.engine.usage import Usage
-from app.scheduler.agent_call import AgentCaller, AgentOutcome, Answer
+from app.scheduler.agent_call import AgentCaller, AgentOutcome, Answered
 from app.store import steps as step_store
 from app.store import transitions as ops
 from app.tools.base import Tool, ToolCallContext
@@ -161,7 +161,7 @@ class ToolLoop:
         got = await caller.answer(
             self.agent_id, self.route, req, self.limits, self.tally, self.spent, estimate
         )
-        if not isinstance(got, Answer):
+        if not isinstance(got, Answered):
             return got  # the agent failed (written)
         self.tally = got.tally
         result = got.result

@@ -16,6 +16,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from app.simulator import content as text
+from app.simulator import schema_answers
 from app.simulator import tools as sim_tools
 from app.simulator.config import SimulatorConfig
 from app.simulator.faults import plan_request
@@ -145,6 +146,7 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         "ts": time.time(),
         "model": None,
         "messages": None,
+        "response_format": None,
         "status": None,
         "latency_ms": None,
         "prompt_tokens": None,
@@ -166,7 +168,13 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
     digest = text.messages_digest(messages)
     tag = text.TAG_PREFIX + digest.hex()[: text.TAG_HEX_CHARS]
     prompt_tokens = text.estimate_prompt_tokens(messages)
-    entry.update(model=model, messages=messages, tag=tag, prompt_tokens=prompt_tokens)
+    entry.update(
+        model=model,
+        messages=messages,
+        response_format=body.get("response_format"),
+        tag=tag,
+        prompt_tokens=prompt_tokens,
+    )
 
     cfg = state.config
     rejection = _auth_error(state, request) or _check_request(cfg, body, prompt_tokens)
@@ -311,8 +319,9 @@ async def _answer(
         finish_reason = "length"
 
     json_mode = _json_mode(body.get("response_format"))
+    schema = schema_answers.schema_of(body)
     # Planner items count as completion tokens too: whole items only, so the JSON stays valid.
-    items = text.plan_items(body["messages"], digest) if json_mode else None
+    items = text.plan_items(body["messages"], digest) if json_mode and schema is None else None
     completion_tokens = count
     if items is not None:
         kept = 0
@@ -344,7 +353,10 @@ async def _answer(
         return _finish(state, entry, started, resp, "error")
 
     words = text.words_for(digest, count)
-    if json_mode:
+    if schema is not None:
+        invalid = schema_answers.wants_invalid(body["messages"])
+        message_text = schema_answers.answer(schema, digest, invalid=invalid)
+    elif json_mode:
         message_text = text.json_content(tag, words, items)
     else:
         message_text = text.plain_content(tag, words) + sim_tools.quote_results(body["messages"])
@@ -412,7 +424,7 @@ async def _answer(
 
 
 def _json_mode(response_format: Any) -> bool:
-    # json_schema gets the same fixed object: the simulator does not try to satisfy schemas.
+    # A schema is answered by schema_answers; JSON mode without one gets a fixed object.
     return isinstance(response_format, dict) and response_format.get("type") in (
         "json_object",
         "json_schema",

@@ -28,6 +28,7 @@ class AgentSummary:
     cost_usd: float | None
     latency_ms: float | None
     error: str | None
+    reused: bool
 
     @classmethod
     def from_row(cls, row: Any) -> AgentSummary:
@@ -63,6 +64,7 @@ def _summary_values(row: Any) -> dict[str, Any]:
         "cost_usd": row.cost_usd,
         "latency_ms": row.latency_ms,
         "error": row.last_error,
+        "reused": row.reused_from_job_id is not None,
     }
 
 
@@ -92,6 +94,9 @@ class AgentRecord:
     last_error: str | None
     started_at: datetime | None
     finished_at: datetime | None
+    # A reused output: {job_id, agent_id} of the call that gave it, and what it cost.
+    reused_from: dict[str, str] | None = None
+    reuse_saved_usd: float | None = None
 
     @property
     def usage_estimated(self) -> bool:
@@ -127,6 +132,10 @@ class AgentRecord:
             last_error=row.last_error,
             started_at=row.started_at,
             finished_at=row.finished_at,
+            reused_from=None
+            if row.reused_from_job_id is None
+            else {"job_id": row.reused_from_job_id, "agent_id": row.reused_from_agent_id},
+            reuse_saved_usd=row.reuse_saved_usd,
         )
 
 
@@ -151,6 +160,7 @@ _SUMMARY_COLS = (
     agents_t.c.cost_usd,
     agents_t.c.latency_ms,
     agents_t.c.last_error,
+    agents_t.c.reused_from_job_id,
 )
 
 

@@ -136,6 +136,9 @@ class JobTotals:
     counts: dict[AgentStatus, int]
     usage: Usage
     cost_complete: bool
+    # Agents that took an earlier call's answer (reuse), and what those calls had cost.
+    reused: int = 0
+    reuse_saved_usd: float | None = None
 
     @property
     def agents(self) -> int:
@@ -373,13 +376,16 @@ def job_totals(conn: Connection, job_id: str) -> JobTotals:
             func.sum(agents_t.c.estimated_cost_usd),
             func.sum(agents_t.c.cached_tokens),
             func.sum(agents_t.c.reasoning_tokens),
+            func.count(agents_t.c.reused_from_job_id),
+            func.sum(agents_t.c.reuse_saved_usd),
         )
         .where(agents_t.c.job_id == job_id)
         .group_by(agents_t.c.status)
     ).all()
     counts = dict.fromkeys(AgentStatus, 0)
     usage = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
-    priced = with_usage = 0
+    priced = with_usage = reused = 0
+    saved: float | None = None
     for (
         status,
         n,
@@ -393,6 +399,8 @@ def job_totals(conn: Connection, job_id: str) -> JobTotals:
         est_cost,
         cached,
         reasoning,
+        n_reused,
+        saved_sum,
     ) in rows:
         counts[AgentStatus(status)] = int(n)
         cost = None if cost_sum is None else float(cost_sum)
@@ -408,7 +416,16 @@ def job_totals(conn: Connection, job_id: str) -> JobTotals:
         )
         priced += int(n_priced)
         with_usage += int(n_usage)
-    return JobTotals(counts=counts, usage=usage, cost_complete=priced == with_usage)
+        reused += int(n_reused)
+        if saved_sum is not None:
+            saved = (saved or 0.0) + float(saved_sum)
+    return JobTotals(
+        counts=counts,
+        usage=usage,
+        cost_complete=priced == with_usage,
+        reused=reused,
+        reuse_saved_usd=saved,
+    )
 
 
 def unfinished_job_ids(conn: Connection) -> list[str]:

@@ -81,6 +81,8 @@ class Agent(SQLModel, table=True):
     __table_args__ = (
         Index("ix_agents_job_id_status", "job_id", "status"),
         Index("ix_agents_job_id_position", "job_id", "position"),
+        # Reuse: the completed calls with a request's fingerprint.
+        Index("ix_agents_fingerprint", "fingerprint"),
     )
 
     job_id: str = Field(primary_key=True, foreign_key="jobs.id", max_length=26)
@@ -136,6 +138,13 @@ class Agent(SQLModel, table=True):
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # The fingerprint of the request that gave the output (app/engine/fingerprint.py), set
+    # when the agent completes: what a job with reuse on looks its requests up by.
+    fingerprint: str | None = Field(default=None, max_length=64)
+    # A reused output: the agent whose call gave it, and what that call cost (the saving).
+    reused_from_job_id: str | None = Field(default=None, max_length=26)
+    reused_from_agent_id: str | None = Field(default=None, max_length=AGENT_ID_MAX)
+    reuse_saved_usd: float | None = None
 
 
 class Event(SQLModel, table=True):

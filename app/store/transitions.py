@@ -195,6 +195,7 @@ class RetryRefusal(StrEnum):
     completed = "completed"  # every agent completed: nothing failed
     nothing_to_retry = "nothing_to_retry"  # failed or cancelled, yet no agent to run again
     budget_spent = "budget_spent"  # the job's budget is spent and the retry did not raise it
+    too_many_active = "too_many_active"  # the tenant has its most jobs queued or running
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,8 @@ class RetryResult:
     spent_usd: float = 0.0
     budget_usd: float | None = None
     seq: int = 0  # the sequence number of the `job.retried` event
+    active: int = 0  # too_many_active: the tenant's jobs queued or running, and the limit
+    limit: int = 0
 
 
 class JobRetriedData(TypedDict):
@@ -222,17 +225,19 @@ def retry_job(
     graph: Callable[[str], Graph | None],
     budget_usd: float | None,
     max_retries: int | None,
+    max_active: int | None = None,
 ) -> WriteOp[RetryResult]:
     """Make a failed or cancelled job runnable again under the same id: the agents
     `agents_to_retry` names go back to pending (their attempts, usage and cost kept), the
     job back to running with its error cleared, and `job.retried` is emitted with the next
     sequence number. `budget_usd` / `max_retries`, when given, replace the job's. The run
     itself is then resumed from these rows, exactly as after a restart. `graph` reads the
-    stored spec's graph."""
+    stored spec's graph. `max_active`: the tenant's limit of jobs queued or running, which
+    the retried job would join (checked here, in the writer, as at submit)."""
 
     def op(tx: Tx) -> RetryResult:
         job = tx.conn.execute(
-            select(jobs_t.c.status, jobs_t.c.spec_json, jobs_t.c.budget_usd).where(
+            select(jobs_t.c.status, jobs_t.c.spec_json, jobs_t.c.budget_usd, jobs_t.c.tenant).where(
                 owned(job_id, tenant)
             )
         ).first()
@@ -253,6 +258,19 @@ def retry_job(
             return RetryResult(
                 RetryRefusal.budget_spent, status, spent_usd=spent, budget_usd=budget
             )
+        if max_active is not None:
+            active = int(
+                tx.conn.execute(
+                    select(func.count()).where(
+                        jobs_t.c.tenant == job.tenant,
+                        jobs_t.c.status.in_((JobStatus.queued, JobStatus.running)),
+                    )
+                ).scalar_one()
+            )
+            if active >= max_active:
+                return RetryResult(
+                    RetryRefusal.too_many_active, status, active=active, limit=max_active
+                )
         spec = loads(job.spec_json, {})
         if budget_usd is not None:
             spec["budget_usd"] = budget_usd
@@ -421,8 +439,10 @@ def mark_agent_completed(
     finish_reason: str | None,
     usage: Usage,
     latency_ms: float,
+    fingerprint: str | None = None,
 ) -> WriteOp[bool]:
-    """`usage`: of every answer the agent was paid for, this one included."""
+    """`usage`: of every answer the agent was paid for, this one included; `fingerprint`:
+    of the request that gave the output, for later reuse."""
 
     def op(tx: Tx) -> bool:
         values: dict[str, Any] = {
@@ -433,6 +453,11 @@ def mark_agent_completed(
             "last_error": None,
             "finished_at": utcnow(),
             "in_flight_json": None,
+            "fingerprint": fingerprint,
+            # A retried agent may have been reused before: this output is its own.
+            "reused_from_job_id": None,
+            "reused_from_agent_id": None,
+            "reuse_saved_usd": None,
         }
         if not _enter(tx, job_id, agent_id, AgentStatus.completed, values):
             return False
@@ -441,6 +466,72 @@ def mark_agent_completed(
             cost_usd=usage.cost_usd,
             latency_ms=round(latency_ms, 1),
             finish_reason=finish_reason,
+        )
+        tx.emit(job_id, EventType.agent_completed, agent_id, **data)
+        return True
+
+    return op
+
+
+class ReusedFrom(TypedDict):
+    job_id: str
+    agent_id: str
+
+
+class AgentReusedData(AgentCompletedData):
+    reused: bool
+    reused_from: ReusedFrom
+    saved_usd: float | None
+
+
+def mark_agent_reused(
+    job_id: str,
+    agent_id: str,
+    *,
+    model: str,
+    system_prompt: str | None,
+    prompt: str,
+    output: str,
+    finish_reason: str | None,
+    fingerprint: str,
+    source: ReusedFrom,
+    saved_usd: float | None,
+    unused: Usage | None = None,
+) -> WriteOp[bool]:
+    """The agent completes with the output of an earlier call of the same request, without
+    a call of its own: no attempt, no tokens, no cost (beyond `unused`, what earlier runs
+    of it were paid for), and the saving noted."""
+
+    def op(tx: Tx) -> bool:
+        usage = (unused or Usage()) + Usage(0, 0, 0, 0.0)
+        now = utcnow()
+        values: dict[str, Any] = {
+            "model": model,
+            "system_prompt": system_prompt,
+            "prompt": prompt,
+            "output": output,
+            "finish_reason": finish_reason,
+            **usage.columns(),
+            "latency_ms": 0.0,
+            "last_error": None,
+            "started_at": now,
+            "finished_at": now,
+            "in_flight_json": None,
+            "fingerprint": fingerprint,
+            "reused_from_job_id": source["job_id"],
+            "reused_from_agent_id": source["agent_id"],
+            "reuse_saved_usd": saved_usd,
+        }
+        if not _enter(tx, job_id, agent_id, AgentStatus.completed, values):
+            return False
+        data = AgentReusedData(
+            usage=usage.tokens(),
+            cost_usd=usage.cost_usd,
+            latency_ms=0.0,
+            finish_reason=finish_reason,
+            reused=True,
+            reused_from=source,
+            saved_usd=saved_usd,
         )
         tx.emit(job_id, EventType.agent_completed, agent_id, **data)
         return True

@@ -82,6 +82,12 @@ class AgentRequest:
     # tool results), and the tools offered (OpenAI function definitions).
     history: tuple[dict[str, Any], ...] = ()
     tools: tuple[dict[str, Any], ...] = ()
+    # OpenAI's `response_format.json_schema` ({name, schema, strict}), sent as is; unset
+    # with `json_mode`: JSON mode.
+    json_schema: dict[str, Any] | None = None
+    # After an answer that did not match the schema: that answer and the request to repair
+    # it, (role, content) after the user message.
+    repair: tuple[tuple[str, str], ...] = ()
 
     def messages(self) -> list[dict[str, Any]]:
         msgs: list[dict[str, Any]] = []
@@ -89,6 +95,7 @@ class AgentRequest:
             msgs.append({"role": "system", "content": self.system_prompt})
         msgs.append({"role": "user", "content": self.prompt})
         msgs.extend(self.history)
+        msgs.extend({"role": role, "content": content} for role, content in self.repair)
         return msgs
 
     @property
@@ -131,7 +138,9 @@ async def call_chat(client: AsyncOpenAI, req: AgentRequest) -> CallResult:
         kwargs["temperature"] = req.temperature
     if req.max_tokens is not None:
         kwargs["max_tokens"] = req.max_tokens
-    if req.json_mode:
+    if req.json_schema is not None:
+        kwargs["response_format"] = {"type": "json_schema", "json_schema": req.json_schema}
+    elif req.json_mode:
         kwargs["response_format"] = {"type": "json_object"}
     if req.timeout_s is not None:
         kwargs["timeout"] = req.timeout_s

@@ -37,6 +37,9 @@ class FailureReason(StrEnum):
     # a planner's answer that a map node cannot fan out over (not a JSON list of the shape
     # its task needs): asked again, as a model often answers right the next time
     invalid_plan = "invalid_plan"
+    # an answer that does not match the agent's JSON Schema (response_format json_schema):
+    # asked again with the validation errors shown to the model
+    invalid_output = "invalid_output"
 
 
 RETRYABLE = frozenset(
@@ -49,6 +52,7 @@ RETRYABLE = frozenset(
         FailureReason.malformed_response,
         FailureReason.empty_output,
         FailureReason.invalid_plan,
+        FailureReason.invalid_output,
     }
 )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -27,6 +27,9 @@ class ProviderInfo(BaseModel):
         description="Environment variable holding the key (the key itself is never "
         "written in the file).",
     )
+
+
+StructuredOutputMode = Literal["json_schema", "json_object"]
 
 
 class ModelInfo(BaseModel):
@@ -54,6 +57,13 @@ class ModelInfo(BaseModel):
     tpm: int | None = Field(None, gt=0, description="Declared tokens per minute.")
     # Extra fields merged into every request body for this model (e.g. a thinking switch).
     extra_body: dict[str, Any] = Field(default_factory=dict)
+    structured_output: StructuredOutputMode = Field(
+        "json_schema",
+        description="How an agent's JSON Schema (response_format json_schema) is sent: "
+        "'json_schema' (OpenAI's response_format, where the upstream enforces it), or "
+        "'json_object' (JSON mode, with the schema in the system message) where strict "
+        "schemas are not supported. Answers are validated against the schema either way.",
+    )
 
     @property
     def wire_name(self) -> str:
@@ -118,6 +128,8 @@ BUILTIN_MODELS: dict[str, ModelInfo] = {
             cached_input_usd_per_mtok=0.10,
             output_usd_per_mtok=3.00,
             context_window=262_144,
+            # Moonshot documents JSON mode (json_object), not strict schemas.
+            structured_output="json_object",
         ),
         # DeepSeek "Models & Pricing" for V3.2: $0.28 in (cache miss), $0.028 (cache hit),
         # $0.42 out; 128K.
@@ -129,6 +141,8 @@ BUILTIN_MODELS: dict[str, ModelInfo] = {
             cached_input_usd_per_mtok=0.028,
             output_usd_per_mtok=0.42,
             context_window=131_072,
+            # DeepSeek's JSON Output is json_object only.
+            structured_output="json_object",
         ),
         # OpenAI API pricing: $2.00 in ($0.50 cached), $8.00 out; 1M context.
         ModelInfo(
@@ -147,6 +161,8 @@ BUILTIN_MODELS: dict[str, ModelInfo] = {
             input_usd_per_mtok=3.00,
             output_usd_per_mtok=15.00,
             context_window=200_000,
+            # The OpenAI compatibility layer does not enforce response_format schemas.
+            structured_output="json_object",
         ),
         # Gemini API pricing (text): $0.30 in, $2.50 out; 1M context.
         ModelInfo(

@@ -165,3 +165,31 @@ def test_a_service_that_hangs_up_at_once_is_not_hammered() -> None:
     assert seqs == [1, 2]
     assert sleeps == [0.25, 0.5, 1.0]  # empty streams do not reset the back-off
     assert [d[1] for d in drops] == [1, 1, 1]
+
+
+def stream_of(*kinds: str) -> httpx2.Response:
+    """A stream of these event types, seq 1, 2, …, closed by the service after the last."""
+
+    def body() -> Iterator[bytes]:
+        for seq, kind in enumerate(kinds, 1):
+            data = json.dumps({"seq": seq, "type": kind, "job_id": "j"})
+            yield f"id: {seq}\nevent: {kind}\ndata: {data}\n\n".encode()
+
+    return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body())
+
+
+def test_watching_a_retried_job_follows_the_retried_run_to_its_end() -> None:
+    fake = Fake(
+        stream_of("job.started", "job.failed", "job.retried", "job.started", "job.completed")
+    )
+    seqs, drops, _ = follow(fake)
+    assert seqs == [1, 2, 3, 4, 5]  # not stopped at the first run's job.failed
+    assert drops == []
+
+
+def test_a_stream_dropped_after_the_terminal_event_ends_on_the_next_close() -> None:
+    fake = Fake(sse(1, 2, terminal=True, drop=True), sse())
+    seqs, drops, _ = follow(fake)
+    assert seqs == [1, 2]
+    assert fake.last_event_ids() == [None, "2"]
+    assert drops == [("the connection dropped", 2)]

@@ -213,3 +213,23 @@ def test_ids_names_and_models_are_shown_as_written_never_as_markup() -> None:
     text = console.export_text()
     assert "r[merge1.0]" in text and "[red]m" in text
     assert "weird [/bold] name" in text
+
+
+def test_a_reused_answer_is_shown_as_such() -> None:
+    s = state()
+    source = {"job_id": "01earlier", "agent_id": "a"}
+    line = s.apply(
+        ev(
+            5,
+            "agent.completed",
+            "a",
+            usage={"total_tokens": 0},
+            cost_usd=0.0,
+            latency_ms=0.0,
+            reused=True,
+            reused_from=source,
+            saved_usd=0.002,
+        )
+    )
+    assert line == "a completed: reused the answer of a of job 01earlier, no call"
+    assert s.count("completed") == 1

@@ -181,3 +181,35 @@ async def test_another_tenants_job_cannot_be_retried(
         assert resp.status_code == 404 and resp.json()["detail"] == "job not found"
         resp = await svc.client.post(f"/jobs/{job_id}/retry", headers=a)
         assert resp.status_code == 202
+
+
+async def test_a_retry_over_the_tenants_active_job_limit_is_a_429(
+    tmp_path: Path, fake_upstream: FakeUpstream
+) -> None:
+    settings = make_settings(tmp_path, tenant_max_active_jobs=1, tenant_submits_per_s=1000.0)
+    BROKEN["on"] = True
+    fake_upstream.script = fail_bad
+    release = asyncio.Event()
+
+    async def hold(body: dict[str, Any], _n: int) -> httpx2.Response | None:
+        if "HOLD" in body["messages"][-1]["content"]:
+            await release.wait()
+        return None
+
+    async for svc in start_service(settings):
+        failed = await svc.submit(graph())
+        assert (await svc.wait(failed["id"]))["status"] == "failed"
+        fake_upstream.script = hold
+        running = await svc.submit({"agents": [{"id": "slow", "task": "HOLD"}]})
+        resp = await svc.client.post(f"/jobs/{failed['id']}/retry")
+        assert resp.status_code == 429, resp.text
+        assert "already has 1 jobs queued or running (the limit is 1)" in resp.json()["detail"]
+        assert "retry-after" in resp.headers
+        # Nothing changed: the job is still failed, and can be retried once there is room.
+        assert (await svc.client.get(f"/jobs/{failed['id']}")).json()["status"] == "failed"
+        release.set()
+        await svc.wait(running["id"])
+        BROKEN["on"] = False
+        resp = await svc.client.post(f"/jobs/{failed['id']}/retry")
+        assert resp.status_code == 202, resp.text
+        assert (await svc.wait(failed["id"]))["status"] == "completed"

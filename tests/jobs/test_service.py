@@ -24,7 +24,7 @@ CASES = [
     (
         job_store.TooManyActiveJobsError(3, 3),
         429,
-        "this tenant already has 3 jobs queued or running (the limit is 3); submit again "
+        "this tenant already has 3 jobs queued or running (the limit is 3); try again "
         "when one has finished",
     ),
 ]

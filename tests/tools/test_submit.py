@@ -166,3 +166,11 @@ async def test_a_planner_may_not_use_tools(strict: Service) -> None:
 
 
 SPAWN_ONLY = {"type": "spawn_agents"}
+
+
+async def test_an_agent_with_tools_may_not_have_an_output_schema(strict: Service) -> None:
+    schema = {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "object"}}}
+    body = {"agents": [{"id": "r", "task": "t", "tools": [SPAWN_ONLY], "response_format": schema}]}
+    (problem,) = await problems(strict, body)
+    assert problem["loc"] == ["body", "agents", 0, "tools"]
+    assert "an agent with tools may not have yet" in problem["msg"]
