@@ -6,7 +6,7 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,6 +40,17 @@ class Role(StrEnum):
     api = "api"
     # Claims and runs jobs under leases; serves only /healthz, /readyz and /metrics.
     worker = "worker"
+
+
+class McpServer(BaseModel):
+    """An MCP server the operator declares once (SWARM_MCP_SERVERS); agents name it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(pattern=r"^https?://[^\s]+$", max_length=2000)
+    # Header name -> the environment variable holding its value.
+    headers_env: dict[str, str] = Field(default_factory=dict)
+    allow: list[str] | None = None
 
 
 class Settings(BaseSettings):
@@ -231,6 +242,23 @@ class Settings(BaseSettings):
     # How often the delivery loop looks for due deliveries, and how many it sends at once.
     webhook_poll_s: float = Field(1.0, gt=0)
     webhook_concurrency: int = Field(16, ge=1)
+
+    # Agents that use tools (see README, Tools). The most model calls one agent's loop may
+    # declare (max_steps), the most tool calls a job may make in all, the most sub-agents
+    # a job's spawn_agents calls may create, and how deep spawning may go.
+    max_agent_steps: int = Field(100, ge=1, le=10_000)
+    max_tool_calls_per_job: int = Field(1_500, ge=1)
+    max_spawned_agents_per_job: int = Field(100, ge=1)
+    # One tool call's time-out, and the most characters of its result the model is shown
+    # (a larger result is an error result: the model may ask for less).
+    tool_timeout_s: float = Field(60.0, gt=0, le=3600)
+    tool_result_max_chars: int = Field(100_000, ge=100)
+    # Allow MCP and tool URLs on private, loopback and link-local addresses (tests, a LAN).
+    tool_allow_private: bool = False
+    # MCP servers declared once, by name (JSON: {"name": {"url", "headers_env", "allow"}});
+    # an agent's tool {"type": "mcp", "server": "name"} uses one. Declared by the operator,
+    # so they may be on a private network.
+    mcp_servers: dict[str, McpServer] = Field(default_factory=dict)
 
     @property
     def is_sqlite(self) -> bool:

@@ -98,7 +98,7 @@ def configure_logging(fmt: str = "text", level: str = "INFO") -> None:
                 server_logger.removeHandler(old)
             server_logger.propagate = True
     # One line per upstream request would drown the log (and cost CPU) at swarm scale.
-    for noisy in ("httpx2", "openai", "aiohttp.access"):
+    for noisy in ("httpx2", "openai", "aiohttp.access", "mcp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

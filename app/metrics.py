@@ -74,6 +74,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.tool_calls = Counter(
+            "swarm_tool_calls",
+            "Tool calls of tool-using agents by tool and outcome (ok, error).",
+            ["tool", "outcome"],
+            registry=r,
+        )
         self.tokens = Counter(
             "swarm_tokens", "Tokens used, from responses' usage.", ["model", "kind"], registry=r
         )

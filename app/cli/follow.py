@@ -174,6 +174,8 @@ class JobState:
             self.total += len(fresh)
             if agent not in self.agents or self.agents[agent] == "pending":
                 self._move(agent, "running")
+            if data.get("kind") == "spawn":
+                return f"{agent} spawned {count:,} sub-agents"
             if data.get("kind") == "merge":
                 level = data.get("level", "?")
                 return f"{agent} merges its inputs in {count:,} groups (level {level})"

@@ -45,6 +45,8 @@ class AgentKind(StrEnum):
     map = "map"  # submitted map node: its output is the list of its items' outputs
     item = "item"  # created at run time: one item of a map node
     merge = "merge"  # created at run time: one step of an agent's hierarchical reduce
+    # created at run time by an agent's spawn_agents call, and run within that call
+    spawned = "spawned"
 
 
 # Kinds created by a run rather than submitted.

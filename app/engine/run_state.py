@@ -217,6 +217,11 @@ class RunState:
                 started.append(agent_id)
         return started
 
+    def over_budget(self) -> str | None:
+        """The budget's reason once the job's spend has reached it (a tool-using agent's
+        loop stops between steps), else None."""
+        return self.budget_reason if self._over_budget() else None
+
     def _over_budget(self) -> bool:
         if self.budget_usd is None or self.spent_usd < self.budget_usd:
             return False
@@ -455,7 +460,8 @@ class RunState:
             self.spent_usd += r.usage.cost_usd or 0.0
             if not r.status.finished and r.usage:
                 self.prior_usage[r.agent_id] = r.usage
-            if r.parent_id is not None:
+            # Spawned agents are run by their parent's spawn_agents call, not by the run.
+            if r.parent_id is not None and r.kind is not AgentKind.spawned:
                 subs_of.setdefault(r.parent_id, []).append(r)
         decision = Decision()
         # Queued again in the order of the graph, as the replay releases them.

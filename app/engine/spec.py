@@ -23,6 +23,13 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from app.engine.structured import DEFAULT_SCHEMA_NAME, OutputSchema, schema_problem
+from app.engine.tool_spec import (
+    DEFAULT_MAX_STEPS,
+    SPAWN_TOOL_NAME,
+    OnMaxSteps,
+    SpawnAgents,
+    ToolSpec,
+)
 from app.events.types import TRANSIENT_EVENTS, EventType
 
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
@@ -452,6 +459,51 @@ class AgentSpec(AgentDefaults):
         ),
     )
 
+    tools: list[ToolSpec] = Field(
+        default_factory=list,
+        max_length=32,
+        description=(
+            "Tools the agent may call: MCP servers ({type: 'mcp', url, headers_env, allow}) "
+            "and tools served by the caller ({type: 'http', name, description, parameters, "
+            "url}). An agent with tools runs a loop: model call, the tool calls it asks for "
+            "(in parallel), their results appended, until it answers without tool calls."
+        ),
+    )
+    max_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description=(
+            f"With tools: the most model calls of the agent's loop. Unset means "
+            f"{DEFAULT_MAX_STEPS}; the service's maximum (SWARM_MAX_AGENT_STEPS) applies."
+        ),
+    )
+    on_max_steps: OnMaxSteps = Field(
+        default=OnMaxSteps.fail,
+        description=(
+            "With tools, when max_steps is reached: 'fail' (the agent fails with the reason) "
+            "or 'answer' (its last model call is offered no tools, so it answers with what it "
+            "has)."
+        ),
+    )
+
+    _steps_number_only = field_validator("max_steps", mode="before")(_json_number)
+
+    @field_validator("tools")
+    @classmethod
+    def _unique_tool_names(cls, value: list[ToolSpec]) -> list[ToolSpec]:
+        seen: set[str] = set()
+        for tool in value:
+            name = SPAWN_TOOL_NAME if isinstance(tool, SpawnAgents) else getattr(tool, "name", None)
+            if name is None:
+                continue
+            if name in seen:
+                raise PydanticCustomError(
+                    "duplicate_tool", "two tools are named '{name}'", {"name": name}
+                )
+            seen.add(name)
+        return value
+
     @field_validator("depends_on")
     @classmethod
     def _no_repeated_dependency(cls, value: list[str]) -> list[str]:
@@ -578,6 +630,14 @@ class JobSpec(AgentDefaults):
         default=None,
         description="Signed webhook deliveries of the job's events (see README, Webhooks).",
     )
+    max_spawn_depth: int = Field(
+        default=1,
+        ge=1,
+        le=2,
+        description="How deep spawn_agents may go: 1 (agents spawned by a submitted agent may "
+        "not spawn again) or 2 (they may, once more).",
+    )
+
     reuse: StrictBool | ReuseSpec = Field(
         default=False,
         description=(
@@ -591,9 +651,9 @@ class JobSpec(AgentDefaults):
         ),
     )
 
-    _job_numbers_only = field_validator("max_concurrency", "budget_usd", mode="before")(
-        _json_number
-    )
+    _job_numbers_only = field_validator(
+        "max_concurrency", "budget_usd", "max_spawn_depth", mode="before"
+    )(_json_number)
     _storable_objects = field_validator("context", "metadata")(_storable_json_object)
 
     @property
@@ -625,6 +685,10 @@ class JobSpec(AgentDefaults):
             on_truncated=_first_set(agent.on_truncated, self.on_truncated)
             or TruncatedPolicy.complete,
             stream=bool(_first_set(agent.stream, self.stream)),
+            tools=tuple(agent.tools),
+            max_steps=agent.max_steps,
+            on_max_steps=agent.on_max_steps,
+            spawn_levels=self.max_spawn_depth,
         )
 
     def resolved_agents(self) -> list[ResolvedAgent]:
@@ -655,6 +719,13 @@ class ResolvedAgent:
     response_format: ResponseFormat
     map: MapSpec | None = None
     rate_limit_wait_s: float | None = None
+    tools: tuple[ToolSpec, ...] = ()
+    max_steps: int | None = None
+    on_max_steps: OnMaxSteps = OnMaxSteps.fail
+    # spawn_agents: how many levels of spawning the job allows, and this agent's level
+    # (0: submitted; 1: spawned by a submitted agent).
+    spawn_levels: int = 1
+    depth: int = 0
     # The JSON Schema the answer must match (response_format json_schema; then
     # `response_format` is `json`).
     output_schema: OutputSchema | None = None

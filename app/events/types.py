@@ -13,6 +13,10 @@ class EventType(StrEnum):
     agent_expanded = "agent.expanded"
     agent_started = "agent.started"  # a call is about to be made (attempt N)
     agent_retrying = "agent.retrying"  # the last attempt failed retryably; reason and delay
+    agent_tool_call = (
+        "agent.tool_call"  # a tool-using agent called a tool (tool, call id, arguments)
+    )
+    agent_tool_result = "agent.tool_result"  # a tool call ended: ok or error, size, latency
     agent_completed = "agent.completed"  # output stored; usage, cost, latency
     # a piece of a streamed answer (agents with stream: true): live only, never stored
     agent_delta = "agent.delta"

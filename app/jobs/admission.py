@@ -31,6 +31,7 @@ from app.engine.templates import (
 )
 from app.errors import UnprocessableError
 from app.jobs.errors import TooManySubmits
+from app.jobs.tool_checks import check_tools
 from app.scheduler.gates import shared_limits
 from app.scheduler.limits import TokenBucket
 from app.scheduler.shared_limits import SharedTokenBucket
@@ -139,6 +140,7 @@ class Admission:
         self._check_chunk_windows(spec, graph, agents, model)
         if spec.webhook is not None:
             await self._check_webhook(spec.webhook.url)
+        await asyncio.to_thread(check_tools, spec, settings)
         spec_json = await asyncio.to_thread(storable_json, spec)
         return Admitted(spec=spec, graph=graph, model=model, agents=agents, spec_json=spec_json)
 

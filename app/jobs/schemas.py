@@ -196,6 +196,20 @@ class RetryRecord(ResponseModel):
     ts: UtcDateTime
 
 
+class TranscriptStep(ResponseModel):
+    seq: int = Field(description="Order within the agent's transcript.")
+    step: int = Field(description="The model call (1-based) this entry belongs to.")
+    kind: str = Field(
+        description="'model' (an answer: content, tool_calls, usage), 'tool_call' (a call "
+        "started; after a restart a call cut off is started again with the same call_id) or "
+        "'tool_result' (ok, content as the model saw it, chars, latency_ms)."
+    )
+    call_id: str | None = Field(None, description="A tool call's id (its idempotency key).")
+    tool: str | None = None
+    data: dict[str, Any]
+    at: UtcDateTime
+
+
 class AgentDetail(ResponseModel):
     job_id: str
     id: str
@@ -251,6 +265,10 @@ class AgentDetail(ResponseModel):
     last_error: str | None
     retries: list[RetryRecord] = Field(
         default_factory=list, description="Each failed attempt that was retried, in order."
+    )
+    transcript: list[TranscriptStep] = Field(
+        default_factory=list,
+        description="An agent with tools: each step of its loop, in order (empty otherwise).",
     )
     reused_from: ReusedFrom | None = Field(
         None,

@@ -31,12 +31,14 @@ from app.jobs.schemas import (
     RetryAccepted,
     RetryRecord,
     RetryRequest,
+    TranscriptStep,
     Usage,
 )
 from app.scheduler.scheduler import Scheduler
 from app.store import agents as agent_store
 from app.store import events as event_store
 from app.store import jobs as job_store
+from app.store import steps as step_store
 from app.store import transitions as ops
 from app.store.agents import CallStats, ListedAgent
 from app.store.ids import new_job_id
@@ -173,9 +175,13 @@ class JobsService:
             if row is None:
                 raise errors.AgentNotFound()
             retries = event_store.agent_retries(conn, job_id, agent_id)
+            steps = step_store.transcript_rows(conn, job_id, agent_id)
             detail = AgentDetail.model_validate(row)
             return detail.model_copy(
-                update={"retries": [RetryRecord.model_validate(r) for r in retries]}
+                update={
+                    "retries": [RetryRecord.model_validate(r) for r in retries],
+                    "transcript": [TranscriptStep.model_validate(s) for s in steps],
+                }
             )
 
         return await self.store.read(read)

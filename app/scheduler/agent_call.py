@@ -15,7 +15,8 @@ from app.engine.attempts import Failure, GiveUp, RetryLimits, Tally, after_failu
 from app.engine.lifecycle import AgentKind
 from app.engine.mapping import PlanError, parse_plan
 from app.engine.run_state import SubAgent
-from app.engine.spec import ResolvedAgent, ResponseFormat
+from app.engine.spec import ResolvedAgent, ResponseFormat, TruncatedPolicy
+from app.engine.structured import OutputSchema
 from app.engine.templates import render_system_prompt
 from app.engine.usage import Usage
 from app.events.deltas import DeltaBatcher
@@ -77,6 +78,15 @@ class AgentOutcome:
 
 
 @dataclass(frozen=True)
+class Answered:
+    """A call's answer, with what the agent has wasted and how its attempts counted."""
+
+    result: CallResult
+    wasted: Usage
+    tally: Tally
+
+
+@dataclass(frozen=True)
 class PlanCheck:
     """A planner's answer must be the list its map nodes fan out over."""
 
@@ -113,6 +123,8 @@ class AgentCaller:
         draining: Callable[[], bool],
         spend: Callable[[float | None], None],
         reuse: Reuse | None = None,
+        over_budget: Callable[[], str | None] = lambda: None,
+        max_concurrency: int | None = None,
     ) -> None:
         self.job_id = job_id
         self.tenant = tenant
@@ -127,6 +139,15 @@ class AgentCaller:
         self._spend = spend
         # Set when the job opted in to reuse (app/scheduler/reuse.py).
         self.reuse = reuse
+        self.over_budget = over_budget
+        # Tool calls the job has made (tool-using agents), read from the store when needed.
+        self.tool_calls: int | None = None
+        # Agents the job's spawn_agents calls have created, likewise; those running at once
+        # are bounded by the job's max_concurrency, as its other agents are (per level of
+        # spawning: an agent waiting for the ones it spawned holds its slot).
+        self.spawned: int | None = None
+        self.max_concurrency = max_concurrency or 16
+        self.spawn_slots: dict[int, asyncio.Semaphore] = {}
         # Agents whose upstream call is in flight right now (not waiting for a slot).
         self.in_call: set[str] = set()
         self._rng = random.Random()
@@ -214,7 +235,8 @@ class AgentCaller:
             )
         req = fitted
         fingerprint = request_key(route.upstream.name, req).fingerprint()
-        if self.reuse is None:
+        # A tool-using agent's answer depends on its tools' results: never reused.
+        if self.reuse is None or agent.tools:
             return await self._called(agent, route, req, fingerprint, prior, unused, plan)
         async with self.reuse.lookup(fingerprint) as found:
             if isinstance(found, Answer) and _fits(found, plan):
@@ -275,6 +297,55 @@ class AgentCaller:
         # Answers paid for but not used (a planner's answer that was no list), and the
         # estimates of attempts whose answer never arrived.
         wasted = unused or Usage()
+        if agent.tools:
+            from app.scheduler.tool_loop import run_tool_loop  # it builds on this module
+
+            return await run_tool_loop(self, agent, route, req, limits, tally, wasted)
+        answer = await self.answer(
+            agent_id,
+            route,
+            req,
+            limits,
+            tally,
+            wasted,
+            estimate,
+            plan,
+            agent.output_schema,
+            agent.on_truncated,
+        )
+        if isinstance(answer, AgentOutcome):
+            return answer
+        result, wasted = answer.result, answer.wasted
+        paid = self._priced(route, result.usage)
+        await self.persist(
+            ops.mark_agent_completed(
+                self.job_id,
+                agent_id,
+                output=result.output,
+                finish_reason=result.finish_reason,
+                usage=wasted + paid,
+                latency_ms=result.latency_ms,
+                fingerprint=fingerprint,
+                first_token_ms=result.first_token_ms,
+            )
+        )
+        return AgentOutcome(agent_id, True, output=result.output, cost_usd=paid.cost_usd)
+
+    async def answer(
+        self,
+        agent_id: str,
+        route: Route,
+        req: AgentRequest,
+        limits: RetryLimits,
+        tally: Tally,
+        wasted: Usage,
+        estimate: Usage,
+        plan: PlanCheck | None = None,
+        output_schema: OutputSchema | None = None,
+        on_truncated: TruncatedPolicy = TruncatedPolicy.complete,
+    ) -> Answered | AgentOutcome:
+        """The one retry loop: attempts until an answer, or the agent's failure (written).
+        `wasted`: what was paid for (or estimated) and not used, so far."""
         while True:
             tally = tally.started()
             attempt = tally.attempts
@@ -303,7 +374,7 @@ class AgentCaller:
                     outcome,
                     req,
                     agent_id=agent_id,
-                    policy=agent.on_truncated,
+                    policy=on_truncated,
                     context_window=route.model.context_window,
                 )
             ):
@@ -312,8 +383,8 @@ class AgentCaller:
                 self._spend(paid.cost_usd)
                 outcome, req = cut
                 estimate = self._estimate(route, req)
-            if isinstance(outcome, CallResult) and agent.output_schema is not None:
-                invalid = invalid_output(agent_id, agent.output_schema, req, outcome)
+            if isinstance(outcome, CallResult) and output_schema is not None:
+                invalid = invalid_output(agent_id, output_schema, req, outcome)
                 if invalid is not None:
                     paid = self._priced(route, outcome.usage)
                     wasted += paid
@@ -321,8 +392,7 @@ class AgentCaller:
                     outcome, req = invalid
                     estimate = self._estimate(route, req)
             if isinstance(outcome, CallResult):
-                result = outcome
-                break
+                return Answered(outcome, wasted, tally)
             last = outcome
             delay = retry_delay(
                 attempt,
@@ -366,20 +436,6 @@ class AgentCaller:
             if self._draining():
                 raise asyncio.CancelledError  # resumes on the next start
             await sleep(step.delay_s)
-        paid = self._priced(route, result.usage)
-        await self.persist(
-            ops.mark_agent_completed(
-                self.job_id,
-                agent_id,
-                output=result.output,
-                finish_reason=result.finish_reason,
-                usage=wasted + paid,
-                latency_ms=result.latency_ms,
-                fingerprint=fingerprint,
-                first_token_ms=result.first_token_ms,
-            )
-        )
-        return AgentOutcome(agent_id, True, output=result.output, cost_usd=paid.cost_usd)
 
     def _too_large(self, agent_id: str, kind: AgentKind, req: AgentRequest) -> str:
         limit = self.settings.max_prompt_chars

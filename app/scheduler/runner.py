@@ -22,6 +22,10 @@ from app.metrics import Metrics
 from app.scheduler.agent_call import AgentCaller, AgentOutcome, StoreWriteError
 from app.scheduler.gates import Gates
 from app.scheduler.reuse import Reuse
+
+# Loaded with the runner, not at a job's first tool-using agent: with the MCP SDK it takes
+# most of a second, which that agent would wait.
+from app.scheduler.tool_loop import run_tool_loop  # noqa: F401
 from app.scheduler.units import Units
 from app.store import transitions as ops
 from app.store.store import Store
@@ -61,6 +65,8 @@ class JobRunner:
             metrics=metrics,
             draining=lambda: self.state.draining,
             spend=self.state.spend,
+            over_budget=self.state.over_budget,
+            max_concurrency=spec.max_concurrency,
             reuse=None
             if spec.reuse_max_age_s is None
             else Reuse(job_id=job_id, tenant=tenant, store=store, max_age_s=spec.reuse_max_age_s),

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from app.simulator import content as text
 from app.simulator import schema_answers
+from app.simulator import tools as sim_tools
 from app.simulator.config import Profile, SimulatorConfig
 from app.simulator.faults import plan_request
 from app.simulator.state import RPM_WINDOW_S, SimState
@@ -417,7 +418,15 @@ async def _answer(
     elif json_mode:
         message_text = text.json_content(tag, words, items)
     else:
-        message_text = text.plain_content(tag, words)
+        message_text = text.plain_content(tag, words) + sim_tools.quote_results(body["messages"])
+    tool_call = (
+        None
+        if stream
+        else sim_tools.next_tool_call(body["messages"], body.get("tools"), entry["seq"])
+    )
+    if tool_call is not None:
+        completion_tokens = len(tool_call["function"]["arguments"]) // 4 + 1
+        finish_reason = "tool_calls"
     prompt_tokens: int = entry["prompt_tokens"]
     cached_tokens = _cached_prefix_tokens(state, entry["messages"], prompt_tokens)
     usage: dict[str, Any] = {
@@ -461,7 +470,9 @@ async def _answer(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": message_text, "refusal": None},
+                "message": {"role": "assistant", "content": message_text, "refusal": None}
+                if tool_call is None
+                else {"role": "assistant", "content": None, "tool_calls": [tool_call]},
                 "logprobs": None,
                 "finish_reason": finish_reason,
             }

@@ -14,6 +14,7 @@ from app.engine.lifecycle import FINISHED_JOB_STATUSES, AgentKind, AgentStatus, 
 from app.engine.usage import Usage
 from app.events.types import EventType
 from app.store.models import utcnow
+from app.store.steps import forget_transcripts
 from app.store.tables import (
     agents_t,
     dumps,
@@ -267,6 +268,7 @@ def delete_job(job_id: str, tenant: str | None = None) -> WriteOp[None]:
         if row.status not in FINISHED_JOB_STATUSES:
             return Refused(JobStillRunningError(job_id, JobStatus(row.status)))
         tx.conn.execute(delete(events_t).where(events_t.c.job_id == job_id))
+        forget_transcripts(tx, job_id)
         tx.conn.execute(delete(agents_t).where(agents_t.c.job_id == job_id))
         tx.conn.execute(delete(webhook_deliveries_t).where(webhook_deliveries_t.c.job_id == job_id))
         tx.conn.execute(delete(jobs_t).where(jobs_t.c.id == job_id))

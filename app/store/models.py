@@ -236,3 +236,29 @@ class WebhookDelivery(SQLModel, table=True):
     # A delivery loop that took the row sends it before then; past it (the loop died) any
     # loop may take it again.
     claimed_until: datetime | None = None
+
+
+class AgentStep(SQLModel, table=True):
+    """One step of a tool-using agent's loop, stored as it happens: a model answer (with
+    the tool calls it asked for and its usage), a tool call started, or a tool's result.
+    A restarted loop resumes from these rows without repeating a completed call."""
+
+    __tablename__ = "agent_steps"
+    __table_args__ = (
+        UniqueConstraint("job_id", "agent_id", "seq", name="uq_agent_steps_job_id_agent_id_seq"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(max_length=26)
+    agent_id: str = Field(max_length=AGENT_ID_MAX)
+    # Order within the agent's transcript.
+    seq: int
+    # The model call (1-based) this row belongs to.
+    step: int
+    # model, tool_call or tool_result
+    kind: str = Field(max_length=16)
+    # A tool call's id: the idempotency key sent to the tool, the same after a restart.
+    call_id: str | None = Field(default=None, max_length=300)
+    tool: str | None = Field(default=None, max_length=200)
+    data_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)

@@ -8,13 +8,14 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, func
 
-from app.store.models import Agent, ApiKey, Event, Job, ModelLimit, WebhookDelivery
+from app.store.models import Agent, AgentStep, ApiKey, Event, Job, ModelLimit, WebhookDelivery
 
 jobs_t = Job.__table__  # type: ignore[attr-defined]
 agents_t = Agent.__table__  # type: ignore[attr-defined]
 events_t = Event.__table__  # type: ignore[attr-defined]
 model_limits_t = ModelLimit.__table__  # type: ignore[attr-defined]
 api_keys_t = ApiKey.__table__  # type: ignore[attr-defined]
+agent_steps_t = AgentStep.__table__  # type: ignore[attr-defined]
 webhook_deliveries_t = WebhookDelivery.__table__  # type: ignore[attr-defined]
 
 # Submission order, each map node's items and each reducer's merge steps right after it.

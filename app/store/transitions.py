@@ -28,6 +28,7 @@ from app.engine.run_state import StoredAgent, agents_to_retry
 from app.engine.usage import Usage
 from app.events.types import EventType
 from app.store.models import utcnow
+from app.store.steps import forget_transcripts
 from app.store.tables import AGENT_ORDER, agents_t, dumps, jobs_t, loads, owned
 from app.store.writer import Tx, WriteOp
 from app.text import clean_text
@@ -341,6 +342,8 @@ def retry_job(
                 )
                 .values(status=AgentStatus.pending, finished_at=None)
             )
+            # A retried tool-using agent's loop starts afresh (what it spent stays counted).
+            forget_transcripts(tx, job_id, chunk)
         from_status: dict[str, int] = {}
         for agent_id in ids:
             key = str(before[agent_id])

@@ -79,6 +79,10 @@ class AgentRequest:
     extra_body: dict[str, Any] = field(default_factory=dict)
     # The provider's name for the model, when it differs from ours.
     upstream_model: str | None = None
+    # An agent with tools: the loop's messages after the user's (assistant tool calls and
+    # tool results), and the tools offered (OpenAI function definitions).
+    history: tuple[dict[str, Any], ...] = ()
+    tools: tuple[dict[str, Any], ...] = ()
     # OpenAI's `response_format.json_schema` ({name, schema, strict}), sent as is; unset
     # with `json_mode`: JSON mode.
     json_schema: dict[str, Any] | None = None
@@ -91,17 +95,28 @@ class AgentRequest:
     # Hand each piece of the answer on as it arrives (the agent asked for stream: true).
     deltas: bool = False
 
-    def messages(self) -> list[dict[str, str]]:
-        msgs = []
+    def messages(self) -> list[dict[str, Any]]:
+        msgs: list[dict[str, Any]] = []
         if self.system_prompt:
             msgs.append({"role": "system", "content": self.system_prompt})
         msgs.append({"role": "user", "content": self.prompt})
+        msgs.extend(self.history)
         msgs.extend({"role": role, "content": content} for role, content in self.repair)
         return msgs
 
     @property
     def prompt_chars(self) -> int:
         return len(self.prompt) + len(self.system_prompt or "")
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A tool call the model asked for: its id in the conversation, the tool, and the
+    arguments as the model wrote them (JSON text, not yet parsed)."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True)
@@ -114,6 +129,7 @@ class CallResult:
     response_model: str | None = None
     # From the request to the first chunk of a streamed answer (None: not streamed).
     first_token_ms: float | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class EmptyOutputError(Exception):
@@ -151,6 +167,8 @@ def chat_kwargs(req: AgentRequest) -> dict[str, Any]:
         kwargs["timeout"] = req.timeout_s
     if req.extra_body:
         kwargs["extra_body"] = req.extra_body
+    if req.tools:
+        kwargs["tools"] = list(req.tools)
     return kwargs
 
 
@@ -159,21 +177,24 @@ async def call_chat(
 ) -> CallResult:
     """Make exactly one chat-completion call. Raises the SDK's exceptions unchanged (and,
     for a stream that breaks once begun, `StreamInterrupted`). ``on_delta`` is given each
-    piece of a streamed answer as it arrives."""
-    if req.stream:
+    piece of a streamed answer as it arrives. A call that offers tools is never streamed
+    (its answer may be tool calls rather than text)."""
+    if req.stream and not req.tools:
         from app.upstream.streaming import call_streamed
 
         return await call_streamed(client, req, on_delta)
     started = time.perf_counter()
     resp = await client.chat.completions.create(**chat_kwargs(req))
-    return completion_result(resp, (time.perf_counter() - started) * 1000)
+    latency_ms = (time.perf_counter() - started) * 1000
+    return completion_result(resp, latency_ms, with_tools=bool(req.tools))
 
 
 def completion_result(
-    resp: Any, latency_ms: float, first_token_ms: float | None = None
+    resp: Any, latency_ms: float, first_token_ms: float | None = None, *, with_tools: bool = False
 ) -> CallResult:
     """The result of a whole (not streamed) chat completion."""
-    if not resp.choices or resp.choices[0].message.content is None:
+    tool_calls = _tool_calls(resp) if with_tools else ()
+    if not resp.choices or (resp.choices[0].message.content is None and not tool_calls):
         raise EmptyOutputError("the upstream returned a completion without content")
     choice = resp.choices[0]
     return answer(
@@ -183,6 +204,7 @@ def completion_result(
         latency_ms,
         first_token_ms,
         resp.model if isinstance(resp.model, str) else None,
+        tool_calls,
     )
 
 
@@ -193,6 +215,7 @@ def answer(
     latency_ms: float,
     first_token_ms: float | None = None,
     response_model: str | None = None,
+    tool_calls: tuple[ToolCall, ...] = (),
 ) -> CallResult:
     return CallResult(
         # An answer may quote the key (a model shown its own request, a proxy's echo): it
@@ -204,7 +227,27 @@ def answer(
         latency_ms=latency_ms,
         first_token_ms=first_token_ms,
         response_model=response_model,
+        tool_calls=tool_calls,
     )
+
+
+def _tool_calls(resp: Any) -> tuple[ToolCall, ...]:
+    if not resp.choices:
+        return ()
+    calls = getattr(resp.choices[0].message, "tool_calls", None) or []
+    found: list[ToolCall] = []
+    for k, call in enumerate(calls):
+        function = getattr(call, "function", None)
+        if function is None:
+            continue  # not a function call (a custom tool type): nothing we offered
+        found.append(
+            ToolCall(
+                id=str(getattr(call, "id", None) or f"call_{k}")[:200],
+                name=str(function.name or "")[:200],
+                arguments=SECRETS.mask(clean_text(function.arguments or "")),
+            )
+        )
+    return tuple(found)
 
 
 def reported_usage(usage: Any) -> Usage:

@@ -1,4 +1,4 @@
-"""Which webhook URLs a job may name: no private, loopback or link-local target (the
+"""Which webhook (and tool) URLs a job may name: no private, loopback or link-local target (the
 service must not be a way into the network it runs in), unless the operator allows it.
 Checked at submit, and again at each delivery on the addresses then connected to (a name
 may resolve elsewhere by then: DNS rebinding)."""
@@ -45,7 +45,11 @@ def _parse(url: str) -> SplitResult:
     return parts
 
 
-def _public_addresses(parts: SplitResult) -> list[Address]:
+# Whose URL it is, in the refusal: (what may only go to public addresses, the setting).
+_WEBHOOKS = ("webhooks go", "SWARM_WEBHOOK_ALLOW_PRIVATE")
+
+
+def _public_addresses(parts: SplitResult, whose: tuple[str, str] = _WEBHOOKS) -> list[Address]:
     """Every address the URL's host is (or resolves to now), all public; else raises."""
     host = parts.hostname
     assert host is not None
@@ -60,19 +64,26 @@ def _public_addresses(parts: SplitResult) -> list[Address]:
     for address in addresses:
         kind = _refused(address)
         if kind is not None:
+            what, setting = whose
             raise WebhookTargetError(
-                f"the host {host!r} is a {kind} address ({address}): webhooks go to public "
-                "addresses only (an operator may set SWARM_WEBHOOK_ALLOW_PRIVATE=true)"
+                f"the host {host!r} is a {kind} address ({address}): {what} to public "
+                f"addresses only (an operator may set {setting}=true)"
             )
     return addresses
 
 
-def check_target(url: str, *, allow_private: bool) -> None:
+def check_target(
+    url: str,
+    *,
+    allow_private: bool,
+    what: str = _WEBHOOKS[0],
+    setting: str = _WEBHOOKS[1],
+) -> None:
     """Raise WebhookTargetError unless `url` is an http(s) URL whose host is (or resolves
     only to) public addresses. Blocking (it may resolve a name): run it in a thread."""
     parts = _parse(url)
     if not allow_private:
-        _public_addresses(parts)
+        _public_addresses(parts, (what, setting))
 
 
 @dataclass(frozen=True, slots=True)

@@ -124,3 +124,28 @@ def wait_job(client: httpx2.Client, job_id: str, timeout: float = 60) -> dict[st
             return job
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} did not finish in {timeout}s")
+
+
+def start_listener(tmp_path: Path, name: str, args: list[str], port: int) -> Proc:
+    """A helper server (an MCP server, a tool server) as a subprocess, once its port
+    accepts connections."""
+    log_path = tmp_path / f"{name}-{port}.log"
+    with log_path.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=child_env(),
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return Proc(proc, f"http://127.0.0.1:{port}", log_path)
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"{name} did not start:\n" + log_path.read_text())

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx2
 import openai
 import pytest
+from pytest_httpx2 import HTTPXMock
 
 from app.config import Settings
 from app.logging_setup import RedactSecrets
@@ -153,3 +154,68 @@ async def test_a_key_echoed_in_parts_reaches_no_output_event_error_or_row(
         )
     for text in (str(echo), str(fail), events, results, rows):
         assert leaks(text, UPSTREAM_KEY) == []
+
+
+MCP_TOKEN = "Bearer mcpTok3n-Qw7Er9Ty2Ui"
+
+
+async def test_an_mcp_header_value_echoed_back_reaches_no_result_event_or_row(
+    tmp_path: Path,
+    fake_upstream: FakeUpstream,
+    httpx2_mock: HTTPXMock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.helpers.service import make_settings, start_service
+    from tests.helpers.tools import TOOL_SECRET, TOOL_URL, ask_tools, tool_results
+
+    monkeypatch.setenv("NOTES_MCP_TOKEN", MCP_TOKEN)
+    # The MCP server (faked at the transport) quotes the header it was sent; so does the
+    # caller's tool, which the model is then shown.
+    httpx2_mock.add_callback(
+        lambda request: httpx2.Response(
+            401, text=f"token {request.headers.get('authorization')} is not valid"
+        ),
+        url="http://mcp.test/mcp",
+        is_reusable=True,
+        is_optional=True,
+    )
+    httpx2_mock.add_callback(
+        lambda request: httpx2.Response(200, json={"seen": MCP_TOKEN}),
+        url=TOOL_URL,
+        is_reusable=True,
+        is_optional=True,
+    )
+    mcp = {
+        "type": "mcp",
+        "url": "http://mcp.test/mcp",
+        "headers_env": {"Authorization": "NOTES_MCP_TOKEN"},
+    }
+    http = {"type": "http", "name": "lookup", "url": TOOL_URL}
+    fake_upstream.script = ask_tools([[("lookup", "{}")]])
+    settings = make_settings(tmp_path, tool_allow_private=True, webhook_secret=TOOL_SECRET)
+    async for service in start_service(settings):
+        job = await service.submit(
+            {
+                "failure_policy": "continue",
+                "agents": [
+                    {"id": "mcp", "task": "t", "tools": [mcp]},
+                    {"id": "echo", "task": "u", "tools": [http], "depends_on": ["mcp"]},
+                ],
+            }
+        )
+        await service.wait(job["id"])
+        failed = (await service.client.get(f"/jobs/{job['id']}/agents/mcp")).json()
+        echo = (await service.client.get(f"/jobs/{job['id']}/agents/echo")).json()
+        events = (await service.client.get(f"/jobs/{job['id']}/events")).text
+        assert failed["status"] == "failed"
+        assert "could not be listed" in failed["last_error"]
+        # The tool's answer was masked before the model (and the transcript) saw it.
+        assert tool_results(fake_upstream.calls[-1]) == ['{"seen": "[redacted]"}']
+    with sqlite3.connect(tmp_path / "swarm.db") as conn:
+        rows = "\n".join(
+            str(row)
+            for table in ("agents", "events", "jobs", "agent_steps")
+            for row in conn.execute(f"SELECT * FROM {table}")
+        )
+    for text in (str(failed), str(echo), events, rows, str(fake_upstream.calls)):
+        assert leaks(text, MCP_TOKEN.removeprefix("Bearer ")) == []
