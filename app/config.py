@@ -232,6 +232,9 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None
     # Allow webhook URLs on private, loopback and link-local addresses (tests, a LAN).
     webhook_allow_private: bool = False
+    # When set (comma-separated host names or addresses), webhook URLs may name only these
+    # hosts: an egress allow-list, checked before any name is resolved.
+    webhook_allowed_hosts: str | None = None
     # Seconds before each retry of a failed delivery (Standard Webhooks' schedule: about
     # a day); once they are used up the delivery is marked failed.
     webhook_retry_delays_s: list[float] = Field(
@@ -255,6 +258,9 @@ class Settings(BaseSettings):
     tool_result_max_chars: int = Field(100_000, ge=100)
     # Allow MCP and tool URLs on private, loopback and link-local addresses (tests, a LAN).
     tool_allow_private: bool = False
+    # When set (comma-separated host names or addresses), MCP and tool URLs in a job graph
+    # may name only these hosts (servers declared in SWARM_MCP_SERVERS are not limited).
+    tool_allowed_hosts: str | None = None
     # MCP servers declared once, by name (JSON: {"name": {"url", "headers_env", "allow"}});
     # an agent's tool {"type": "mcp", "server": "name"} uses one. Declared by the operator,
     # so they may be on a private network.

@@ -36,7 +36,7 @@ from app.scheduler.gates import shared_limits
 from app.scheduler.limits import TokenBucket
 from app.scheduler.shared_limits import SharedTokenBucket
 from app.upstream.pool import NoRouteError, UpstreamPool
-from app.webhooks.targets import WebhookTargetError, check_target
+from app.webhooks.targets import WebhookTargetError, allowed_hosts, check_target
 
 # How deep `context` and `metadata` may nest. Deeper JSON cannot be read back by the
 # parser that restores jobs after a restart (its limit is 200), and no prompt needs it.
@@ -147,7 +147,10 @@ class Admission:
     async def _check_webhook(self, url: str) -> None:
         try:
             await asyncio.to_thread(
-                check_target, url, allow_private=self.settings.webhook_allow_private
+                check_target,
+                url,
+                allow_private=self.settings.webhook_allow_private,
+                allowed=allowed_hosts(self.settings.webhook_allowed_hosts),
             )
         except WebhookTargetError as exc:
             raise UnprocessableError(

@@ -10,7 +10,7 @@ from app.config import Settings
 from app.engine.spec import JobSpec
 from app.engine.tool_spec import McpTools, SpawnAgents
 from app.errors import UnprocessableError
-from app.webhooks.targets import WebhookTargetError, check_target
+from app.webhooks.targets import WebhookTargetError, allowed_hosts, check_target
 
 
 def check_tools(spec: JobSpec, settings: Settings) -> None:
@@ -76,8 +76,10 @@ def check_tools(spec: JobSpec, settings: Settings) -> None:
                 check_target(
                     tool.url,
                     allow_private=settings.tool_allow_private,
+                    allowed=allowed_hosts(settings.tool_allowed_hosts),
                     what="tools are called",
                     setting="SWARM_TOOL_ALLOW_PRIVATE",
+                    allowed_setting="SWARM_TOOL_ALLOWED_HOSTS",
                 )
             except WebhookTargetError as exc:
                 problems.append(

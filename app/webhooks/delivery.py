@@ -31,7 +31,7 @@ from app.store.models import DEFAULT_TENANT, utcnow
 from app.store.secret_box import SecretBox, SecretKeyError, secret_box
 from app.store.store import Store
 from app.store.writer import Tx
-from app.webhooks.targets import WebhookTargetError, pin_target
+from app.webhooks.targets import WebhookTargetError, allowed_hosts, pin_target
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,7 @@ class WebhookDeliverer:
                         pin_target,
                         delivery.url,
                         allow_private=self._settings.webhook_allow_private,
+                        allowed=allowed_hosts(self._settings.webhook_allowed_hosts),
                     ),
                     self._settings.webhook_timeout_s,
                 )

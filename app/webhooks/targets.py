@@ -72,16 +72,38 @@ def _public_addresses(parts: SplitResult, whose: tuple[str, str] = _WEBHOOKS) ->
     return addresses
 
 
+def allowed_hosts(setting: str | None) -> frozenset[str] | None:
+    """The hosts of an allow-list setting ("a.example, 10.0.0.5"); None: no allow-list."""
+    if setting is None or not setting.strip():
+        return None
+    return frozenset(h.strip().lower().strip("[]") for h in setting.split(",") if h.strip())
+
+
+def _check_allowed(parts: SplitResult, allowed: frozenset[str] | None, setting: str) -> None:
+    if allowed is None:
+        return
+    host = (parts.hostname or "").lower()
+    if host not in allowed:
+        raise WebhookTargetError(
+            f"the host {host!r} is not one this service may call (it allows "
+            f"{', '.join(sorted(allowed))}: {setting})"
+        )
+
+
 def check_target(
     url: str,
     *,
     allow_private: bool,
+    allowed: frozenset[str] | None = None,
     what: str = _WEBHOOKS[0],
     setting: str = _WEBHOOKS[1],
+    allowed_setting: str = "SWARM_WEBHOOK_ALLOWED_HOSTS",
 ) -> None:
-    """Raise WebhookTargetError unless `url` is an http(s) URL whose host is (or resolves
-    only to) public addresses. Blocking (it may resolve a name): run it in a thread."""
+    """Raise WebhookTargetError unless `url` is an http(s) URL whose host is on the
+    allow-list (when there is one) and is (or resolves only to) public addresses. Blocking
+    (it may resolve a name): run it in a thread."""
     parts = _parse(url)
+    _check_allowed(parts, allowed, allowed_setting)
     if not allow_private:
         _public_addresses(parts, (what, setting))
 
@@ -98,10 +120,14 @@ class PinnedTarget:
     sni_hostname: str | None
 
 
-def pin_target(url: str, *, allow_private: bool) -> PinnedTarget:
-    """Resolve the URL's host now, refuse it unless every address is public, and point the
-    connection at the first. With private targets allowed, the URL as it is. Blocking."""
+def pin_target(
+    url: str, *, allow_private: bool, allowed: frozenset[str] | None = None
+) -> PinnedTarget:
+    """Resolve the URL's host now, refuse it unless it is on the allow-list (when there is
+    one) and every address is public, and point the connection at the first. With private
+    targets allowed, the URL as it is. Blocking."""
     parts = _parse(url)
+    _check_allowed(parts, allowed, "SWARM_WEBHOOK_ALLOWED_HOSTS")
     if allow_private:
         return PinnedTarget(url=url, host=None, sni_hostname=None)
     address = _public_addresses(parts)[0]

@@ -55,6 +55,10 @@ def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
             "SWARM_TENANT_MAX_ACTIVE_JOBS": "100000",
             "SWARM_SSE_MAX_STREAM_S": "2",
             "SWARM_LOG_LEVEL": "WARNING",
+            # Generated graphs name webhook and tool URLs: none may ever be called (or
+            # even resolved) from a test; loopback is refused too (private not allowed).
+            "SWARM_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+            "SWARM_TOOL_ALLOWED_HOSTS": "127.0.0.1",
         },
         db=db,
     )

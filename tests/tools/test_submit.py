@@ -174,3 +174,23 @@ async def test_an_agent_with_tools_may_not_have_an_output_schema(strict: Service
     (problem,) = await problems(strict, body)
     assert problem["loc"] == ["body", "agents", 0, "tools"]
     assert "an agent with tools may not have yet" in problem["msg"]
+
+
+async def test_with_an_allow_list_only_its_hosts_are_accepted_and_nothing_is_resolved(
+    tmp_path: Path, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(tmp_path, tool_allow_private=True, tool_allowed_hosts="127.0.0.1")
+    async for svc in start_service(settings):
+
+        def no_lookup(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("a host off the allow-list was resolved")
+
+        monkeypatch.setattr("socket.getaddrinfo", no_lookup)
+        for url in ("http://8.8.8.8/mcp", "http://tools.example.com/mcp"):
+            (problem,) = await problems(svc, job({"type": "mcp", "url": url}))
+            assert problem["loc"] == ["body", "agents", 0, "tools", 0, "url"]
+            assert "is not one this service may call" in problem["msg"]
+            assert "SWARM_TOOL_ALLOWED_HOSTS" in problem["msg"]
+        assert (await svc.client.get("/jobs")).json()["data"] == []
+        resp = await svc.client.post("/jobs", json=job(MCP))
+        assert resp.status_code == 201, resp.text

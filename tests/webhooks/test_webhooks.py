@@ -204,3 +204,37 @@ def test_the_migration_encrypts_secrets_stored_in_the_clear(tmp_path: Path) -> N
     assert row.secret.startswith("fernet:") and plain not in row.secret
     assert secret_box(Settings(database_url=url), url).decrypt(row.secret) == plain
     assert admin_secret(url).stdout.strip() == plain
+
+
+async def test_with_an_allow_list_only_its_hosts_may_be_webhook_targets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(
+        tmp_path, webhook_allow_private=True, webhook_allowed_hosts="127.0.0.1, hooks.test"
+    )
+    async for svc in start_service(settings):
+
+        def no_lookup(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("a host off the allow-list was resolved")
+
+        monkeypatch.setattr("socket.getaddrinfo", no_lookup)
+        resp = await svc.client.post("/jobs", json=hooked("https://8.8.8.8/hook"))
+        assert resp.status_code == 422, resp.text
+        (problem,) = resp.json()["detail"]
+        assert problem["loc"] == ["body", "webhook", "url"]
+        assert "'8.8.8.8' is not one this service may call" in problem["msg"]
+        assert "SWARM_WEBHOOK_ALLOWED_HOSTS" in problem["msg"]
+        assert (await svc.client.get("/jobs")).json()["data"] == []
+        ok = await svc.client.post("/jobs", json=hooked("http://127.0.0.1:9/hook"))
+        assert ok.status_code == 201, ok.text
+
+
+def test_a_delivery_to_a_host_off_the_allow_list_is_refused() -> None:
+    from app.webhooks.targets import allowed_hosts, pin_target
+
+    allowed = allowed_hosts("hooks.test")
+    with pytest.raises(WebhookTargetError, match="not one this service may call"):
+        pin_target("https://8.8.8.8/hook", allow_private=False, allowed=allowed)
+    assert pin_target("http://hooks.test/x", allow_private=True, allowed=allowed).url == (
+        "http://hooks.test/x"
+    )
