@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from app.engine.spec import ResolvedAgent
     from app.scheduler.agent_call import AgentOutcome
     from app.store.store import Store
+    from app.tools.toolbox import ToolOutcome
     from app.upstream.client import AgentRequest, CallResult
     from app.upstream.pool import Route
 
@@ -376,3 +377,42 @@ async def traced_chat(
             )
         telemetry.duration.record(time.perf_counter() - started, metric_attributes)
         return result
+
+
+async def traced_tool(
+    tool: str, call_id: str, arguments: str, run: Awaitable[ToolOutcome]
+) -> ToolOutcome:
+    """One tool call of an agent's loop (`run`) inside its `execute_tool {name}` span."""
+    telemetry = _current
+    if telemetry is None:
+        return await run
+    attributes: dict[str, Any] = {
+        "gen_ai.operation.name": "execute_tool",
+        "gen_ai.tool.name": tool,
+        "gen_ai.tool.call.id": call_id,
+        "gen_ai.tool.type": "function",
+    }
+    if telemetry.capture_content:
+        attributes["gen_ai.tool.call.arguments"] = arguments
+    with telemetry.tracer.start_as_current_span(
+        f"execute_tool {tool}",
+        kind=SpanKind.INTERNAL,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            outcome = await run
+        except BaseException as exc:
+            kind = error_type(exc)
+            span.set_attribute("error.type", kind)
+            span.set_status(Status(StatusCode.ERROR, kind))
+            raise
+        span.set_attribute("swarm.tool.result_chars", outcome.chars)
+        if telemetry.capture_content:
+            span.set_attribute("gen_ai.tool.call.result", outcome.content)
+        if not outcome.ok:
+            # The model is shown the error and may recover: the span says the call failed.
+            span.set_attribute("error.type", "tool_error")
+            span.set_status(Status(StatusCode.ERROR, "tool_error"))
+        return outcome

@@ -19,6 +19,7 @@ from app.engine.usage import Usage
 from app.scheduler.agent_call import AgentCaller, AgentOutcome, Answered
 from app.store import steps as step_store
 from app.store import transitions as ops
+from app.telemetry import traced_tool
 from app.tools.base import Tool, ToolCallContext
 from app.tools.http_tool import signing_secret
 from app.tools.mcp_tools import McpServerError
@@ -246,8 +247,15 @@ class ToolLoop:
                 "tool call",
                 extra={"job_id": self.job_id, "agent_id": self.agent_id, "tool": call.name},
             )
-            outcome = await self.toolbox.run(
-                call.name, call.arguments, ToolCallContext(self.job_id, self.agent_id, call.call_id)
+            outcome = await traced_tool(
+                call.name,
+                call.call_id,
+                call.arguments,
+                self.toolbox.run(
+                    call.name,
+                    call.arguments,
+                    ToolCallContext(self.job_id, self.agent_id, call.call_id),
+                ),
             )
         label = call.name if call.name in self.toolbox.tools else "unknown"
         caller.metrics.tool_calls.labels(label, "ok" if outcome.ok else "error").inc()
