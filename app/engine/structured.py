@@ -13,6 +13,7 @@ from jsonschema import exceptions as schema_errors
 from jsonschema import validators
 from jsonschema_specifications import REGISTRY as META_SCHEMAS
 from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012, specification_with
 
 # How many validation errors a repair request and a failure show: enough to fix the answer,
 # few enough that a badly wrong one does not flood the prompt.
@@ -58,6 +59,39 @@ def schema_problem(schema: Mapping[str, Any]) -> str | None:
         return f"{exc.message}" + (f" (at {where})" if where else "")
     except Exception as exc:  # a schema odd enough to break the checker is no schema
         return f"it cannot be checked ({type(exc).__name__})"
+    return _dangling_ref(schema, cls)
+
+
+def _dangling_ref(schema: Mapping[str, Any], cls: Any) -> str | None:
+    """The first `$ref` that points at nothing in the schema (else every answer would be
+    refused, and paid for, at run time), or None."""
+    refs: list[str] = []
+    stack: list[Any] = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            ref = node.get("$ref")
+            if isinstance(ref, str):
+                refs.append(ref)
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    if not refs:
+        return None
+    try:
+        spec = specification_with(cls.META_SCHEMA.get("$schema", ""), default=DRAFT202012)
+        resource = spec.create_resource(dict(schema))
+        uri = resource.id() or ""
+        resolver = META_SCHEMAS.with_resource(uri, resource).resolver(base_uri=uri)
+    except Exception as exc:
+        return f"its references cannot be resolved ({type(exc).__name__})"
+    for ref in refs:
+        try:
+            resolver.lookup(ref)
+        except Unresolvable:
+            return f"$ref {ref[:100]!r} points at nothing in the schema"
+        except Exception as exc:
+            return f"$ref {ref[:100]!r} cannot be resolved ({type(exc).__name__})"
     return None
 
 

@@ -120,3 +120,41 @@ def test_refs_are_local_only_and_depth_is_bounded() -> None:
     assert answer_errors(local, '{"x": 1}') == ["at $ .x: 1 is not of type 'string'"]
     dangling = {"properties": {"x": {"$ref": "#/$defs/nope"}}}
     assert answer_errors(dangling, '{"x": 1}')[0].startswith("the schema cannot be used")
+
+
+@pytest.mark.parametrize(
+    ("schema", "ref"),
+    [
+        ({"$ref": "#/$defs/missing"}, "#/$defs/missing"),
+        ({"$defs": {"a": {}}, "properties": {"x": {"$ref": "#/$defs/b"}}}, "#/$defs/b"),
+        ({"$defs": {"a": {"$anchor": "here"}}, "items": {"$ref": "#there"}}, "#there"),
+        (
+            {
+                "$schema": "http://json-schema.org/draft-07/schema#",
+                "definitions": {"a": {}},
+                "items": {"$ref": "#/definitions/b"},
+            },
+            "#/definitions/b",
+        ),
+    ],
+)
+def test_a_ref_that_points_at_nothing_is_refused_at_submit(
+    schema: dict[str, Any], ref: str
+) -> None:
+    # Accepted, it would fail every answer at run time, each attempt paid for.
+    assert schema_problem(schema) == f"$ref {ref!r} points at nothing in the schema"
+
+
+def test_refs_that_resolve_are_accepted() -> None:
+    assert schema_problem({"$defs": {"a": {"$anchor": "here"}}, "items": {"$ref": "#here"}}) is None
+    assert schema_problem({"items": {"$ref": "#"}}) is None
+    assert (
+        schema_problem(
+            {
+                "$schema": "http://json-schema.org/draft-07/schema#",
+                "definitions": {"a": {"type": "integer"}},
+                "items": {"$ref": "#/definitions/a"},
+            }
+        )
+        is None
+    )
