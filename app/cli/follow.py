@@ -78,6 +78,9 @@ class JobState:
     connection: str | None = None  # set while reconnecting
     # Sub-agents announced by agent.expanded events so far.
     _expanded: set[str] = field(default_factory=set)
+    # Agents told to retry since their last start: their next start is a retry (a
+    # tool-using agent's later model calls are steps of its loop, not retries).
+    _retrying: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         for agent_id in self.agent_ids:
@@ -152,11 +155,11 @@ class JobState:
         if kind == "agent.started":
             attempt = int(data.get("attempt", 1))
             self.attempts[agent] = attempt
-            if attempt > 1:  # as the job's metrics count them: calls beyond the first
-                self.retries += 1
+            retried = agent in self._retrying
+            self._retrying.discard(agent)
             self._move(agent, "running")
             model = data.get("model")
-            again = f", attempt {attempt}" if attempt > 1 else ""
+            again = f", attempt {attempt}" if retried and attempt > 1 else ""
             return f"{agent} started ({model}{again})" if model else f"{agent} started"
         if kind == "agent.expanded":
             count = int(data.get("count", 0))
@@ -186,6 +189,8 @@ class JobState:
             extra = f" ({failed:,} failed)" if failed else ""
             return f"{agent} completed: {int(data['parts']):,} parts{extra}"
         if kind == "agent.retrying":
+            self.retries += 1  # as the job's metrics count them: attempts tried again
+            self._retrying.add(agent)
             delay = data.get("delay_s")
             why = data.get("reason", "error")
             error = short_error(data.get("error"))

@@ -220,7 +220,7 @@ class JobsService:
             cost_usd=totals.usage.cost_usd,
             latency=latency_stats(calls.latencies_ms),
             calls=calls.calls,
-            retries=calls.attempts - calls.agents_called,
+            retries=calls.retries,
             rate_limited=calls.rate_limited,
             wall_time_s=None if wall is None else round(wall, 3),
             agents_per_second=round(completed / wall, 3) if wall else None,

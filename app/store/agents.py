@@ -10,7 +10,7 @@ from sqlalchemy import Connection, func, select
 
 from app.engine.lifecycle import AgentKind, AgentStatus
 from app.engine.usage import Usage
-from app.store.tables import AGENT_ORDER, agents_t, loads
+from app.store.tables import AGENT_ORDER, agent_steps_t, agents_t, loads
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,13 @@ class CallStats:
     agents_called: int  # agents with at least one call
     rate_limited: int  # attempts answered with 429
     latencies_ms: list[float]  # the successful call of each completed agent
+    loop_steps: int = 0  # model calls of tool-using agents beyond each one's first
+
+    @property
+    def retries(self) -> int:
+        """Attempts tried again: calls beyond each agent's first that were not steps of a
+        tool-using agent's loop."""
+        return max(self.attempts - self.agents_called - self.loop_steps, 0)
 
 
 _SUMMARY_COLS = (
@@ -235,6 +242,18 @@ def call_stats(conn: Connection, job_id: str) -> CallStats:
         )
     ).scalars()
     attempts, called, rate_limited, unsent = (int(x) for x in row)
+    # A tool-using agent makes one model call per step of its loop: those beyond its first
+    # are steps, not retries.
+    steps, looping = conn.execute(
+        select(func.count(), func.count(func.distinct(agent_steps_t.c.agent_id))).where(
+            agent_steps_t.c.job_id == job_id, agent_steps_t.c.kind == "model"
+        )
+    ).one()
     return CallStats(
-        attempts, attempts - unsent, called, rate_limited, [float(x) for x in latencies]
+        attempts,
+        attempts - unsent,
+        called,
+        rate_limited,
+        [float(x) for x in latencies],
+        loop_steps=int(steps) - int(looping),
     )

@@ -233,3 +233,15 @@ def test_a_reused_answer_is_shown_as_such() -> None:
     )
     assert line == "a completed: reused the answer of a of job 01earlier, no call"
     assert s.count("completed") == 1
+
+
+def test_a_tool_using_agents_later_model_calls_are_steps_not_retries() -> None:
+    s = JobState(job_id="j", name="tools", total=1, agent_ids=["r"])
+    s.apply(ev(1, "job.started"))
+    # Each model call of the loop is a start with the next attempt number, no retry between.
+    lines = [s.apply(ev(2 + i, "agent.started", "r", attempt=i + 1, model="m")) for i in range(3)]
+    assert lines == ["r started (m)"] * 3
+    assert s.retries == 0
+    s.apply(ev(5, "agent.retrying", "r", attempt=3, reason="rate_limited", error="429"))
+    assert s.apply(ev(6, "agent.started", "r", attempt=4, model="m")) == "r started (m, attempt 4)"
+    assert s.retries == 1

@@ -94,6 +94,9 @@ async def test_two_rounds_of_tool_calls_then_an_answer(
     assert {d["call_id"] for d in calls} == set(call_ids)
     assert json.loads(calls[0]["arguments"]) in ({"q": "cop"}, {"q": "defrost"})
     assert all(d["ok"] and d["chars"] > 0 for d in ends)
+    # The loop's model calls are steps, not retries.
+    metrics = (await service.client.get(f"/jobs/{submitted['id']}/metrics")).json()
+    assert metrics["calls"] == 3 and metrics["retries"] == 0
 
 
 async def test_an_agent_without_tools_sends_the_request_it_always_did(
