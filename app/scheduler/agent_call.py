@@ -231,7 +231,7 @@ class AgentCaller:
         )
         if isinstance(fitted, UpstreamFailure):
             return await self.fail(
-                agent_id, fitted.message, str(fitted.reason), self._nothing_spent(route)
+                agent_id, fitted.message, str(fitted.reason), self.nothing_spent(route)
             )
         req = fitted
         fingerprint = request_key(route.upstream.name, req).fingerprint()
@@ -415,7 +415,7 @@ class AgentCaller:
                         agent_id,
                         error=step.error,
                         reason=str(last.reason),
-                        unused=wasted or self._nothing_spent(route),
+                        unused=wasted or self.nothing_spent(route),
                         tally=tally,
                     )
                 )
@@ -464,7 +464,7 @@ class AgentCaller:
         ).as_estimate()
 
     @classmethod
-    def _nothing_spent(cls, route: Route) -> Usage:
+    def nothing_spent(cls, route: Route) -> Usage:
         """No tokens, at the model's price: a priced model's cost is then 0, not unknown."""
         return cls._priced(route, Usage(0, 0, 0))
 

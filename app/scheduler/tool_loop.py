@@ -285,7 +285,9 @@ class ToolLoop:
                 self.agent_id,
                 error=error,
                 reason=reason,
-                unused=self.spent,
+                # Nothing spent yet (its tools failed before a model call): 0 at the model's
+                # price, not an unknown cost.
+                unused=self.spent or self.caller.nothing_spent(self.route),
                 tally=self.tally,
             )
         )

@@ -291,3 +291,22 @@ async def test_tool_arguments_and_results_are_not_logged_at_info(
     assert (await service.wait(submitted["id"]))["status"] == "completed"
     assert "agent.tool_call" in caplog.text  # the events are logged…
     assert "xyzzy-argument" not in caplog.text  # …without what was sent or answered
+
+
+async def test_an_agent_whose_tool_server_is_down_fails_at_no_cost(
+    service: Service, fake_upstream: FakeUpstream, httpx2_mock: Any
+) -> None:
+    url = "http://127.0.0.1:9/mcp"
+    httpx2_mock.add_callback(
+        lambda _request: httpx2.Response(404), url=url, is_optional=True, is_reusable=True
+    )
+    body = {"agents": [{"id": "r", "task": "research", "tools": [{"type": "mcp", "url": url}]}]}
+    submitted = await service.submit(body)
+    done = await service.wait(submitted["id"])
+    assert done["status"] == "failed", done
+    detail = await agent_detail(service, submitted["id"])
+    assert detail["status"] == "failed" and "r" in detail["last_error"]
+    assert fake_upstream.calls == []
+    # Nothing was spent, at a known price: 0, not an unknown cost.
+    assert detail["cost_usd"] == 0
+    assert done["cost_usd"] == 0
