@@ -53,8 +53,10 @@ class McpTools(BaseModel):
     )
     allow: list[Annotated[str, Field(pattern=TOOL_NAME_PATTERN)]] | None = Field(
         default=None,
+        min_length=1,
         max_length=200,
-        description="Only these of the server's tools are offered. Unset: all of them.",
+        description="Only these of the server's tools are offered (each must be one the "
+        "server has, else the agent fails naming it). Unset: all of them.",
     )
 
     @model_validator(mode="after")

@@ -117,6 +117,15 @@ async def open_server(
             f"{SECRETS.mask(str(cause))[:300]}"
         ) from None
     allowed = None if spec.allow is None else set(spec.allow)
+    offered = {t.name for t in listed.tools}
+    if allowed is not None and not allowed <= offered:
+        # An agent silently left without the tools it was given is worse than a failure.
+        missing = ", ".join(repr(n) for n in sorted(allowed - offered)[:10])
+        names = ", ".join(repr(n) for n in sorted(offered)[:20]) or "none"
+        raise McpServerError(
+            f"the MCP server at {spec.url} has no tool {missing} named in 'allow' "
+            f"(it offers {names})"
+        )
     return [
         McpTool(session, t.name, t.description or "", dict(t.input_schema))
         for t in listed.tools

@@ -286,7 +286,10 @@ def test_kill_9_mid_spawn_does_not_call_completed_spawned_agents_again(tmp_path:
 def test_an_mcp_server_declared_by_name(tmp_path: Path, mcp_server: tuple[Proc, Path]) -> None:
     mcp, mcp_log = mcp_server
     sim = start_simulator(tmp_path, "--latency-uniform-ms", "20,60", "--seed", "2")
-    servers = {"notes": {"url": mcp.url + "/mcp", "allow": ["word_count"]}}
+    servers = {
+        "notes": {"url": mcp.url + "/mcp", "allow": ["word_count"]},
+        "stale": {"url": mcp.url + "/mcp", "allow": ["word_count", "translate"]},
+    }
     env = {"SWARM_UPSTREAM_BASE_URL": sim.url + "/v1", "SWARM_MCP_SERVERS": json.dumps(servers)}
     body = {
         "agents": [
@@ -307,10 +310,20 @@ def test_an_mcp_server_declared_by_name(tmp_path: Path, mcp_server: tuple[Proc, 
             assert job["status"] == "completed", job
             unknown = {"agents": [{**body["agents"][0], "tools": [{"type": "mcp", "server": "x"}]}]}
             refused = client.post("/jobs", json=unknown)
+            # An `allow` naming a tool the server does not have fails the agent, naming it,
+            # rather than leaving it without the tools it was given.
+            stale = {
+                "agents": [{**body["agents"][0], "tools": [{"type": "mcp", "server": "stale"}]}]
+            }
+            failed = wait_job(client, client.post("/jobs", json=stale).json()["id"], timeout=60)
+            agent = client.get(f"/jobs/{failed['id']}/agents/counter").json()
         svc.stop()
+        assert failed["status"] == "failed"
+        assert "has no tool 'translate' named in 'allow'" in agent["last_error"]
+        assert "word_count" in agent["last_error"]
         assert [c["tool"] for c in read_lines(mcp_log)] == ["word_count"]
         assert refused.status_code == 422
-        assert "no MCP server named 'x' is declared (SWARM_MCP_SERVERS: notes)" in refused.text
+        assert "no MCP server named 'x' is declared (SWARM_MCP_SERVERS: notes, stale)" in refused.text
     finally:
         sim.stop()
 
