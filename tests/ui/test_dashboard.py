@@ -445,7 +445,21 @@ def test_a_tool_using_agent_shows_its_transcript(page: Page, tmp_path: Path) -> 
                     {
                         "id": "researcher",
                         "task": "How do heat pumps cope with deep cold? Search; use 3 tools.",
-                        "tools": [{"type": "mcp", "url": mcp.url + "/mcp"}],
+                        "tools": [
+                            {"type": "mcp", "url": mcp.url + "/mcp"},
+                            # The service has no signing secret, so this call is an error
+                            # result (and nothing is sent).
+                            {
+                                "type": "http",
+                                "name": "crm_lookup",
+                                "description": "Look a customer up.",
+                                "parameters": {
+                                    "type": "object",
+                                    "properties": {"name": {"type": "string"}},
+                                },
+                                "url": mcp.url + "/crm",
+                            },
+                        ],
                         "max_steps": 5,
                     },
                     {"id": "plain", "task": "Say hello."},
@@ -468,11 +482,13 @@ def test_a_tool_using_agent_shows_its_transcript(page: Page, tmp_path: Path) -> 
             expect(steps).to_have_count(len(transcript))
             kinds = steps.evaluate_all("els => els.map(e => e.dataset.stepKind)")
             assert kinds == [s["kind"] for s in transcript]
-            # Offered both tools, the model used them in turn: 3 calls, 3 results, 4 answers.
+            # Offered three tools, the model used each in turn: 3 calls, 3 results, 4 answers.
             calls = [s for s in transcript if s["kind"] == "tool_call"]
             results = [s for s in transcript if s["kind"] == "tool_result"]
-            assert [s["tool"] for s in calls] == ["search", "word_count", "search"]
+            assert sorted(s["tool"] for s in calls) == ["crm_lookup", "search", "word_count"]
             assert len(results) == 3 and kinds.count("model") == 4
+            for r in results:  # the caller-served tool's call failed, the MCP tools' did not
+                assert r["data"]["ok"] is (r["tool"] != "crm_lookup"), r
 
             for i, call in enumerate(calls):
                 step = page.locator("[data-block=transcript] [data-step-kind=tool_call]").nth(i)
@@ -484,8 +500,9 @@ def test_a_tool_using_agent_shows_its_transcript(page: Page, tmp_path: Path) -> 
             for i, result in enumerate(results):
                 step = page.locator("[data-block=transcript] [data-step-kind=tool_result]").nth(i)
                 expect(step).to_have_attribute("data-call-id", result["call_id"])
-                expect(step).to_have_attribute("data-ok", "true")
-                expect(step.locator("[data-field=outcome]")).to_have_text("ok")
+                ok = result["data"]["ok"]
+                expect(step).to_have_attribute("data-ok", "true" if ok else "false")
+                expect(step.locator("[data-field=outcome]")).to_have_text("ok" if ok else "error")
                 expect(step.locator("[data-field=tool]")).to_have_text(result["tool"])
                 chars = result["data"]["chars"]
                 expect(step.locator("[data-field=chars]")).to_have_text(f"{chars:,} chars")
