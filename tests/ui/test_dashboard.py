@@ -534,6 +534,46 @@ def test_a_tool_using_agent_shows_its_transcript(page: Page, tmp_path: Path) -> 
         mcp.stop()
 
 
+def test_the_transcript_grows_in_the_panel_while_the_agent_runs(page: Page, tmp_path: Path) -> None:
+    port = free_port()
+    args = ["examples/mcp_server.py", "--port", str(port), "--delay-s", "5"]
+    mcp = start_listener(tmp_path, "mcp", args, port)  # each search takes 5 s
+    sim = start_simulator(tmp_path, "--latency-uniform-ms", "20,60", "--seed", "3")
+    env = {"SWARM_UPSTREAM_BASE_URL": sim.url + "/v1", "SWARM_TOOL_ALLOW_PRIVATE": "true"}
+    svc = start_service(tmp_path, env)
+    try:
+        with httpx2.Client(base_url=svc.url, timeout=10) as client:
+            graph = {
+                "name": "slow-tools",
+                "agents": [
+                    {
+                        "id": "researcher",
+                        "task": "How do heat pumps cope with deep cold? Search; use 3 tools.",
+                        "tools": [{"type": "mcp", "url": mcp.url + "/mcp"}],
+                        "max_steps": 5,
+                    }
+                ],
+            }
+            job_id = submit(client, graph)
+            open_job(page, svc.url, job_id)
+            page.click(".dag-node[data-agent-id='researcher']")
+            calls = page.locator("[data-block=transcript] [data-step-kind=tool_call]")
+            # A search is under way (the loop takes 10 s or more): it is shown while it runs.
+            expect(calls.first).to_be_visible(timeout=60_000)
+            assert client.get(f"/jobs/{job_id}?agents=false").json()["status"] == "running"
+            # Without another click the panel follows the loop to its end.
+            wait_final(page, "completed")
+            transcript = client.get(f"/jobs/{job_id}/agents/researcher").json()["transcript"]
+            steps = page.locator("[data-block=transcript] [data-step-kind]")
+            expect(steps).to_have_count(len(transcript))
+            expect(calls).to_have_count(3)
+            expect(page.locator("#panel-agent")).to_have_attribute("data-status", "completed")
+    finally:
+        svc.stop()
+        sim.stop()
+        mcp.stop()
+
+
 def test_spawned_agents_are_grouped_under_their_parent(
     page: Page, service: Proc, client: httpx2.Client
 ) -> None:

@@ -538,6 +538,7 @@ export function showJob(app: HTMLElement, jobId: string): () => void {
   // --- the side panel
   let panelFor: string | null = null;
   const openedTexts = new Set<string>(); // the transcript's long texts shown whole, by step
+  let panelRead = 0; // the panel shows only the latest read (reads overlap as events arrive)
   const markSelected = () => {
     for (const n of canvas.querySelectorAll(".selected")) n.classList.remove("selected");
     if (selected) agents.get(selected)?.drawn?.classList.add("selected");
@@ -550,14 +551,16 @@ export function showJob(app: HTMLElement, jobId: string): () => void {
       openedTexts.clear();
     }
     panelFor = id;
+    const read = ++panelRead;
     let d: AgentDetail;
     try {
       d = await api<AgentDetail>(`/jobs/${enc}/agents/${encodeURIComponent(id)}`);
     } catch (e) {
+      if (read !== panelRead) return;
       if (selected === id) panel.replaceChildren(el("p", { class: "error" }, `Could not load ${id}: ${e instanceof Error ? e.message : String(e)}`));
       return;
     }
-    if (selected !== id || stopped) return;
+    if (read !== panelRead || selected !== id || stopped) return;
     const kv = (k: string, v: string) => el("div", { class: "kv", "data-field": k }, el("span", { class: "k" }, k), el("span", { class: "v" }, v));
     const block = (name: string, text: string | null) =>
       el("section", { class: "block", "data-block": name }, el("h3", {}, name), el("pre", { class: `text ${name}` }, text ?? "—"));
