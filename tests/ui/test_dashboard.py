@@ -1,6 +1,7 @@
 """The web dashboard in headless Chromium against the real service and simulator: the jobs
-list, the live DAG of a job, the agent panel, cancel, map nodes, convergence after a late
-open or a cut stream, and tenants."""
+list, the live DAG of a job, the agent panel (with a tool-using agent's transcript), cancel,
+map nodes and spawned sub-agents, convergence after a late open or a cut stream, and
+tenants."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from typing import Any
 
 import httpx2
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from tests.helpers.processes import (
     ROOT,
     Proc,
     child_env,
+    free_port,
+    start_listener,
     start_service,
     start_simulator,
     wait_job,
@@ -410,3 +413,212 @@ def test_the_panel_lists_each_retry_with_its_reason(page: Page, tmp_path: Path) 
     finally:
         svc.stop()
         sim.stop()
+
+
+CLIP = 1500  # the panel shows this many characters of a long text until it is expanded
+
+
+def step_text(step: Locator, name: str) -> str:
+    """The whole text of a transcript step's `name` text, expanding it first if it is cut."""
+    more = step.locator(f"button[data-expander={name}]")
+    if more.count():
+        more.click()
+    text = step.locator(f"pre[data-text={name}]").text_content()
+    assert text is not None
+    return text
+
+
+def test_a_tool_using_agent_shows_its_transcript(page: Page, tmp_path: Path) -> None:
+    port = free_port()
+    mcp = start_listener(tmp_path, "mcp", ["examples/mcp_server.py", "--port", str(port)], port)
+    # Answers of 500-600 tokens: the final one is longer than the panel shows at first.
+    sim = start_simulator(
+        tmp_path, "--latency-uniform-ms", "20,60", "--seed", "3", "--output-tokens", "500,600"
+    )
+    env = {"SWARM_UPSTREAM_BASE_URL": sim.url + "/v1", "SWARM_TOOL_ALLOW_PRIVATE": "true"}
+    svc = start_service(tmp_path, env)
+    try:
+        with httpx2.Client(base_url=svc.url, timeout=10) as client:
+            graph = {
+                "name": "tool-user",
+                "agents": [
+                    {
+                        "id": "researcher",
+                        "task": "How do heat pumps cope with deep cold? Search; use 3 tools.",
+                        "tools": [
+                            {"type": "mcp", "url": mcp.url + "/mcp"},
+                            # The service has no signing secret, so this call is an error
+                            # result (and nothing is sent).
+                            {
+                                "type": "http",
+                                "name": "crm_lookup",
+                                "description": "Look a customer up.",
+                                "parameters": {
+                                    "type": "object",
+                                    "properties": {"name": {"type": "string"}},
+                                },
+                                "url": mcp.url + "/crm",
+                            },
+                        ],
+                        "max_steps": 5,
+                    },
+                    {"id": "plain", "task": "Say hello."},
+                ],
+            }
+            job_id = submit(client, graph)
+            job = wait_job(client, job_id, timeout=90)
+            assert job["status"] == "completed", job
+            detail = client.get(f"/jobs/{job_id}/agents/researcher").json()
+            open_job(page, svc.url, job_id)
+            # An agent without tools has no transcript block.
+            page.click(".dag-node[data-agent-id='plain']")
+            expect(page.locator("#panel-agent")).to_have_attribute("data-agent-id", "plain")
+            expect(page.locator("[data-block=transcript]")).to_have_count(0)
+
+            page.click(".dag-node[data-agent-id='researcher']")
+            expect(page.locator("#panel-agent")).to_have_attribute("data-agent-id", "researcher")
+            transcript = detail["transcript"]
+            steps = page.locator("[data-block=transcript] [data-step-kind]")
+            expect(steps).to_have_count(len(transcript))
+            kinds = steps.evaluate_all("els => els.map(e => e.dataset.stepKind)")
+            assert kinds == [s["kind"] for s in transcript]
+            # Offered three tools, the model used each in turn: 3 calls, 3 results, 4 answers.
+            calls = [s for s in transcript if s["kind"] == "tool_call"]
+            results = [s for s in transcript if s["kind"] == "tool_result"]
+            assert sorted(s["tool"] for s in calls) == ["crm_lookup", "search", "word_count"]
+            assert len(results) == 3 and kinds.count("model") == 4
+            for r in results:  # the caller-served tool's call failed, the MCP tools' did not
+                assert r["data"]["ok"] is (r["tool"] != "crm_lookup"), r
+
+            for i, call in enumerate(calls):
+                step = page.locator("[data-block=transcript] [data-step-kind=tool_call]").nth(i)
+                expect(step).to_have_attribute("data-call-id", call["call_id"])
+                expect(step.locator("[data-field=tool]")).to_have_text(call["tool"])
+                expect(step.locator("[data-field=call-id]")).to_have_text(call["call_id"])
+                shown = json.loads(step_text(step, "arguments"))
+                assert shown == json.loads(call["data"]["arguments"])
+            for i, result in enumerate(results):
+                step = page.locator("[data-block=transcript] [data-step-kind=tool_result]").nth(i)
+                expect(step).to_have_attribute("data-call-id", result["call_id"])
+                ok = result["data"]["ok"]
+                expect(step).to_have_attribute("data-ok", "true" if ok else "false")
+                expect(step.locator("[data-field=outcome]")).to_have_text("ok" if ok else "error")
+                expect(step.locator("[data-field=tool]")).to_have_text(result["tool"])
+                chars = result["data"]["chars"]
+                expect(step.locator("[data-field=chars]")).to_have_text(f"{chars:,} chars")
+                assert step_text(step, "content") == result["data"]["content"]
+            # Each answer that asked for a tool lists its request; the last is the output.
+            models = page.locator("[data-block=transcript] [data-step-kind=model]")
+            for i, model in enumerate(s for s in transcript if s["kind"] == "model"):
+                requests = models.nth(i).locator("li.request")
+                expect(requests).to_have_count(len(model["data"]["tool_calls"]))
+                for k, asked in enumerate(model["data"]["tool_calls"]):
+                    expect(requests.nth(k)).to_have_attribute("data-call-id", asked["call_id"])
+                    expect(requests.nth(k).locator(".tool-name")).to_have_text(asked["name"])
+            # The long answer is cut, with a button that shows it whole, and back.
+            output = detail["output"]
+            assert len(output) > CLIP
+            last = models.last.locator("pre[data-text=content]")
+            more = models.last.locator("button[data-expander=content]")
+            expect(last).to_have_attribute("data-clipped", "true")
+            expect(more).to_have_text(f"show all ({len(output):,} chars)")
+            assert last.text_content() == output[:CLIP] + "…"
+            more.click()
+            expect(last).to_have_attribute("data-clipped", "false")
+            assert last.text_content() == output
+            more.click()
+            assert last.text_content() == output[:CLIP] + "…"
+    finally:
+        svc.stop()
+        sim.stop()
+        mcp.stop()
+
+
+def test_the_transcript_grows_in_the_panel_while_the_agent_runs(page: Page, tmp_path: Path) -> None:
+    port = free_port()
+    args = ["examples/mcp_server.py", "--port", str(port), "--delay-s", "5"]
+    mcp = start_listener(tmp_path, "mcp", args, port)  # each search takes 5 s
+    sim = start_simulator(tmp_path, "--latency-uniform-ms", "20,60", "--seed", "3")
+    env = {"SWARM_UPSTREAM_BASE_URL": sim.url + "/v1", "SWARM_TOOL_ALLOW_PRIVATE": "true"}
+    svc = start_service(tmp_path, env)
+    try:
+        with httpx2.Client(base_url=svc.url, timeout=10) as client:
+            graph = {
+                "name": "slow-tools",
+                "agents": [
+                    {
+                        "id": "researcher",
+                        "task": "How do heat pumps cope with deep cold? Search; use 3 tools.",
+                        "tools": [{"type": "mcp", "url": mcp.url + "/mcp"}],
+                        "max_steps": 5,
+                    }
+                ],
+            }
+            job_id = submit(client, graph)
+            open_job(page, svc.url, job_id)
+            page.click(".dag-node[data-agent-id='researcher']")
+            calls = page.locator("[data-block=transcript] [data-step-kind=tool_call]")
+            # A search is under way (the loop takes 10 s or more): it is shown while it runs.
+            expect(calls.first).to_be_visible(timeout=60_000)
+            assert client.get(f"/jobs/{job_id}?agents=false").json()["status"] == "running"
+            # Without another click the panel follows the loop to its end.
+            wait_final(page, "completed")
+            transcript = client.get(f"/jobs/{job_id}/agents/researcher").json()["transcript"]
+            steps = page.locator("[data-block=transcript] [data-step-kind]")
+            expect(steps).to_have_count(len(transcript))
+            expect(calls).to_have_count(3)
+            expect(page.locator("#panel-agent")).to_have_attribute("data-status", "completed")
+    finally:
+        svc.stop()
+        sim.stop()
+        mcp.stop()
+
+
+def test_spawned_agents_are_grouped_under_their_parent(
+    page: Page, service: Proc, client: httpx2.Client
+) -> None:
+    graph = {
+        "name": "spawner",
+        "agents": [
+            {
+                "id": "lead",
+                "task": "Survey heat pump markets: spawn 3 researchers.",
+                "tools": [{"type": "spawn_agents", "max_agents": 5}],
+                "max_steps": 3,
+            }
+        ],
+    }
+    job_id = submit(client, graph)
+    open_job(page, service.url, job_id)  # before the spawn: the sub-agents arrive live
+    wait_final(page, "completed")
+    spawned = sorted(
+        a["id"] for a in client.get(f"/jobs/{job_id}").json()["agents"] if a["kind"] == "spawned"
+    )
+    assert len(spawned) == 3
+    # One node for the parent, with a count and a mini bar of what it spawned.
+    node = page.locator(".dag-node.aggregate[data-agent-id='lead']")
+    expect(node).to_have_attribute("data-count", "3")
+    expect(node.locator(".count")).to_have_text("3/3 spawned")
+    expect(node.locator(".bar.mini .seg.st-completed")).to_have_count(1)
+    expect(page.locator(".cell")).to_have_count(0)
+    node.locator("button.expand").click()
+    cells = page.locator(".cell")
+    expect(cells).to_have_count(3)
+    assert sorted(cells.evaluate_all("els => els.map(e => e.dataset.agentId)")) == spawned
+    expect(page.locator(".cell[data-kind=spawned][data-status=completed]")).to_have_count(3)
+    expect(page.locator(".agent-row[data-kind=spawned]")).to_have_count(3)
+    # A spawned agent's panel names its parent; the parent's transcript shows the spawn.
+    page.locator(f".cell[data-agent-id='{spawned[0]}']").click()
+    expect(page.locator("#panel-agent")).to_have_attribute("data-agent-id", spawned[0])
+    expect(page.locator("[data-field=kind] .v")).to_have_text("spawned by lead")
+    output = client.get(f"/jobs/{job_id}/agents/{spawned[0]}").json()["output"]
+    expect(page.locator("#agent-output")).to_have_text(output)
+    node.locator(".name").click()
+    expect(page.locator("#panel-agent")).to_have_attribute("data-agent-id", "lead")
+    call = page.locator("[data-block=transcript] [data-step-kind=tool_call]")
+    expect(call).to_have_count(1)
+    expect(call.locator("[data-field=tool]")).to_have_text("spawn_agents")
+    result = page.locator("[data-block=transcript] [data-step-kind=tool_result]")
+    content = json.loads(step_text(result, "content"))
+    assert sorted(a["agent_id"] for a in content["agents"]) == spawned
+    assert {a["status"] for a in content["agents"]} == {"completed"}

@@ -195,7 +195,7 @@ export type AgentStatus = "pending" | "running" | "completed" | "failed" | "skip
 
 export interface AgentSummary {
   id: string;
-  kind: "agent" | "map" | "item" | "merge";
+  kind: "agent" | "map" | "item" | "merge" | "spawned";
   parent: string | null;
   status: AgentStatus;
   model: string;
@@ -241,6 +241,17 @@ export interface JobListItem {
   error: string | null;
 }
 
+/** One step of a tool-using agent's loop: a model answer, a tool call started, or its result. */
+export interface TranscriptStep {
+  seq: number;
+  step: number;
+  kind: string; // "model" | "tool_call" | "tool_result"
+  call_id: string | null;
+  tool: string | null;
+  data: Record<string, unknown>;
+  at: string;
+}
+
 export interface AgentDetail {
   id: string;
   kind: string;
@@ -259,6 +270,7 @@ export interface AgentDetail {
   latency_ms: number | null;
   last_error: string | null;
   retries: { attempt: number; reason: string; error: string; delay_s: number; ts: string }[];
+  transcript?: TranscriptStep[];
   started_at: string | null;
   finished_at: string | null;
 }

@@ -20,6 +20,7 @@ import {
   followEvents,
 } from "./api";
 import type { AgentDetail, AgentStatus, AgentSummary, Job, StreamEvent } from "./api";
+import { renderTranscript } from "./transcript";
 
 const GROUP_ABOVE = 120; // top-level agents beyond which like agents are drawn as one node
 const GROUP_MIN = 10; // the smallest set drawn as one node
@@ -379,6 +380,16 @@ export function showJob(app: HTMLElement, jobId: string): () => void {
     meta.textContent = bits.join(" · ");
   };
 
+  // What an agent's children are: a map node's items, a reducer's merge steps, or the
+  // sub-agents a tool-using agent spawned.
+  const nounOf = (u: Unit): string => {
+    if (agents.get(u.agent!)?.kind === "map") return "items";
+    const kids = u.members.map((m) => agents.get(m)?.kind);
+    if (kids.length && kids.every((k) => k === "spawned")) return "spawned";
+    if (kids.includes("spawned")) return "sub-agents";
+    return "steps";
+  };
+
   const renderBar = (u: Unit) => {
     if (!u.bar || !u.countEl) return;
     const counts: Record<string, number> = {};
@@ -388,7 +399,7 @@ export function showJob(app: HTMLElement, jobId: string): () => void {
     }
     const total = u.members.length;
     const done = total - (counts.pending ?? 0) - (counts.running ?? 0);
-    const noun = u.agent ? (agents.get(u.agent)?.kind === "map" ? "items" : "steps") : "agents";
+    const noun = u.agent ? nounOf(u) : "agents";
     u.countEl.textContent = total ? `${done}/${total} ${noun}` : u.agent ? "not fanned out yet" : "";
     u.el?.setAttribute("data-count", String(total));
     const segs: HTMLElement[] = [];
@@ -488,7 +499,7 @@ export function showJob(app: HTMLElement, jobId: string): () => void {
           const parent = agents.get(id);
           const b = addAgent({
             id: sub,
-            kind: /\[\d+\]$/.test(sub) ? "item" : "merge",
+            kind: sub.startsWith(`${id}~`) ? "spawned" : /\[\d+\]$/.test(sub) ? "item" : "merge",
             parent: id,
             status: "pending",
             model: parent?.model ?? "",
@@ -526,6 +537,8 @@ export function showJob(app: HTMLElement, jobId: string): () => void {
 
   // --- the side panel
   let panelFor: string | null = null;
+  const openedTexts = new Set<string>(); // the transcript's long texts shown whole, by step
+  let panelRead = 0; // the panel shows only the latest read (reads overlap as events arrive)
   const markSelected = () => {
     for (const n of canvas.querySelectorAll(".selected")) n.classList.remove("selected");
     if (selected) agents.get(selected)?.drawn?.classList.add("selected");
@@ -533,22 +546,27 @@ export function showJob(app: HTMLElement, jobId: string): () => void {
   const showAgent = async (id: string) => {
     selected = id;
     markSelected();
-    if (panelFor !== id) panel.replaceChildren(el("p", { class: "muted" }, `Loading ${id}…`));
+    if (panelFor !== id) {
+      panel.replaceChildren(el("p", { class: "muted" }, `Loading ${id}…`));
+      openedTexts.clear();
+    }
     panelFor = id;
+    const read = ++panelRead;
     let d: AgentDetail;
     try {
       d = await api<AgentDetail>(`/jobs/${enc}/agents/${encodeURIComponent(id)}`);
     } catch (e) {
+      if (read !== panelRead) return;
       if (selected === id) panel.replaceChildren(el("p", { class: "error" }, `Could not load ${id}: ${e instanceof Error ? e.message : String(e)}`));
       return;
     }
-    if (selected !== id || stopped) return;
+    if (read !== panelRead || selected !== id || stopped) return;
     const kv = (k: string, v: string) => el("div", { class: "kv", "data-field": k }, el("span", { class: "k" }, k), el("span", { class: "v" }, v));
     const block = (name: string, text: string | null) =>
       el("section", { class: "block", "data-block": name }, el("h3", {}, name), el("pre", { class: `text ${name}` }, text ?? "—"));
     const parts: HTMLElement[] = [
       el("h2", { id: "panel-agent", "data-agent-id": d.id, "data-status": d.status }, d.id, " ", el("span", { class: `badge st-${d.status}` }, d.status)),
-      kv("kind", d.parent ? `${d.kind} of ${d.parent}` : d.kind),
+      kv("kind", d.parent ? `${d.kind} ${d.kind === "spawned" ? "by" : "of"} ${d.parent}` : d.kind),
       kv("model", d.model),
       kv("attempts", `${d.attempts}${d.rate_limited ? ` (${d.rate_limited} rate-limited)` : ""}`),
       kv("tokens", d.usage ? `${fmtInt(d.usage.total_tokens)} (prompt ${fmtInt(d.usage.prompt_tokens)}, completion ${fmtInt(d.usage.completion_tokens)})` : "—"),
@@ -566,6 +584,7 @@ export function showJob(app: HTMLElement, jobId: string): () => void {
     }
     if (d.system_prompt) parts.push(block("system prompt", d.system_prompt));
     parts.push(block("prompt", d.prompt));
+    if (d.transcript?.length) parts.push(renderTranscript(d.transcript, openedTexts));
     const output = block("output", d.output);
     output.querySelector("pre")?.setAttribute("id", "agent-output");
     parts.push(output);
