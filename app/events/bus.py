@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from app.engine.money import round_usd_fields
 from app.events.deltas import DeltaEvent
 
 
@@ -34,7 +35,8 @@ class StoredEvent:
         }
         if self.agent_id is not None:
             body["agent_id"] = self.agent_id
-        body.update(self.data)
+        # Dollars to a billionth, as in the API's fields (the stored event keeps the sum).
+        body.update(round_usd_fields(self.data))
         return body
 
 

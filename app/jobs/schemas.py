@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from app.api.schemas import ResponseModel, UtcDateTime
 from app.engine import usage
 from app.engine.lifecycle import AgentKind, AgentStatus, JobStatus
-from app.engine.money import Usd
+from app.engine.money import Usd, round_usd_fields
 from app.engine.spec import FailurePolicy
 from app.store.agents import AgentSummary as AgentSummaryRecord
 from app.store.jobs import JobRecord, JobTotals
@@ -208,6 +208,13 @@ class TranscriptStep(ResponseModel):
     tool: str | None = None
     data: dict[str, Any]
     at: UtcDateTime
+
+    @field_validator("data")
+    @classmethod
+    def _dollars_rounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Dollars to a billionth, as in every other field (a step's cost_usd, say).
+        rounded: dict[str, Any] = round_usd_fields(value)
+        return rounded
 
 
 class AgentDetail(ResponseModel):
