@@ -1,28 +1,23 @@
 """Request models for ``POST /jobs`` (the job graph as submitted) and the agent → job
-precedence that turns them into one agent's effective settings (``ResolvedAgent``)."""
+precedence that turns them into one agent's effective settings (``ResolvedAgent``).
+
+The response_format models are in app/engine/formats.py, the webhook's in
+app/engine/webhook_spec.py, the agent's tools in app/engine/tool_spec.py."""
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 from pydantic_core import PydanticCustomError
 
-from app.engine.structured import DEFAULT_SCHEMA_NAME, OutputSchema, schema_problem
+from app.engine.formats import JsonSchemaFormat, effective_format, format_setting
+from app.engine.formats import ResponseFormat as ResponseFormat
+from app.engine.json_checks import json_number, storable_json_object
+from app.engine.structured import OutputSchema
 from app.engine.tool_spec import (
     DEFAULT_MAX_STEPS,
     SPAWN_TOOL_NAME,
@@ -30,7 +25,7 @@ from app.engine.tool_spec import (
     SpawnAgents,
     ToolSpec,
 )
-from app.events.types import TRANSIENT_EVENTS, EventType
+from app.engine.webhook_spec import WebhookSpec
 
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 # A job id as app/store/ids.py makes them (26 characters of Crockford base32). The cursor of
@@ -40,52 +35,6 @@ JOB_ID_PATTERN = r"^[0-9a-hjkmnp-tv-z]{26}$"
 NO_NUL = r"^[^\x00]*$"
 
 _T = TypeVar("_T")
-
-
-def _json_number(value: Any) -> Any:
-    # Lax validation would take `true` as 1 and "3" as 3; the schema says number.
-    if isinstance(value, bool | str):
-        raise PydanticCustomError(
-            "number_type", "Input should be a number, not {kind}", {"kind": type(value).__name__}
-        )
-    return value
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _storable_json_object(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-    """Refuse a lone UTF-16 surrogate anywhere in a free-form object, in a key or a value:
-    JSON can carry one as an escape (``"\\ud800"``), but it cannot be stored or sent on as
-    UTF-8. Iterative, so a deeply nested object cannot exhaust the stack."""
-    stack: list[tuple[Any, str]] = [(value, str(info.field_name))]
-    while stack:
-        item, where = stack.pop()
-        if isinstance(item, dict):
-            for key, child in item.items():
-                if isinstance(key, str) and _SURROGATE.search(key):
-                    raise _unencodable(f"a key of {_ascii(where)}")
-                stack.append((child, f"{where}.{key}"))
-        elif isinstance(item, list):
-            stack.extend((child, f"{where}[{k}]") for k, child in enumerate(item))
-        elif isinstance(item, str) and _SURROGATE.search(item):
-            raise _unencodable(f"the value at {_ascii(where)}")
-    return value
-
-
-def _ascii(path: str) -> str:
-    # The path itself may hold the surrogate (a key above the bad value): escape it.
-    shown = path.encode("ascii", "backslashreplace").decode()
-    return shown if len(shown) <= 200 else shown[:200] + "…"
-
-
-def _unencodable(what: str) -> PydanticCustomError:
-    return PydanticCustomError(
-        "unencodable",
-        "{what} holds a lone UTF-16 surrogate escape (such as \\ud800), which is not "
-        "valid Unicode and cannot be stored as UTF-8; remove it or pair it",
-        {"what": what},
-    )
 
 
 class FailurePolicy(StrEnum):
@@ -100,15 +49,6 @@ class FailurePolicy(StrEnum):
     continue_ = "continue"
 
 
-class ResponseFormat(StrEnum):
-    """The shape of output requested from the model."""
-
-    # Free text, no constraint.
-    text = "text"
-    # A JSON object (the upstream's JSON mode).
-    json = "json"
-
-
 class ReuseSpec(BaseModel):
     """Reuse of earlier answers with a bound on their age."""
 
@@ -121,98 +61,7 @@ class ReuseSpec(BaseModel):
         description="Reuse only answers received at most this many seconds ago.",
     )
 
-    _numbers_only = field_validator("max_age_s", mode="before")(_json_number)
-
-
-# OpenAI's rule for a schema's name.
-SCHEMA_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-
-
-class NamedJsonSchema(BaseModel):
-    """OpenAI's ``json_schema`` object: a named schema and whether it is strict."""
-
-    model_config = ConfigDict(extra="forbid", serialize_by_alias=True, validate_by_name=True)
-
-    name: str = Field(default=DEFAULT_SCHEMA_NAME, pattern=SCHEMA_NAME_PATTERN)
-    description: str | None = Field(default=None, max_length=10_000)
-    schema_: dict[str, Any] = Field(alias="schema", description="A JSON Schema.")
-    strict: StrictBool | None = None
-
-
-class JsonSchemaFormat(BaseModel):
-    """``{"type": "json_schema", "schema": {…}}``, or OpenAI's form
-    ``{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}``."""
-
-    model_config = ConfigDict(extra="forbid", serialize_by_alias=True, validate_by_name=True)
-
-    type: Literal["json_schema"]
-    schema_: dict[str, Any] | None = Field(
-        default=None, alias="schema", description="The JSON Schema the answer must match."
-    )
-    json_schema: NamedJsonSchema | None = Field(
-        default=None, description="OpenAI's form: the schema with its name and strict flag."
-    )
-
-    @model_validator(mode="after")
-    def _one_valid_schema(self) -> JsonSchemaFormat:
-        if (self.schema_ is None) == (self.json_schema is None):
-            raise PydanticCustomError(
-                "schema_required",
-                "give the JSON Schema either as 'schema' or as OpenAI's "
-                "'json_schema': {name, schema, strict}, not both and not neither",
-            )
-        problem = schema_problem(self.output().schema)
-        if problem is not None:
-            raise PydanticCustomError(
-                "invalid_schema",
-                "the schema is not a valid JSON Schema: {problem}",
-                {"problem": problem[:500]},
-            )
-        return self
-
-    def output(self) -> OutputSchema:
-        if self.json_schema is not None:
-            return OutputSchema(
-                self.json_schema.schema_, self.json_schema.name, self.json_schema.strict
-            )
-        assert self.schema_ is not None
-        return OutputSchema(self.schema_)
-
-
-_OPENAI_NAMES = {"json_object": ResponseFormat.json, "text": ResponseFormat.text}
-
-
-def _format_setting(value: Any) -> Any:
-    """A name ('text', 'json') or a schema object, told apart by shape so that a bad one is
-    reported once, as what it is meant to be, at response_format itself."""
-    if value is None or isinstance(value, ResponseFormat | JsonSchemaFormat):
-        return value
-    if isinstance(value, str):
-        if value in ResponseFormat.__members__.values():
-            return ResponseFormat(value)
-        raise PydanticCustomError(
-            "enum",
-            "Input should be 'text', 'json' or a JSON Schema object "
-            '({"type": "json_schema", "schema": {…}}), not {value}',
-            {"value": json.dumps(value[:40])},
-        )
-    if isinstance(value, dict) and value.keys() == {"type"} and value["type"] in _OPENAI_NAMES:
-        # OpenAI's objects for the plain formats: {"type": "json_object"}, {"type": "text"}.
-        return _OPENAI_NAMES[value["type"]]
-    if isinstance(value, dict):
-        try:
-            return JsonSchemaFormat.model_validate(value)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise PydanticCustomError(
-                str(first["type"]),
-                "{where}{msg}",
-                {"where": f"{where}: " if where else "", "msg": first["msg"]},
-            ) from None
-    raise PydanticCustomError(
-        "format_type", "Input should be 'text', 'json' or a JSON Schema object"
-    )
+    _numbers_only = field_validator("max_age_s", mode="before")(json_number)
 
 
 class TruncatedPolicy(StrEnum):
@@ -224,43 +73,6 @@ class TruncatedPolicy(StrEnum):
     retry = "retry"
     # The agent fails; the cut answer's tokens are counted.
     fail = "fail"
-
-
-WEBHOOK_EVENT_TYPES = tuple(str(t) for t in EventType if t not in TRANSIENT_EVENTS)
-DEFAULT_WEBHOOK_EVENTS = ["job.completed", "job.failed", "job.cancelled"]
-
-
-class WebhookSpec(BaseModel):
-    """Where to tell of the job's events: signed per Standard Webhooks (see README)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    url: str = Field(
-        min_length=1,
-        max_length=2000,
-        pattern=r"^https?://[^\s]+$",
-        description="An http(s) URL. Private, loopback and link-local addresses are refused "
-        "(unless the service sets SWARM_WEBHOOK_ALLOW_PRIVATE); redirects are not followed.",
-    )
-    events: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_WEBHOOK_EVENTS),
-        min_length=1,
-        max_length=len(WEBHOOK_EVENT_TYPES),
-        description="The event types to deliver (as on the SSE stream); the terminal job "
-        "events by default.",
-    )
-
-    @field_validator("events")
-    @classmethod
-    def _known_events(cls, value: list[str]) -> list[str]:
-        unknown = [e for e in value if e not in WEBHOOK_EVENT_TYPES]
-        if unknown:
-            raise PydanticCustomError(
-                "unknown_event",
-                "unknown event type(s) {unknown}; known: {known}",
-                {"unknown": ", ".join(unknown), "known": ", ".join(WEBHOOK_EVENT_TYPES)},
-            )
-        return list(dict.fromkeys(value))
 
 
 class AgentDefaults(BaseModel):
@@ -359,8 +171,8 @@ class AgentDefaults(BaseModel):
 
     _numbers_only = field_validator(
         "temperature", "max_tokens", "max_retries", "timeout_s", "rate_limit_wait_s", mode="before"
-    )(_json_number)
-    _format = field_validator("response_format", mode="before")(_format_setting)
+    )(json_number)
+    _format = field_validator("response_format", mode="before")(format_setting)
 
 
 # chunk_tokens when a map over text does not set it: a part that leaves room for the
@@ -416,7 +228,7 @@ class MapSpec(BaseModel):
 
     _map_numbers_only = field_validator(
         "chunk_tokens", "overlap_tokens", "max_items", mode="before"
-    )(_json_number)
+    )(json_number)
 
 
 class AgentSpec(AgentDefaults):
@@ -487,7 +299,7 @@ class AgentSpec(AgentDefaults):
         ),
     )
 
-    _steps_number_only = field_validator("max_steps", mode="before")(_json_number)
+    _steps_number_only = field_validator("max_steps", mode="before")(json_number)
 
     @field_validator("tools")
     @classmethod
@@ -653,8 +465,8 @@ class JobSpec(AgentDefaults):
 
     _job_numbers_only = field_validator(
         "max_concurrency", "budget_usd", "max_spawn_depth", mode="before"
-    )(_json_number)
-    _storable_objects = field_validator("context", "metadata")(_storable_json_object)
+    )(json_number)
+    _storable_objects = field_validator("context", "metadata")(storable_json_object)
 
     @property
     def reuse_max_age_s(self) -> float | None:
@@ -679,7 +491,7 @@ class JobSpec(AgentDefaults):
             max_retries=_first_set(agent.max_retries, self.max_retries),
             timeout_s=_first_set(agent.timeout_s, self.timeout_s),
             rate_limit_wait_s=_first_set(agent.rate_limit_wait_s, self.rate_limit_wait_s),
-            response_format=_format(fmt),
+            response_format=effective_format(fmt),
             output_schema=fmt.output() if isinstance(fmt, JsonSchemaFormat) else None,
             map=agent.map,
             on_truncated=_first_set(agent.on_truncated, self.on_truncated)
@@ -731,12 +543,6 @@ class ResolvedAgent:
     output_schema: OutputSchema | None = None
     on_truncated: TruncatedPolicy = TruncatedPolicy.complete
     stream: bool = False
-
-
-def _format(fmt: ResponseFormat | JsonSchemaFormat | None) -> ResponseFormat:
-    if fmt is None:
-        return ResponseFormat.text
-    return ResponseFormat.json if isinstance(fmt, JsonSchemaFormat) else fmt
 
 
 def _first_set(own: _T | None, inherited: _T | None) -> _T | None:
