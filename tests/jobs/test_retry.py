@@ -4,6 +4,7 @@ what is kept, the events, the counts and the refusals."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,11 @@ async def test_retry_runs_only_the_failed_and_skipped_agents_again(
     failed_at = kinds.index("job.failed")
     assert kinds[failed_at + 1] == "job.retried"
     assert kinds[-1] == "job.completed"
+    # The retried run's start is a start, not a resume after a restart.
+    resp = await service.client.get(f"/jobs/{job_id}/events", params={"after": seqs[failed_at + 1]})
+    parsed, _ = parse_lines(resp.text.splitlines())
+    started = [json.loads(e.data) for e in parsed if e.event == "job.started"]
+    assert [s["resumed"] for s in started] == [False]
     assert answer["retried_seq"] == seqs[failed_at + 1]
 
     # Completed now: nothing to retry.

@@ -24,7 +24,7 @@ from app.engine.run_state import agents_to_retry
 from app.events.types import EventType
 from app.store.models import utcnow
 from app.store.steps import forget_transcripts
-from app.store.tables import agents_t, dumps, jobs_t, loads, owned
+from app.store.tables import agents_t, dumps, events_t, jobs_t, loads, owned
 from app.store.transitions.common import agent_states, count_unknown_outcomes
 from app.store.writer import Tx, WriteOp
 
@@ -37,6 +37,18 @@ class StartDecision:
 
 class JobStartedData(TypedDict):
     resumed: bool
+
+
+def _last_event_type(tx: Tx, job_id: str) -> str | None:
+    pending = [e for e in tx.events if e.job_id == job_id]
+    if pending:
+        return pending[-1].type
+    return tx.conn.execute(
+        select(events_t.c.type)
+        .where(events_t.c.job_id == job_id)
+        .order_by(events_t.c.seq.desc())
+        .limit(1)
+    ).scalar()
 
 
 def mark_job_started(job_id: str, resumed: bool) -> WriteOp[StartDecision]:
@@ -55,7 +67,9 @@ def mark_job_started(job_id: str, resumed: bool) -> WriteOp[StartDecision]:
             .where(jobs_t.c.id == job_id, jobs_t.c.status.in_(JOB_ENTERED_FROM[JobStatus.running]))
             .values(status=JobStatus.running, started_at=func.coalesce(jobs_t.c.started_at, now))
         )
-        if resumed:
+        # Run again by a retry (its rows say what is left), not resumed after a restart.
+        restarted = resumed and _last_event_type(tx, job_id) != EventType.job_retried
+        if restarted:
             # The calls a crash cut off may have been paid for: their estimates are counted.
             count_unknown_outcomes(tx, job_id, None)
             # Agents caught mid-call by a crash go back to pending; their attempt stays counted.
@@ -76,7 +90,7 @@ def mark_job_started(job_id: str, resumed: bool) -> WriteOp[StartDecision]:
                 )
                 .values(status=AgentStatus.pending)
             )
-        tx.emit(job_id, EventType.job_started, **JobStartedData(resumed=resumed))
+        tx.emit(job_id, EventType.job_started, **JobStartedData(resumed=restarted))
         return StartDecision(True, bool(row.cancel_requested))
 
     return op
