@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from app.engine.formats import JsonSchemaFormat, effective_format, format_setting
@@ -466,6 +466,28 @@ class JobSpec(AgentDefaults):
     _job_numbers_only = field_validator(
         "max_concurrency", "budget_usd", "max_spawn_depth", mode="before"
     )(json_number)
+
+    @field_validator("reuse", mode="before")
+    @classmethod
+    def _reuse_setting(cls, value: Any) -> Any:
+        """One error for a bad reuse, in the words of the field, not one per union member."""
+        if isinstance(value, bool | ReuseSpec):
+            return value
+        if isinstance(value, dict):
+            try:
+                return ReuseSpec.model_validate(value)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise PydanticCustomError(
+                    "reuse",
+                    "{where}{msg}",
+                    {"where": f"{where}: " if where else "", "msg": first["msg"]},
+                ) from None
+        raise PydanticCustomError(
+            "reuse", 'Input should be true, false or {"max_age_s": N} (seconds)'
+        )
+
     _storable_objects = field_validator("context", "metadata")(storable_json_object)
 
     @property

@@ -209,12 +209,19 @@ async def test_a_tenant_never_reuses_another_tenants_answers(
 
 @pytest.mark.parametrize(
     ("reuse", "expected"),
-    [("yes", "reuse"), (1, "reuse"), ({"max_age_s": 0}, "max_age_s"), ({"age": 5}, "age")],
+    [
+        ("yes", "true, false or"),
+        (1, "true, false or"),
+        ({"max_age_s": 0}, "max_age_s"),
+        ({"age": 5}, "age"),
+    ],
 )
 async def test_a_bad_reuse_setting_is_a_422(service: Service, reuse: Any, expected: str) -> None:
     resp = await service.client.post("/jobs", json=pipeline("doc", reuse=reuse))
     assert resp.status_code == 422, resp.text
-    assert expected in resp.text
+    (problem,) = resp.json()["detail"]  # one problem, at the field, in its own words
+    assert problem["loc"] == ["body", "reuse"]
+    assert expected in problem["msg"]
 
 
 async def test_map_items_are_reused_one_by_one(
