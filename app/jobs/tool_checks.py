@@ -45,6 +45,17 @@ def check_tools(spec: JobSpec, settings: Settings) -> None:
                     "use tools; give the tools to an agent it depends on",
                 }
             )
+        for name in ("max_steps", "on_max_steps"):
+            if not agent.tools and name in agent.model_fields_set:
+                problems.append(
+                    {
+                        "loc": [*where, name],
+                        "type": "needs_tools",
+                        "msg": f"agent {agent.id!r} has no tools, so {name} (which bounds a "
+                        "loop of model and tool calls) would do nothing; give it tools or "
+                        f"leave {name} out",
+                    }
+                )
         if agent.max_steps is not None and agent.max_steps > settings.max_agent_steps:
             problems.append(
                 {

@@ -70,7 +70,7 @@ async def test_private_tool_urls_are_accepted_when_the_setting_allows(
 
 
 async def test_max_steps_is_bounded_by_the_setting(strict: Service) -> None:
-    (problem,) = await problems(strict, job(max_steps=101))
+    (problem,) = await problems(strict, job({"type": "spawn_agents"}, max_steps=101))
     assert problem["loc"] == ["body", "agents", 0, "max_steps"]
     assert "above this service's maximum of 100 (SWARM_MAX_AGENT_STEPS)" in problem["msg"]
 
@@ -194,3 +194,14 @@ async def test_with_an_allow_list_only_its_hosts_are_accepted_and_nothing_is_res
         assert (await svc.client.get("/jobs")).json()["data"] == []
         resp = await svc.client.post("/jobs", json=job(MCP))
         assert resp.status_code == 201, resp.text
+
+
+async def test_loop_bounds_on_an_agent_without_tools_are_refused(strict: Service) -> None:
+    body = {"agents": [{"id": "plain", "task": "t", "max_steps": 4, "on_max_steps": "answer"}]}
+    found = await problems(strict, body)
+    assert [p["loc"] for p in found] == [
+        ["body", "agents", 0, "max_steps"],
+        ["body", "agents", 0, "on_max_steps"],
+    ]
+    assert "has no tools, so max_steps" in found[0]["msg"]
+    assert (await strict.client.get("/jobs")).json()["data"] == []
