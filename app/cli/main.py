@@ -277,7 +277,10 @@ def _event_json(raw: str) -> str:
     if '_usd"' not in raw:
         return raw
     try:
-        return json.dumps(round_usd_fields(json.loads(raw)), ensure_ascii=False)
+        # Compact, as the service sends every event: one style for every line.
+        return json.dumps(
+            round_usd_fields(json.loads(raw)), ensure_ascii=False, separators=(",", ":")
+        )
     except ValueError:
         return raw
 

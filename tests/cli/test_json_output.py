@@ -23,5 +23,7 @@ def test_event_lines_round_dollar_figures_and_keep_the_rest() -> None:
         "type": "agent.completed",
         "cost_usd": 8.82e-05,
     }
-    plain = '{"seq": 1, "type": "job.queued"}'
+    plain = '{"seq":1,"type":"job.queued"}'
     assert _event_json(plain) == plain
+    # A rounded line is as compact as the service's own lines: one style for all.
+    assert _event_json('{"seq":2,"cost_usd":0.30000000000000004}') == '{"seq":2,"cost_usd":0.3}'
