@@ -315,8 +315,11 @@ class _SharedPool:
                     self.in_flight += 1
                     shared.hold((self.slots, self.active), member)
                     return member
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+                # lands as the event is set, and this loop would then poll for ever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.changed.wait(), POLL_S * (0.5 + random.random()))
+                    async with asyncio.timeout(POLL_S * (0.5 + random.random())):
+                        await self.changed.wait()
             return None
         except BaseException:
             if asking is not None and shared.available:
