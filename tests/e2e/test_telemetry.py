@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,7 +17,13 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.helpers.processes import ROOT, Proc, child_env, start_service, start_simulator, wait_job
+from tests.helpers.processes import (
+    Proc,
+    start_announcing,
+    start_service,
+    start_simulator,
+    wait_job,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -88,18 +92,8 @@ class Receiver:
 @pytest.fixture
 def receiver(tmp_path: Path) -> Iterator[Receiver]:
     log = tmp_path / "otlp.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.helpers.otlp_receiver", str(log)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = re.search(r"listening on (\S+)", line)
-    assert match, line
-    yield Receiver(proc, match.group(1), log)
+    proc, url = start_announcing("tests.helpers.otlp_receiver", str(log))
+    yield Receiver(proc, url, log)
     proc.kill()
     proc.wait()
     proc.stdout.close()

@@ -5,9 +5,7 @@ success; a 410 that stops the retries."""
 from __future__ import annotations
 
 import json
-import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +16,13 @@ import httpx2
 import pytest
 
 from app.store.webhooks import new_secret
-from tests.helpers.processes import ROOT, Proc, child_env, start_service, start_simulator, wait_job
+from tests.helpers.processes import (
+    Proc,
+    start_announcing,
+    start_service,
+    start_simulator,
+    wait_job,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -48,18 +52,8 @@ def secret() -> str:
 def receiver(tmp_path: Path, secret: str) -> Iterator[Receiver]:
     mode, log = tmp_path / "receiver-mode", tmp_path / "receiver.log"
     mode.write_text("204")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.helpers.webhook_receiver", secret, str(mode), str(log)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = re.search(r"listening on (\S+)", line)
-    assert match, line
-    yield Receiver(proc, match.group(1) + "/hook", mode, log)
+    proc, url = start_announcing("tests.helpers.webhook_receiver", secret, str(mode), str(log))
+    yield Receiver(proc, url + "/hook", mode, log)
     proc.kill()
     proc.wait()
     proc.stdout.close()

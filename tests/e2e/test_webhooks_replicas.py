@@ -5,9 +5,6 @@ process, verifying signatures) sees each webhook-id exactly once."""
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +16,7 @@ import pytest
 
 from app.store.webhooks import new_secret
 from tests.e2e.replicas import cluster, wait_status
-from tests.helpers.processes import ROOT, Proc, child_env, start_simulator
+from tests.helpers.processes import Proc, start_announcing, start_simulator
 
 pytestmark = pytest.mark.e2e
 
@@ -37,18 +34,9 @@ def test_three_workers_deliver_each_webhook_once(
     secret = new_secret()
     mode, log = tmp_path / "receiver-mode", tmp_path / "receiver.log"
     mode.write_text("204")
-    receiver = subprocess.Popen(
-        [sys.executable, "-m", "tests.helpers.webhook_receiver", secret, str(mode), str(log)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=child_env(),
-    )
+    receiver, url = start_announcing("tests.helpers.webhook_receiver", secret, str(mode), str(log))
     try:
-        assert receiver.stdout is not None
-        match = re.search(r"listening on (\S+)", receiver.stdout.readline())
-        assert match
-        hook = {"url": match.group(1) + "/hook", "events": ["agent.completed", "job.completed"]}
+        hook = {"url": url + "/hook", "events": ["agent.completed", "job.completed"]}
         env = {
             "SWARM_WEBHOOK_SECRET": secret,
             "SWARM_WEBHOOK_ALLOW_PRIVATE": "true",

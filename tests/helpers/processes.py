@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -149,3 +150,23 @@ def start_listener(tmp_path: Path, name: str, args: list[str], port: int) -> Pro
     proc.kill()
     proc.wait()
     raise RuntimeError(f"{name} did not start:\n" + log_path.read_text())
+
+
+def start_announcing(*module_args: str) -> tuple[subprocess.Popen[str], str]:
+    """A test helper server (`python -m MODULE ARGS…`) that prints "listening on URL" once
+    it serves: the process and its URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *module_args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    match = re.search(r"listening on (\S+)", line)
+    if match is None:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"{module_args[0]} did not start: {line!r}")
+    return proc, match.group(1)
