@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from app.engine.json_checks import first_problem
 from app.engine.structured import DEFAULT_SCHEMA_NAME, OutputSchema, schema_problem
 
 
@@ -101,13 +102,7 @@ def format_setting(value: Any) -> Any:
         try:
             return JsonSchemaFormat.model_validate(value)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise PydanticCustomError(
-                str(first["type"]),
-                "{where}{msg}",
-                {"where": f"{where}: " if where else "", "msg": first["msg"]},
-            ) from None
+            raise first_problem(exc) from None
     raise PydanticCustomError(
         "format_type", "Input should be 'text', 'json' or a JSON Schema object"
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import ValidationInfo
+from pydantic import ValidationError, ValidationInfo
 from pydantic_core import PydanticCustomError
 
 
@@ -53,4 +53,16 @@ def _unencodable(what: str) -> PydanticCustomError:
         "{what} holds a lone UTF-16 surrogate escape (such as \\ud800), which is not "
         "valid Unicode and cannot be stored as UTF-8; remove it or pair it",
         {"what": what},
+    )
+
+
+def first_problem(exc: ValidationError, type_: str | None = None) -> PydanticCustomError:
+    """The first error of a nested model's validation, as one error of the field holding it
+    (its path inside the field prefixed), rather than one per member of a union."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return PydanticCustomError(
+        type_ or str(first["type"]),
+        "{where}{msg}",
+        {"where": f"{where}: " if where else "", "msg": first["msg"]},
     )

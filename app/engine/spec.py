@@ -16,7 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from app.engine.formats import JsonSchemaFormat, effective_format, format_setting
 from app.engine.formats import ResponseFormat as ResponseFormat
-from app.engine.json_checks import json_number, storable_json_object
+from app.engine.json_checks import first_problem, json_number, storable_json_object
 from app.engine.structured import OutputSchema
 from app.engine.tool_spec import (
     DEFAULT_MAX_STEPS,
@@ -477,13 +477,7 @@ class JobSpec(AgentDefaults):
             try:
                 return ReuseSpec.model_validate(value)
             except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(p) for p in first["loc"])
-                raise PydanticCustomError(
-                    "reuse",
-                    "{where}{msg}",
-                    {"where": f"{where}: " if where else "", "msg": first["msg"]},
-                ) from None
+                raise first_problem(exc, "reuse") from None
         raise PydanticCustomError(
             "reuse", 'Input should be true, false or {"max_age_s": N} (seconds)'
         )
