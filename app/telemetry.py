@@ -291,6 +291,13 @@ def _messages(req: AgentRequest) -> str:
     )
 
 
+def _failed(span: Span, kind: str) -> str:
+    """Mark `span` failed with `kind` as its error type (the conventions' `error.type`)."""
+    span.set_attribute("error.type", kind)
+    span.set_status(Status(StatusCode.ERROR, kind))
+    return kind
+
+
 async def traced_chat(
     route: Route, req: AgentRequest, attempt: int, call: Awaitable[CallResult]
 ) -> CallResult:
@@ -334,9 +341,7 @@ async def traced_chat(
         try:
             result = await call
         except BaseException as exc:
-            kind = error_type(exc)
-            span.set_attribute("error.type", kind)
-            span.set_status(Status(StatusCode.ERROR, kind))
+            kind = _failed(span, error_type(exc))
             telemetry.duration.record(
                 time.perf_counter() - started, metric_attributes | {"error.type": kind}
             )
@@ -404,15 +409,12 @@ async def traced_tool(
         try:
             outcome = await run
         except BaseException as exc:
-            kind = error_type(exc)
-            span.set_attribute("error.type", kind)
-            span.set_status(Status(StatusCode.ERROR, kind))
+            _failed(span, error_type(exc))
             raise
         span.set_attribute("swarm.tool.result_chars", outcome.chars)
         if telemetry.capture_content:
             span.set_attribute("gen_ai.tool.call.result", outcome.content)
         if not outcome.ok:
             # The model is shown the error and may recover: the span says the call failed.
-            span.set_attribute("error.type", "tool_error")
-            span.set_status(Status(StatusCode.ERROR, "tool_error"))
+            _failed(span, "tool_error")
         return outcome
