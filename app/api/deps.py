@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 from app.api.auth import Authenticator
 from app.config import Settings
 from app.events.bus import EventBus
+from app.events.window import EventWindows
 from app.jobs.admission import Admission
 from app.jobs.service import JobsService
 from app.metrics import Metrics
@@ -30,6 +31,8 @@ class Services:
     upstream_label: str
     metrics: Metrics
     auth: Authenticator
+    # The recent events of the jobs followed here, shared by their SSE readers.
+    event_windows: EventWindows = field(default_factory=EventWindows)
     # GET /upstream: one check at a time, its answer reused briefly (time, answer).
     upstream_check_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     upstream_check_cache: list[tuple[float, Any]] = field(default_factory=list)

@@ -20,6 +20,7 @@ from app.errors import UnprocessableError
 from app.events.bus import EventBus, StoredEvent
 from app.events.deltas import DeltaEvent
 from app.events.types import TERMINAL_JOB_EVENTS
+from app.events.window import EventWindows
 from app.store import events as event_store
 from app.store import jobs as job_store
 from app.store.store import Store
@@ -123,6 +124,7 @@ async def stream_events(
                 start,
                 max_seconds=settings.sse_max_stream_s,
                 deltas=True,
+                windows=services.event_windows,
             ):
                 yield b"".join(_encode_any(event) for event in batch)
         except StreamClosed:
@@ -145,21 +147,42 @@ class StreamClosed(Exception):
     """The subscriber fell too far behind and was cut off; it should reconnect."""
 
 
-async def _page(store: Store, job_id: str, after: int, limit: int) -> list[StoredEvent]:
-    return await store.read(
-        functools.partial(event_store.events_after, job_id=job_id, after=after, limit=limit)
+async def _page(
+    store: Store, job_id: str, after: int, limit: int, windows: EventWindows | None = None
+) -> list[StoredEvent]:
+    """The job's stored events with seq > `after`, at most `limit`: what the window holds,
+    then the rest from the table (kept in the window for the next reader)."""
+    held = windows.after(job_id, after, limit) if windows is not None else []
+    if len(held) == limit:
+        return held
+    since = held[-1].seq if held else after
+    rows = await store.read(
+        functools.partial(
+            event_store.events_after, job_id=job_id, after=since, limit=limit - len(held)
+        )
     )
+    if windows is not None:
+        windows.add(job_id, rows)
+    return held + rows if held else rows
 
 
 async def job_events(
-    store: Store, bus: EventBus, job_id: str, after: int, *, max_seconds: float | None = None
+    store: Store,
+    bus: EventBus,
+    job_id: str,
+    after: int,
+    *,
+    max_seconds: float | None = None,
+    windows: EventWindows | None = None,
 ) -> AsyncIterator[StoredEvent]:
     """Yield the job's events with seq > `after`, in order, until the terminal event.
 
     Subscribes before replaying, so an event committed while the replay runs arrives on
     the live queue; anything at or below the last replayed seq is dropped there.
     """
-    batches = job_event_batches(store, bus, job_id, after, max_seconds=max_seconds)
+    batches = job_event_batches(
+        store, bus, job_id, after, max_seconds=max_seconds, windows=windows
+    )
     try:
         async for batch in batches:
             for event in batch:
@@ -179,6 +202,15 @@ def _until_terminal(rows: list[StoredEvent]) -> tuple[list[StoredEvent], bool]:
     return rows, False
 
 
+def _keep(
+    windows: EventWindows | None, job_id: str, out: list[StoredEvent | DeltaEvent], last: int
+) -> None:
+    """Keep the live events of `out` (up to seq `last`) in the job's window, unless another
+    reader already did: one reader of the 500 does it, the others pay one lookup."""
+    if windows is not None and windows.newest(job_id) < last:
+        windows.add(job_id, [e for e in out if isinstance(e, StoredEvent)])
+
+
 async def job_event_batches(
     store: Store,
     bus: EventBus,
@@ -188,18 +220,20 @@ async def job_event_batches(
     max_seconds: float | None = None,
     max_batch: int = LIVE_BATCH,
     deltas: bool = False,
+    windows: EventWindows | None = None,
 ) -> AsyncGenerator[Sequence[StoredEvent | DeltaEvent], None]:
     """`job_events` in lists: a replay page at a time, and live events as many as are
     already queued (up to `max_batch`), so a stream that fell behind catches up in a few
     large writes instead of one write per event. ``deltas``: the live `agent.delta`
-    events too, in the order they came among the stored ones."""
+    events too, in the order they came among the stored ones. ``windows``: replay from
+    (and keep live events in) the readers' shared windows."""
     sub = bus.subscribe(job_id, deltas=deltas)
     last = after
     loop = asyncio.get_running_loop()
     deadline = None if max_seconds is None else loop.time() + max_seconds
     try:
         while True:
-            rows = await _page(store, job_id, last, REPLAY_PAGE)
+            rows = await _page(store, job_id, last, REPLAY_PAGE, windows)
             batch, terminal = _until_terminal(rows)
             if batch:
                 yield batch
@@ -216,7 +250,7 @@ async def job_event_batches(
         if job.status.finished or last >= newest:
             # Finished (or the client is already past its end): whatever was committed
             # since the last page is in the database; send it, up to the terminal event.
-            while rows := await _page(store, job_id, last, REPLAY_PAGE):
+            while rows := await _page(store, job_id, last, REPLAY_PAGE, windows):
                 batch, terminal = _until_terminal(rows)
                 yield batch
                 last = batch[-1].seq
@@ -231,7 +265,9 @@ async def job_event_batches(
             if timeout is not None and timeout <= 0:
                 return  # lifetime cap reached: the client reconnects with Last-Event-ID
             try:
-                live = await asyncio.wait_for(sub.queue.get(), timeout)
+                # asyncio.timeout, not wait_for (which on 3.11 can lose an item or a cancel).
+                async with asyncio.timeout(timeout):
+                    live = await sub.queue.get()
             except TimeoutError:
                 return
             out: list[StoredEvent | DeltaEvent] = []
@@ -251,17 +287,19 @@ async def job_event_batches(
                     if live.seq > last + 1:
                         # Never expected (we subscribed first), but a gap must not pass
                         # silently.
-                        rows = await _page(store, job_id, last, live.seq - last - 1)
+                        rows = await _page(store, job_id, last, live.seq - last - 1, windows)
                         out.extend(rows)
                     out.append(live)
                     last = live.seq
                     if live.type in TERMINAL_JOB_EVENTS:
+                        _keep(windows, job_id, out, last)
                         yield out
                         return
                 if len(out) >= max_batch or sub.queue.empty():
                     break
                 live = sub.queue.get_nowait()
             if out:
+                _keep(windows, job_id, out, last)
                 yield out
     finally:
         sub.close()
