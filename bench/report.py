@@ -62,7 +62,7 @@ def summary(out: Path) -> str:
     if data is not None:
         r = data["result"]
         low, high = r["latency_ms"]
-        order = ("service-cold", "service-warm", "waves", "seed")
+        order = ("service-cold", "service-warm", "waves", "langgraph", "seed")
         by_graph: dict[str, dict[str, Any]] = {}
         for run in r["runs"]:
             by_graph.setdefault(run["graph"], {"agents": run["agents"]})[run["strategy"]] = run
@@ -75,8 +75,8 @@ def summary(out: Path) -> str:
             "Cold: the service's first job (its adaptive limit starts at 16); warm: its next "
             "job.",
             "",
-            "| graph | agents | bound s | service cold | service warm | waves | seed |",
-            "|---|---|---|---|---|---|---|",
+            "| graph | agents | bound s | service cold | service warm | waves | langgraph | seed |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for graph, runs in by_graph.items():
             first = next(runs[k] for k in order if k in runs)

@@ -38,6 +38,7 @@ from typing import Any
 import aiohttp
 
 from bench import baselines, graphs, report
+from bench.langgraph_baseline import langgraph_run
 from bench.lower_bound import (
     busy_times,
     fan_bound,
@@ -278,13 +279,21 @@ async def scenario_makespan(ctx: Ctx) -> dict[str, Any]:
     c = s.concurrency
     both = ("service-cold", "service-warm")
     cases: list[tuple[str, graphs.Job, tuple[str, ...]]] = [
-        ("a", graphs.pipeline(s.pipeline, max_concurrency=c), (*both, "waves", "seed")),
-        ("b", graphs.documents(s.documents, max_concurrency=c), (*both, "waves", "seed")),
-        ("c", graphs.layered(*s.layered, max_concurrency=c), (*both, "waves")),
+        (
+            "a",
+            graphs.pipeline(s.pipeline, max_concurrency=c),
+            (*both, "waves", "langgraph", "seed"),
+        ),
+        (
+            "b",
+            graphs.documents(s.documents, max_concurrency=c),
+            (*both, "waves", "langgraph", "seed"),
+        ),
+        ("c", graphs.layered(*s.layered, max_concurrency=c), (*both, "waves", "langgraph")),
         (
             "seed-layered",
             graphs.layered(*s.seed_layered, max_concurrency=c),
-            (*both, "waves", "seed"),
+            (*both, "waves", "langgraph", "seed"),
         ),
     ]
     sim = await start_simulator(
@@ -325,6 +334,8 @@ async def scenario_makespan(ctx: Ctx) -> dict[str, Any]:
                     try:
                         if strategy == "seed":
                             base = await baselines.seed_swarm(upstream, job, c)
+                        elif strategy == "langgraph":
+                            base = await langgraph_run(upstream, job, c)
                         else:
                             base = await baselines.waves(upstream, job, c)
                     finally:
@@ -896,7 +907,8 @@ def main() -> None:
         "--strategies",
         nargs="+",
         type=str,
-        help="makespan: run only these (service-cold service-warm waves seed), e.g. to compare "
+        help="makespan: run only these (service-cold service-warm waves langgraph seed), "
+        "e.g. to compare "
         "two commits of the service without re-running the baselines",
     )
     parser.add_argument(
