@@ -180,9 +180,7 @@ async def job_events(
     Subscribes before replaying, so an event committed while the replay runs arrives on
     the live queue; anything at or below the last replayed seq is dropped there.
     """
-    batches = job_event_batches(
-        store, bus, job_id, after, max_seconds=max_seconds, windows=windows
-    )
+    batches = job_event_batches(store, bus, job_id, after, max_seconds=max_seconds, windows=windows)
     try:
         async for batch in batches:
             for event in batch:
