@@ -125,6 +125,7 @@ async def stream_events(
                 max_seconds=settings.sse_max_stream_s,
                 deltas=True,
                 windows=services.event_windows,
+                linger_s=SSE_LINGER_S,
             ):
                 yield b"".join(_encode_any(event) for event in batch)
         except StreamClosed:
@@ -141,6 +142,10 @@ async def stream_events(
 REPLAY_PAGE = 1000
 # Live events a stream sends in one write at most (those already queued for it).
 LIVE_BATCH = 500
+# An SSE stream writes at most this often (s): what comes meanwhile goes in the next write.
+# 500 readers of a busy job would otherwise each write once per event, and those writes,
+# not the events, are what saturate the process; the cost is at most this much more lag.
+SSE_LINGER_S = 0.05
 
 
 class StreamClosed(Exception):
@@ -219,12 +224,15 @@ async def job_event_batches(
     max_batch: int = LIVE_BATCH,
     deltas: bool = False,
     windows: EventWindows | None = None,
+    linger_s: float = 0.0,
 ) -> AsyncGenerator[Sequence[StoredEvent | DeltaEvent], None]:
     """`job_events` in lists: a replay page at a time, and live events as many as are
     already queued (up to `max_batch`), so a stream that fell behind catches up in a few
     large writes instead of one write per event. ``deltas``: the live `agent.delta`
     events too, in the order they came among the stored ones. ``windows``: replay from
-    (and keep live events in) the readers' shared windows."""
+    (and keep live events in) the readers' shared windows. ``linger_s``: live batches
+    are at least this far apart (the first event of a batch waits for those behind it),
+    unless a full batch is already queued or the job ended."""
     sub = bus.subscribe(job_id, deltas=deltas)
     last = after
     loop = asyncio.get_running_loop()
@@ -256,6 +264,7 @@ async def job_event_batches(
                     return
             if job.status.finished:
                 return
+        sent_at = -linger_s
         while True:
             # The wait is bounded here, not around the yields: a time-out must never
             # fire while the consumer is busy sending.
@@ -268,6 +277,10 @@ async def job_event_batches(
                     live = await sub.queue.get()
             except TimeoutError:
                 return
+            if linger_s > 0 and live is not None and live.type not in TERMINAL_JOB_EVENTS:
+                pause = sent_at + linger_s - loop.time()
+                if pause > 0 and sub.queue.qsize() < max_batch:
+                    await asyncio.sleep(pause)
             out: list[StoredEvent | DeltaEvent] = []
             while True:  # this event, then those already queued behind it
                 if live is None:
@@ -299,5 +312,6 @@ async def job_event_batches(
             if out:
                 _keep(windows, job_id, out, last)
                 yield out
+                sent_at = loop.time()
     finally:
         sub.close()
