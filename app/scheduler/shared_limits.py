@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -19,7 +20,7 @@ import random
 import socket
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 from redis.asyncio import Redis
@@ -62,6 +63,8 @@ PROBE_S = 1.0
 # One Redis command may take this long before Redis counts as unreachable: a limit check
 # must never hold a call for long.
 SOCKET_TIMEOUT_S = 1.0
+# Closing waits this long at most for the commands still running in the background.
+FLUSH_S = 10.0
 
 
 class SharedLimits:
@@ -95,7 +98,7 @@ class SharedLimits:
         self.live = max(1, fallback_workers)
         self.fallbacks = 0
         self._held: dict[tuple[str, str], set[str]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._beat: asyncio.Task[None] | None = None
         self._closed = False
         # Weak: a limiter dropped with its model's gate must not be kept alive by this list.
@@ -131,9 +134,42 @@ class SharedLimits:
             await self.redis.aclose()
 
     async def flush(self) -> None:
-        """Wait for the releases and activations sent in the background."""
+        """Wait for the releases and activations sent in the background (each command is
+        bounded by the socket time-out; FLUSH_S bounds them all)."""
+        deadline = asyncio.get_running_loop().time() + FLUSH_S
         while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            await asyncio.wait(list(self._tasks), timeout=left)
+
+    async def command(
+        self,
+        command: Awaitable[Any],
+        on_cancelled: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """Await one Redis command without letting a cancel of the caller reach it.
+
+        redis-py cancelled inside its connect (the HELLO on a new connection) can leave
+        the cancelled caller waiting for ever on 3.11, and a command cancelled mid-reply
+        throws its connection away. The command runs in its own task and ends on its own
+        (the socket time-out bounds it); a cancelled caller leaves at once, and
+        `on_cancelled(reply)` is given the reply the command got after it left.
+        """
+        task = asyncio.ensure_future(command)
+        self._tasks.add(task)
+        task.add_done_callback(self._command_done)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if on_cancelled is not None:
+                task.add_done_callback(functools.partial(_reply_to, on_cancelled))
+            raise
+
+    def _command_done(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller still there has it raised; else no one
 
     def add_listener(self, listener: Callable[[bool], None]) -> None:
         """`listener(available)` (a bound method) is called whenever Redis is lost or
@@ -144,8 +180,10 @@ class SharedLimits:
     async def beat(self) -> None:
         """One heartbeat: this process is alive, the group's live count, held leases
         renewed. Raises what Redis raised."""
-        live = await self.heartbeat_script(
-            keys=[self.key("live", self.group)], args=[self.lease_ms, self.member]
+        live = await self.command(
+            self.heartbeat_script(
+                keys=[self.key("live", self.group)], args=[self.lease_ms, self.member]
+            )
         )
         self.live = max(1, int(live))
         await self._renew()
@@ -170,7 +208,7 @@ class SharedLimits:
                 keys += [slots, active]
                 args += [len(members), *members]
         if keys:
-            await self.renew_script(keys=keys, args=args)
+            await self.command(self.renew_script(keys=keys, args=args))
 
     def mark_down(self, exc: BaseException) -> None:
         if not self.available:
@@ -226,6 +264,10 @@ class SharedLimits:
 
     # -- a short lock (the per-tenant active-job check)
 
+    def _locked_too_late(self, key: str, token: str, reply: Any) -> None:
+        if reply:
+            self.spawn(self.unlock_script(keys=[key], args=[token]))
+
     @contextlib.asynccontextmanager
     async def lock(
         self, name: str, *, hold_s: float = 10.0, wait_s: float = 10.0
@@ -239,7 +281,12 @@ class SharedLimits:
             deadline = asyncio.get_running_loop().time() + wait_s
             try:
                 while not had:
-                    had = bool(await self.redis.set(key, token, nx=True, px=int(hold_s * 1000)))
+                    had = bool(
+                        await self.command(
+                            self.redis.set(key, token, nx=True, px=int(hold_s * 1000)),
+                            functools.partial(self._locked_too_late, key, token),
+                        )
+                    )
                     if had or asyncio.get_running_loop().time() >= deadline:
                         break
                     await asyncio.sleep(0.005 + random.random() * 0.01)
@@ -250,6 +297,11 @@ class SharedLimits:
         finally:
             if had:
                 self.spawn(self.unlock_script(keys=[key], args=[token]))
+
+
+def _reply_to(callback: Callable[[Any], None], task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        callback(task.result())
 
 
 class _SharedPool:
@@ -287,28 +339,29 @@ class _SharedPool:
         except BaseException:
             self.waiting -= 1
             raise
-        asking: str | None = None
         try:
             while shared.available:
-                member = asking = uuid.uuid4().hex
+                member = uuid.uuid4().hex
                 self.changed.clear()
                 try:
-                    got = await shared.acquire_script(
-                        keys=self._keys,
-                        args=[
-                            shared.lease_ms,
-                            member,
-                            shared.member,
-                            repr(float(seed)),
-                            int(seed_slow),
-                            fixed,
-                            WAITER_TTL_MS,
-                        ],
+                    got = await shared.command(
+                        shared.acquire_script(
+                            keys=self._keys,
+                            args=[
+                                shared.lease_ms,
+                                member,
+                                shared.member,
+                                repr(float(seed)),
+                                int(seed_slow),
+                                fixed,
+                                WAITER_TTL_MS,
+                            ],
+                        ),
+                        functools.partial(self._granted_too_late, member),
                     )
                 except REDIS_ERRORS as exc:
                     shared.mark_down(exc)
                     return None
-                asking = None
                 if not fixed:
                     self._observe(float(got[1]), int(got[2]), int(got[3]))
                 if int(got[0]) == 1:
@@ -322,15 +375,6 @@ class _SharedPool:
                         await self.changed.wait()
             return None
         except BaseException:
-            if asking is not None and shared.available:
-                # Cancelled while Redis answered: a slot it may have granted is freed now
-                # rather than when its lease runs out.
-                shared.spawn(
-                    shared.release_script(
-                        keys=[self.slots, self.active, self.state],
-                        args=[asking, "error", -1, 0, 0, 0, 0, 1],
-                    )
-                )
             if self.waiting == 1 and shared.available:
                 shared.spawn(
                     shared.leave_script(keys=[self.waitq, self.waitexp], args=[shared.member])
@@ -339,6 +383,17 @@ class _SharedPool:
         finally:
             self.waiting -= 1
             self.turn.release(key)
+
+    def _granted_too_late(self, member: str, got: Any) -> None:
+        """The reply to an ask whose caller was cancelled meanwhile: a slot it granted is
+        freed now rather than when its lease runs out."""
+        if int(got[0]) == 1:
+            self.shared.spawn(
+                self.shared.release_script(
+                    keys=[self.slots, self.active, self.state],
+                    args=[member, "error", -1, 0, 0, 0, 0, 1],
+                )
+            )
 
     def _observe(self, limit: float, decreases: int, slow: int) -> None:
         self.limit = limit
@@ -548,9 +603,11 @@ class SharedTokenBucket(TokenBucket):
 
     async def _shared_take(self, n: float, mode: str = "take") -> float:
         rate, capacity = self._full
-        got = await self._shared.bucket_script(
-            keys=[self._key],
-            args=[repr(rate), repr(capacity), repr(n), repr(min(n, capacity)), mode],
+        got = await self._shared.command(
+            self._shared.bucket_script(
+                keys=[self._key],
+                args=[repr(rate), repr(capacity), repr(n), repr(min(n, capacity)), mode],
+            )
         )
         return float(got)
 
