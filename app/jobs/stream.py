@@ -237,19 +237,21 @@ async def job_event_batches(
     last = after
     loop = asyncio.get_running_loop()
     deadline = None if max_seconds is None else loop.time() + max_seconds
+    sent_at = -linger_s  # when this stream last wrote
     try:
         while True:
             rows = await _page(store, job_id, last, REPLAY_PAGE, windows)
             batch, terminal = _until_terminal(rows)
             if batch:
                 yield batch
+                sent_at = loop.time()
                 last = batch[-1].seq
             if terminal and last >= await store.read(lambda c: event_store.last_seq(c, job_id)):
                 return
             if len(rows) < REPLAY_PAGE and not terminal:
                 break
         job, newest = await store.read(
-            lambda c: (job_store.get_job(c, job_id), event_store.last_seq(c, job_id))
+            lambda c: (job_store.job_record(c, job_id), event_store.last_seq(c, job_id))
         )
         if job is None:
             return  # deleted
@@ -259,12 +261,12 @@ async def job_event_batches(
             while rows := await _page(store, job_id, last, REPLAY_PAGE, windows):
                 batch, terminal = _until_terminal(rows)
                 yield batch
+                sent_at = loop.time()
                 last = batch[-1].seq
                 if terminal:
                     return
             if job.status.finished:
                 return
-        sent_at = -linger_s
         while True:
             # The wait is bounded here, not around the yields: a time-out must never
             # fire while the consumer is busy sending.

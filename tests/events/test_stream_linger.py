@@ -4,6 +4,7 @@ most SSE_LINGER_S apart, all of them, in order, instead of one write per event."
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,7 @@ async def test_a_busy_jobs_events_come_in_few_paced_batches(store: Any) -> None:
         assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= 121
     # Live batches are at least the linger apart (less a timer's slack), but for the
     # one with the terminal event, which is never held back...
-    gaps = [later - earlier for earlier, later in zip(times[1:-2], times[2:-1], strict=True)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times[1:-1])]
     assert all(gap >= SSE_LINGER_S * 0.8 for gap in gaps), gaps
     # ...so a job writing for a few tenths of a second gives a handful of writes, where
     # without pacing the reader writes about once per event.
