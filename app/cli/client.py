@@ -36,6 +36,8 @@ RECONNECT_SOON_CAP_S = 1.0
 RECONNECT_PATIENT_S = 30.0
 RECONNECT_CAP_S = 5.0
 RECONNECT_GIVE_UP_S = 300.0
+# Agents asked for per request when a whole job is listed (the most the service gives).
+AGENTS_PAGE = 1000
 # A stream that closes sooner than this without a new event does not reset the back-off
 # (a service that accepts and hangs up at once must not be hammered forever).
 HEALTHY_STREAM_S = 10.0
@@ -252,10 +254,23 @@ class SwarmClient:
         return job, response.status_code == 201
 
     def job(self, job_id: str, *, agents: bool = True) -> dict[str, Any]:
-        params = {} if agents else {"agents": "false"}
+        """The job; with `agents`, every one of its agents (the service lists the first
+        ones with the job and the rest a page at a time)."""
+        params = {"agents_limit": str(AGENTS_PAGE)} if agents else {"agents": "false"}
         result: dict[str, Any] = self._json(
             "GET", f"/jobs/{job_id}", params=params, what=f"job {job_id}"
         )
+        cursor = result.get("agents_next_cursor")
+        while agents and cursor:
+            page: dict[str, Any] = self._json(
+                "GET",
+                f"/jobs/{job_id}/agents",
+                params={"cursor": str(cursor), "limit": str(AGENTS_PAGE)},
+                what=f"job {job_id}",
+            )
+            result["agents"].extend(page.get("data") or [])
+            cursor = page.get("next_cursor")
+        result["agents_next_cursor"] = None
         return result
 
     def results(self, job_id: str) -> dict[str, Any]:

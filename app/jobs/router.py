@@ -91,10 +91,17 @@ async def get_job(
     job_id: str,
     jobs: JobsDep,
     tenant: TenantDep,
-    agents: Annotated[bool, Query(description="Include one summary row per agent.")] = True,
+    agents: Annotated[
+        bool, Query(description="Include the first agents (a summary row each).")
+    ] = True,
+    agents_limit: Annotated[
+        int, Query(ge=1, le=1000, description="List at most this many agents.")
+    ] = 200,
 ) -> JobPublic:
-    """Status, counts by agent status, usage, cost, timestamps and the agents."""
-    return await jobs.get(tenant, job_id, with_agents=agents)
+    """Status, counts by agent status, usage, cost, timestamps and the first agents (all
+    of them up to `agents_limit`; `agents_next_cursor` pages on through
+    `GET /jobs/{id}/agents`)."""
+    return await jobs.get(tenant, job_id, with_agents=agents, agents_limit=agents_limit)
 
 
 @router.get("/{job_id}/agents", response_model=AgentPage, responses=_ERRORS)

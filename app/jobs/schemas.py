@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -129,12 +130,24 @@ class JobPublic(ResponseModel):
     started_at: UtcDateTime | None
     finished_at: UtcDateTime | None
     agents: list[AgentSummary] | None = Field(
-        None, description="One row per agent, in submission order (omitted with agents=false)."
+        None,
+        description="The first agents in listing order (submission order, each map node's "
+        "items and merge steps right after it), at most agents_limit of them; null with "
+        "agents=false.",
+    )
+    agents_next_cursor: str | None = Field(
+        None,
+        description="More agents than listed: pass as ?cursor= to GET /jobs/{id}/agents for "
+        "the rest; null when `agents` holds them all.",
     )
 
     @classmethod
     def of(
-        cls, job: JobRecord, totals: JobTotals, agents: list[AgentSummaryRecord] | None
+        cls,
+        job: JobRecord,
+        totals: JobTotals,
+        agents: Sequence[AgentSummaryRecord] | None,
+        agents_next_cursor: str | None = None,
     ) -> JobPublic:
         return cls(
             id=job.id,
@@ -158,6 +171,7 @@ class JobPublic(ResponseModel):
             started_at=job.started_at,
             finished_at=job.finished_at,
             agents=None if agents is None else [AgentSummary.model_validate(a) for a in agents],
+            agents_next_cursor=agents_next_cursor,
         )
 
 

@@ -42,7 +42,7 @@ from app.store import steps as step_store
 from app.store import transitions as ops
 from app.store.agents import CallStats, ListedAgent
 from app.store.ids import new_job_id
-from app.store.jobs import JobStoreError, JobTotals, StoredJob
+from app.store.jobs import JobRecord, JobStoreError, JobTotals, StoredJob
 from app.store.models import utcnow
 from app.store.store import Store
 from app.store.writer import StoreUnwritableError, WriteOp
@@ -107,15 +107,37 @@ class JobsService:
             self.scheduler.submit(job_id, spec, admitted.graph, tenant=tenant, model=admitted.model)
         return Submitted(await self.get(tenant, job_id, with_agents=False), created)
 
-    async def require(self, tenant: str, job_id: str) -> StoredJob:
+    async def require(self, tenant: str, job_id: str) -> JobRecord:
         """The tenant's job, or JobNotFound."""
         return await self.store.read(lambda c: _owned_job(c, tenant, job_id))
 
-    async def get(self, tenant: str, job_id: str, *, with_agents: bool) -> JobPublic:
+    async def require_with_spec(self, tenant: str, job_id: str) -> StoredJob:
+        """The tenant's job with the spec it was submitted with, or JobNotFound."""
+
+        def read(conn: Connection) -> StoredJob:
+            job = job_store.get_job(conn, job_id, tenant)
+            if job is None:
+                raise errors.JobNotFound()
+            return job
+
+        return await self.store.read(read)
+
+    async def get(
+        self, tenant: str, job_id: str, *, with_agents: bool, agents_limit: int = 200
+    ) -> JobPublic:
+        """The job, its totals and (`with_agents`) its first `agents_limit` agents: a
+        100,000-agent job is not serialised whole on every poll."""
+
         def read(conn: Connection) -> JobPublic:
             job = _owned_job(conn, tenant, job_id)
-            agents = agent_store.agent_summaries(conn, job_id) if with_agents else None
-            return JobPublic.of(job, job_store.job_totals(conn, job_id), agents)
+            totals = job_store.job_totals(conn, job_id)
+            if not with_agents:
+                return JobPublic.of(job, totals, None)
+            rows = agent_store.list_agents(conn, job_id, limit=agents_limit + 1)
+            more = len(rows) > agents_limit
+            rows = rows[:agents_limit]
+            cursor = rows[-1].cursor if more and rows else None
+            return JobPublic.of(job, totals, rows, cursor)
 
         return await self.store.read(read)
 
@@ -189,7 +211,7 @@ class JobsService:
     async def results(self, tenant: str, job_id: str) -> JobResults:
         """Outputs of the completed agents, by agent id (partial while the job runs)."""
 
-        def read(conn: Connection) -> tuple[StoredJob, list[tuple[str, str]]]:
+        def read(conn: Connection) -> tuple[JobRecord, list[tuple[str, str]]]:
             return _owned_job(conn, tenant, job_id), agent_store.completed_outputs(conn, job_id)
 
         job, outputs = await self.store.read(read)
@@ -202,7 +224,7 @@ class JobsService:
 
     async def metrics(self, tenant: str, job_id: str) -> JobMetrics:
 
-        def read(conn: Connection) -> tuple[StoredJob, JobTotals, CallStats]:
+        def read(conn: Connection) -> tuple[JobRecord, JobTotals, CallStats]:
             job = _owned_job(conn, tenant, job_id)
             return job, job_store.job_totals(conn, job_id), agent_store.call_stats(conn, job_id)
 
@@ -285,8 +307,8 @@ class JobsService:
             raise store_unwritable(exc.reason) from None
 
 
-def _owned_job(conn: Connection, tenant: str, job_id: str) -> StoredJob:
-    job = job_store.get_job(conn, job_id, tenant)
+def _owned_job(conn: Connection, tenant: str, job_id: str) -> JobRecord:
+    job = job_store.job_record(conn, job_id, tenant)
     if job is None:
         raise errors.JobNotFound()
     return job

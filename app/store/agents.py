@@ -173,13 +173,6 @@ _SUMMARY_COLS = (
 )
 
 
-def agent_summaries(conn: Connection, job_id: str) -> list[AgentSummary]:
-    rows = conn.execute(
-        select(*_SUMMARY_COLS).where(agents_t.c.job_id == job_id).order_by(*AGENT_ORDER)
-    ).all()
-    return [AgentSummary.from_row(r) for r in rows]
-
-
 def list_agents(
     conn: Connection,
     job_id: str,

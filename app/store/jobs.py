@@ -326,9 +326,21 @@ def find_idempotent(conn: Connection, tenant: str, key: str) -> PriorSubmit | No
 
 
 def get_job(conn: Connection, job_id: str, tenant: str | None = None) -> StoredJob | None:
-    """The job, or None when it does not exist or belongs to another tenant."""
+    """The job with its spec, or None when it does not exist or belongs to another tenant."""
     row = conn.execute(select(jobs_t).where(owned(job_id, tenant))).first()
     return None if row is None else StoredJob.from_row(row)
+
+
+# Every column but the spec: a 5,000-agent spec is megabytes, and the status, a poll, a
+# stream's start and a webhook read it hundreds of times a second under load.
+_RECORD_COLUMNS = [c for c in jobs_t.c if c.name != "spec_json"]
+
+
+def job_record(conn: Connection, job_id: str, tenant: str | None = None) -> JobRecord | None:
+    """The job without its spec, or None when it does not exist or belongs to another
+    tenant."""
+    row = conn.execute(select(*_RECORD_COLUMNS).where(owned(job_id, tenant))).first()
+    return None if row is None else JobRecord.from_row(row)
 
 
 def count_active_jobs(conn: Connection, tenant: str) -> int:

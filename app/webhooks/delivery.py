@@ -247,7 +247,7 @@ class WebhookDeliverer:
             if events and events[0].seq == delivery.seq
             else {"seq": delivery.seq, "type": delivery.event_type, "job_id": delivery.job_id}
         )
-        job = job_store.get_job(conn, delivery.job_id)
+        job = job_store.job_record(conn, delivery.job_id)
         body["job"] = (
             None
             if job is None

@@ -21,5 +21,5 @@ async def job_webhooks(
     job_id: str, jobs: JobsDep, services: ServicesDep, tenant: TenantDep
 ) -> WebhookDeliveries:
     """The job's webhook deliveries: status, attempts, last status code, next retry."""
-    job = await jobs.require(tenant, job_id)
+    job = await jobs.require_with_spec(tenant, job_id)
     return await read_job_webhooks(services.store, job)

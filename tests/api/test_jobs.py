@@ -372,3 +372,27 @@ async def test_idempotency_ignores_key_order_and_whitespace(service: Service) ->
     )
     assert (a.status_code, b.status_code) == (201, 200)
     assert a.json()["id"] == b.json()["id"]
+
+
+async def test_a_job_lists_its_first_agents_and_pages_on_to_the_rest(service: Service) -> None:
+    """A big job's status is not every agent: the first `agents_limit` (200 by default),
+    and a cursor to `GET /jobs/{id}/agents` for the rest, which together are all of them
+    in listing order."""
+    ids = [f"a{i:03d}" for i in range(250)]
+    job = await service.submit({"agents": [{"id": i, "task": "x"} for i in ids]})
+    await service.wait(job["id"], timeout=30)
+    got = (await service.client.get(f"/jobs/{job['id']}")).json()
+    assert [a["id"] for a in got["agents"]] == ids[:200]
+    assert got["counts"]["total"] == 250 and got["counts"]["completed"] == 250
+    rest = await service.client.get(
+        f"/jobs/{job['id']}/agents", params={"cursor": got["agents_next_cursor"]}
+    )
+    assert [a["id"] for a in rest.json()["data"]] == ids[200:]
+    assert rest.json()["next_cursor"] is None
+    whole = (await service.client.get(f"/jobs/{job['id']}?agents_limit=250")).json()
+    assert [a["id"] for a in whole["agents"]] == ids and whole["agents_next_cursor"] is None
+    none = (await service.client.get(f"/jobs/{job['id']}?agents=false")).json()
+    assert none["agents"] is None and none["agents_next_cursor"] is None
+    for bad in ("0", "1001", "x"):
+        resp = await service.client.get(f"/jobs/{job['id']}?agents_limit={bad}")
+        assert resp.status_code == 422 and "agents_limit" in resp.text

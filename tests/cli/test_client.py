@@ -193,3 +193,33 @@ def test_a_stream_dropped_after_the_terminal_event_ends_on_the_next_close() -> N
     assert seqs == [1, 2]
     assert fake.last_event_ids() == [None, "2"]
     assert drops == [("the connection dropped", 2)]
+
+
+def test_a_big_jobs_agents_are_fetched_page_by_page_to_the_end() -> None:
+    """`swarmctl status` lists every agent: the first ones come with the job, the rest
+    from `GET /jobs/{id}/agents` following the cursors."""
+    agents = [{"id": f"a{i}", "status": "completed"} for i in range(2500)]
+    asked: list[tuple[str, dict[str, str]]] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        params = dict(request.url.params)
+        asked.append((request.url.path, params))
+        size = int(params.get("agents_limit") or params.get("limit") or 200)
+        start = int(params.get("cursor", "0"))
+        page = agents[start : start + size]
+        more = str(start + size) if start + size < len(agents) else None
+        if request.url.path == "/jobs/j":
+            return httpx2.Response(
+                200, json={"id": "j", "agents": page, "agents_next_cursor": more}
+            )
+        return httpx2.Response(200, json={"data": page, "next_cursor": more})
+
+    client = SwarmClient("http://svc", transport=httpx2.MockTransport(handler))
+    job = client.job("j")
+    assert [a["id"] for a in job["agents"]] == [a["id"] for a in agents]
+    assert job["agents_next_cursor"] is None
+    assert [path for path, _ in asked] == ["/jobs/j", "/jobs/j/agents", "/jobs/j/agents"]
+    assert asked[2][1]["cursor"] == "2000"
+    asked.clear()
+    assert client.job("j", agents=False)["id"] == "j"
+    assert asked == [("/jobs/j", {"agents": "false"})]
