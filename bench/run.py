@@ -148,19 +148,36 @@ async def reseed(sim: Simulator, seed: int) -> None:
 
 
 async def run_job(
-    svc: Service, job: graphs.Job, *, timeout_s: float, poll_s: float = 0.25
+    svc: Service,
+    job: graphs.Job,
+    *,
+    timeout_s: float,
+    poll_s: float = 0.25,
+    status_every_s: float | None = None,
 ) -> dict[str, Any]:
     """Submit ``job`` and wait for its end. Makespan: from just before the POST to the
-    service's own ``finished_at``."""
+    service's own ``finished_at``. ``status_every_s``: also time a plain
+    ``GET /jobs/{id}`` (what a dashboard polls) that often while the job runs."""
     body = json.dumps(job).encode()
     cpu0 = svc.cpu_s()
     t0 = time.time()
     accepted = await svc.submit(body)
     accept_s = time.time() - t0
-    done = await svc.wait(accepted["id"], timeout_s=timeout_s, poll_s=poll_s)
+    stop = asyncio.Event()
+    polls = (
+        None
+        if status_every_s is None
+        else asyncio.create_task(
+            _poll_latencies(svc, accepted["id"], stop, agents=True, pause_s=status_every_s)
+        )
+    )
+    try:
+        done = await svc.wait(accepted["id"], timeout_s=timeout_s, poll_s=poll_s)
+    finally:
+        stop.set()
     cpu = svc.cpu_s() - cpu0
     makespan = parse_ts(done["finished_at"]) - t0
-    return {
+    out = {
         "job_id": done["id"],
         "status": done["status"],
         "counts": done["counts"],
@@ -169,6 +186,15 @@ async def run_job(
         "makespan_s": round(makespan, 4),
         "service_cpu_s": round(cpu, 3),
     }
+    if polls is not None:
+        times = await polls
+        out["get_job"] = {
+            "requests": len(times),
+            "p50_ms": _pct(times, 0.50),
+            "p99_ms": _pct(times, 0.99),
+            "max_ms": _pct(times, 1.0),
+        }
+    return out
 
 
 _GAUGE = re.compile(
@@ -530,7 +556,7 @@ async def scenario_scale(ctx: Ctx) -> dict[str, Any]:
         try:
             idle_rss = svc.rss_mb()
             ctx.log(f"scale: {n} agents ({body_mb:.1f} MB body)")
-            run = await run_job(svc, job, timeout_s=3600, poll_s=2.0)
+            run = await run_job(svc, job, timeout_s=3600, poll_s=2.0, status_every_s=0.25)
             peak = svc.peak_rss_mb()
         finally:
             await svc.stop()
@@ -550,7 +576,8 @@ async def scenario_scale(ctx: Ctx) -> dict[str, Any]:
     }
     ctx.log(
         f"  accepted in {run['accept_s']:.2f}s, done in {run['makespan_s']:.1f}s, "
-        f"peak RSS {peak:.0f} MB"
+        f"peak RSS {peak:.0f} MB, GET /jobs/{{id}} p50/p99 "
+        f"{run['get_job']['p50_ms']}/{run['get_job']['p99_ms']} ms"
     )
     return out
 
@@ -693,11 +720,21 @@ def _pct(values: list[float], q: float) -> float | None:
 
 
 async def _poll_latencies(
-    svc: Service, job_id: str, stop: asyncio.Event, *, agents: bool, pause_s: float
+    svc: Service,
+    job_id: str,
+    stop: asyncio.Event,
+    *,
+    agents: bool,
+    pause_s: float,
+    sent_at: list[float] | None = None,
 ) -> list[float]:
+    """Time `GET /jobs/{id}` every `pause_s` until `stop`; `sent_at` gets when each was
+    sent (wall clock)."""
     out: list[float] = []
     query = "" if agents else "?agents=false"
     while not stop.is_set():
+        if sent_at is not None:
+            sent_at.append(time.time())
         t = time.perf_counter()
         async with svc.http.get(f"{svc.url}/jobs/{job_id}{query}") as resp:
             await resp.read()

@@ -125,6 +125,7 @@ async def run(url: str, job_id: str, subscribers: int, timeout_s: float) -> dict
         "lag_ms_p50": _ms(percentile(lags, 0.50)),
         "lag_ms_p99": _ms(percentile(lags, 0.99)),
         "lag_ms_max": _ms(max(lags) if lags else None),
+        "started_at": round(t0, 3),
         "all_connected_after_s": round(max(connected), 3) if connected else None,
         "wall_s": round(time.time() - t0, 3),
     }

@@ -3,7 +3,7 @@ the README row it prints."""
 
 from __future__ import annotations
 
-from bench.roles import database_url, role_env, table
+from bench.roles import _sent_after, database_url, role_env, table
 
 
 def test_combined_is_one_all_process_without_redis() -> None:
@@ -40,10 +40,18 @@ def test_table_has_a_row_per_layout_run() -> None:
             "subscribers": 500,
         },
         "ratio": 1.2,
+        "after_join": {
+            "get_job_full": {"p50_ms": 11.0, "p99_ms": 30.0},
+            "get_job_no_agents": {"p50_ms": 2.0, "p99_ms": 5.0},
+        },
     }
     lines = table({"split": row}).splitlines()
     assert len(lines) == 3
-    assert (
-        lines[2]
-        == "| split | api + worker | 12.0 / 40.0 | 3.0 / 9.0 | 20.0 / 80.0 | 500/500 | 1.2 |"
+    assert lines[2] == (
+        "| split | api + worker | 12.0 / 40.0 | 3.0 / 9.0 | 11.0 / 30.0, 2.0 / 5.0 "
+        "| 20.0 / 80.0 | 500/500 | 1.2 |"
     )
+
+
+def test_only_the_polls_sent_once_every_reader_joined_count_as_after_the_join() -> None:
+    assert _sent_after([0.5, 0.4, 0.01, 0.02], [10.0, 11.0, 12.0, 13.0], 12.0) == [0.01, 0.02]
