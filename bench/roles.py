@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -35,6 +36,19 @@ from bench.procs import REPO_ROOT, Service, parse_ts, start_service, start_simul
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 LAYOUTS = ("combined", "split")
+
+
+def cpu_times() -> tuple[float, float]:
+    """The machine's (busy, total) CPU time so far in clock ticks, all cores (/proc/stat)."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(before: tuple[float, float], after: tuple[float, float], cores: int) -> float:
+    """How many of the machine's cores were busy on average between two cpu_times()."""
+    total = after[1] - before[1]
+    return round(cores * (after[0] - before[0]) / total, 2) if total > 0 else 0.0
 
 
 def database_url(admin_url: str, name: str) -> str:
@@ -109,6 +123,7 @@ async def run_layout(
             api = services[0]
             log(f"roles/{layout}: {n}-agent job, {subscribers} SSE readers, polling")
             t0 = time.time()
+            cpu_before = cpu_times()
             accepted = await api.submit(json.dumps(job).encode())
             job_id = accepted["id"]
             sse = await asyncio.create_subprocess_exec(
@@ -137,6 +152,7 @@ async def run_layout(
                 done = await api.wait(job_id, timeout_s=1800, poll_s=0.5)
             finally:
                 stop.set()
+            machine_busy = busy_cores(cpu_before, cpu_times(), os.cpu_count() or 1)
             full_lat, light_lat = await full, await light
             out_bytes, _ = await asyncio.wait_for(sse.communicate(), 600)
             sse_result = json.loads(out_bytes.decode().strip().splitlines()[-1])
@@ -165,6 +181,9 @@ async def run_layout(
         "lower_bound_s": lb,
         "ratio": round(makespan / lb, 4),
         "service_cpu_s": cpu,
+        # Everything on the machine while the job ran: the service, PostgreSQL, Redis, the
+        # simulator and the readers' own process (its CPU is in sse.client_cpu_s).
+        "machine_busy_cores": machine_busy,
         "get_job_full": latency_summary(full_lat, _pct),
         "get_job_no_agents": latency_summary(light_lat, _pct),
         # The same polls, only those sent once every reader had joined (and replayed the
@@ -183,7 +202,8 @@ async def run_layout(
         f", lag p50/p99 {sse_result['lag_ms_p50']}/{sse_result['lag_ms_p99']} ms"
         f", makespan ratio {result['ratio']}; after all joined: GET p99 "
         f"{result['after_join']['get_job_full']['p99_ms']} ms, ?agents=false p99 "
-        f"{result['after_join']['get_job_no_agents']['p99_ms']} ms"
+        f"{result['after_join']['get_job_no_agents']['p99_ms']} ms; machine busy "
+        f"{machine_busy} cores, readers' process {sse_result.get('client_cpu_s')} CPU s"
     )
     return result
 

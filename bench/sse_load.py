@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import re
+import resource
 import sys
 import time
 from array import array
@@ -126,9 +127,15 @@ async def run(url: str, job_id: str, subscribers: int, timeout_s: float) -> dict
         "lag_ms_p99": _ms(percentile(lags, 0.99)),
         "lag_ms_max": _ms(max(lags) if lags else None),
         "started_at": round(t0, 3),
+        "client_cpu_s": round(_cpu_s(), 1),
         "all_connected_after_s": round(max(connected), 3) if connected else None,
         "wall_s": round(time.time() - t0, 3),
     }
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _ms(seconds: float | None) -> float | None:

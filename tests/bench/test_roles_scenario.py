@@ -3,7 +3,7 @@ the README row it prints."""
 
 from __future__ import annotations
 
-from bench.roles import _sent_after, database_url, role_env, table
+from bench.roles import _sent_after, busy_cores, database_url, role_env, table
 
 
 def test_combined_is_one_all_process_without_redis() -> None:
@@ -55,3 +55,8 @@ def test_table_has_a_row_per_layout_run() -> None:
 
 def test_only_the_polls_sent_once_every_reader_joined_count_as_after_the_join() -> None:
     assert _sent_after([0.5, 0.4, 0.01, 0.02], [10.0, 11.0, 12.0, 13.0], 12.0) == [0.01, 0.02]
+
+
+def test_busy_cores_is_the_share_of_the_machines_time_not_idle() -> None:
+    assert busy_cores((100.0, 400.0), (250.0, 600.0), 2) == 1.5  # 150 of 200 ticks busy
+    assert busy_cores((5.0, 10.0), (5.0, 10.0), 2) == 0.0
