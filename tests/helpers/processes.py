@@ -118,13 +118,26 @@ def start_service(tmp_path: Path, env: dict[str, str], *, db: Path | None = None
 
 
 def wait_job(client: httpx2.Client, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    """The job once finished, with every agent (see whole_job)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
+        job: dict[str, Any] = client.get(f"/jobs/{job_id}", params={"agents": "false"}).json()
         if job["status"] in ("completed", "failed", "cancelled"):
-            return job
+            return whole_job(client, job_id)
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} did not finish in {timeout}s")
+
+
+def whole_job(client: httpx2.Client, job_id: str) -> dict[str, Any]:
+    """GET /jobs/{id} with every agent: the first page it lists, then the rest from
+    GET /jobs/{id}/agents (as a client that needs them all does)."""
+    job: dict[str, Any] = client.get(f"/jobs/{job_id}", params={"agents_limit": 1000}).json()
+    cursor = job["agents_next_cursor"]
+    while cursor:
+        page = client.get(f"/jobs/{job_id}/agents", params={"cursor": cursor, "limit": 1000})
+        job["agents"] += page.json()["data"]
+        cursor = page.json()["next_cursor"]
+    return job
 
 
 def start_listener(tmp_path: Path, name: str, args: list[str], port: int) -> Proc:

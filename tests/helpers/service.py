@@ -138,8 +138,28 @@ class Service:
                 assert resp.status_code == 200, resp.text
                 job: dict[str, Any] = resp.json()
                 if job["status"] in ("completed", "failed", "cancelled"):
-                    return job
+                    return await self.whole_job(job_id, headers)
                 await asyncio.sleep(0.02)
+
+    async def whole_job(self, job_id: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+        """GET /jobs/{id} with every agent: the first page it lists, then the rest from
+        GET /jobs/{id}/agents (as a client that needs them all does)."""
+        resp = await self.client.get(
+            f"/jobs/{job_id}", params={"agents_limit": 1000}, headers=headers or {}
+        )
+        assert resp.status_code == 200, resp.text
+        job: dict[str, Any] = resp.json()
+        cursor = job["agents_next_cursor"]
+        while cursor:
+            page = await self.client.get(
+                f"/jobs/{job_id}/agents",
+                params={"cursor": cursor, "limit": 1000},
+                headers=headers or {},
+            )
+            assert page.status_code == 200, page.text
+            job["agents"] += page.json()["data"]
+            cursor = page.json()["next_cursor"]
+        return job
 
 
 async def start_service(settings: Settings) -> AsyncIterator[Service]:
