@@ -146,12 +146,17 @@ _NO_OUTPUT = DepOutput("", None)
 
 
 class RunState:
-    def __init__(self, spec: JobSpec, graph: Graph) -> None:
+    def __init__(
+        self, spec: JobSpec, graph: Graph, agents: Sequence[ResolvedAgent] | None = None
+    ) -> None:
+        """``agents``: ``spec.resolved_agents()`` when the caller has it already (a fresh
+        submit did it to admit the job: 100,000 agents are not resolved twice)."""
         self.spec = spec
         self.graph = graph
         self.policy = FailurePolicy(spec.failure_policy)
         self.budget_usd = spec.budget_usd
-        self.agents: dict[str, ResolvedAgent] = {a.id: spec.resolve(a) for a in spec.agents}
+        resolved = spec.resolved_agents() if agents is None else agents
+        self.agents: dict[str, ResolvedAgent] = {a.id: a for a in resolved}
         self.dag = DagState(graph)
         self.outputs: dict[str, DepOutput] = {}
         self.spent_usd = 0.0

@@ -104,7 +104,14 @@ class JobsService:
         async with self.admission.active_jobs_turn(tenant):
             job_id, created = await self._write(job_store.create_job(new, max_active=max_active))
         if created:
-            self.scheduler.submit(job_id, spec, admitted.graph, tenant=tenant, model=admitted.model)
+            self.scheduler.submit(
+                job_id,
+                spec,
+                admitted.graph,
+                tenant=tenant,
+                model=admitted.model,
+                agents=admitted.agents,
+            )
         return Submitted(await self.get(tenant, job_id, with_agents=False), created)
 
     async def require(self, tenant: str, job_id: str) -> JobRecord:

@@ -12,12 +12,13 @@ import asyncio
 import functools
 import logging
 from collections import deque
+from collections.abc import Sequence
 
 from app.config import Settings
 from app.engine.graph import Graph
 from app.engine.lifecycle import AgentStatus
 from app.engine.run_state import CompleteMap, Decision, FailNode, RunState, Skip
-from app.engine.spec import JobSpec
+from app.engine.spec import JobSpec, ResolvedAgent
 from app.metrics import Metrics
 from app.scheduler.agent_call import AgentCaller, AgentOutcome, StoreWriteError
 from app.scheduler.gates import Gates
@@ -42,6 +43,7 @@ class JobRunner:
         tenant: str,
         spec: JobSpec,
         graph: Graph,
+        agents: Sequence[ResolvedAgent] | None = None,
         default_model: str,
         store: Store,
         upstreams: UpstreamPool,
@@ -52,7 +54,7 @@ class JobRunner:
         self.job_id = job_id
         self.store = store
         self.spec = spec
-        self.state = RunState(spec, graph)
+        self.state = RunState(spec, graph, agents)
         self.caller = AgentCaller(
             job_id=job_id,
             tenant=tenant,

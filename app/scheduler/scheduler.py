@@ -13,13 +13,13 @@ import contextvars
 import functools
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from app.config import Role, Settings
 from app.engine.graph import Graph, validate_graph
 from app.engine.lifecycle import JobStatus
-from app.engine.spec import JobSpec
+from app.engine.spec import JobSpec, ResolvedAgent
 from app.metrics import Metrics
 from app.scheduler.gates import Gates
 from app.scheduler.leases import LeaseKeeper
@@ -204,14 +204,31 @@ class Scheduler:
         )
         return job_id in self.runs
 
-    def submit(self, job_id: str, spec: JobSpec, graph: Graph, *, tenant: str, model: str) -> None:
+    def submit(
+        self,
+        job_id: str,
+        spec: JobSpec,
+        graph: Graph,
+        *,
+        tenant: str,
+        model: str,
+        agents: Sequence[ResolvedAgent] | None = None,
+    ) -> None:
         """Start a freshly stored job (called after its insert committed); from an API
-        replica, tell the workers (one of them claims it)."""
+        replica, tell the workers (one of them claims it). ``agents``: the spec's resolved
+        agents, if the caller has them."""
         if self.role is not Role.all:
             self._announce(JOBS_CHANNEL, job_id)
             return
         self._launch(
-            job_id, spec, graph, tenant=tenant, model=model, resumed=False, cancel_requested=False
+            job_id,
+            spec,
+            graph,
+            tenant=tenant,
+            model=model,
+            resumed=False,
+            cancel_requested=False,
+            agents=agents,
         )
 
     async def resume(self, job_id: str) -> None:
@@ -237,6 +254,7 @@ class Scheduler:
         resumed: bool,
         cancel_requested: bool,
         lease: Lease | None = None,
+        agents: Sequence[ResolvedAgent] | None = None,
     ) -> None:
         if job_id in self.runs or not self.running:
             return
@@ -245,6 +263,7 @@ class Scheduler:
             tenant=tenant,
             spec=spec,
             graph=graph,
+            agents=agents,
             default_model=model,
             store=self.store,
             upstreams=self.upstreams,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import pytest
 
 from tests.helpers.service import UPSTREAM_KEY, FakeUpstream, Service, answer_for, completion_body
 
@@ -396,3 +397,27 @@ async def test_a_job_lists_its_first_agents_and_pages_on_to_the_rest(service: Se
     for bad in ("0", "1001", "x"):
         resp = await service.client.get(f"/jobs/{job['id']}?agents_limit={bad}")
         assert resp.status_code == 422 and "agents_limit" in resp.text
+
+
+async def test_a_submitted_jobs_agents_are_resolved_once(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Admission resolves each agent's settings (agent → job precedence) and the run takes
+    them over: a 100,000-agent submit does not do that work twice on the event loop."""
+    from app.engine.spec import JobSpec
+
+    calls = 0
+    original = JobSpec.resolve
+
+    def counting(self: JobSpec, agent: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return original(self, agent)
+
+    monkeypatch.setattr(JobSpec, "resolve", counting)
+    job = await service.submit(
+        {"temperature": 0.2, "agents": [{"id": f"a{i}", "task": "x"} for i in range(50)]}
+    )
+    done = await service.wait(job["id"], timeout=30)
+    assert done["counts"]["completed"] == 50
+    assert calls == 50
