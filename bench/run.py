@@ -556,7 +556,7 @@ async def scenario_scale(ctx: Ctx) -> dict[str, Any]:
         try:
             idle_rss = svc.rss_mb()
             ctx.log(f"scale: {n} agents ({body_mb:.1f} MB body)")
-            run = await run_job(svc, job, timeout_s=3600, poll_s=2.0, status_every_s=0.25)
+            run = await run_job(svc, job, timeout_s=3600, poll_s=2.0, status_every_s=1.0)
             peak = svc.peak_rss_mb()
         finally:
             await svc.stop()
