@@ -5,29 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from pathlib import Path
 from typing import Any
 
-import pytest
-
 from app.engine.lifecycle import JobStatus
-from app.events.bus import EventBus, StoredEvent
+from app.events.bus import StoredEvent
 from app.jobs.stream import SSE_LINGER_S, job_event_batches
 from app.store import jobs as job_store
-from app.store import migrate, transitions
+from app.store import transitions
 from app.store.ids import new_job_id
-from app.store.store import Store
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> Any:
-    url = f"sqlite:///{tmp_path}/l.db"
-    migrate.upgrade(url)
-    bus = EventBus(subscriber_queue_size=10_000)
-    st = Store(url, bus)
-    await st.start()
-    yield st, bus
-    await st.close()
 
 
 async def _follow(store: Any, linger_s: float) -> tuple[list[list[int]], list[float]]:

@@ -5,20 +5,18 @@ from __future__ import annotations
 import asyncio
 import functools
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.engine.lifecycle import JobStatus
-from app.events.bus import EventBus, StoredEvent
+from app.events.bus import StoredEvent
 from app.events.window import EventWindows
 from app.jobs.stream import job_events
 from app.store import events as event_store
 from app.store import jobs as job_store
-from app.store import migrate, transitions
+from app.store import transitions
 from app.store.ids import new_job_id
-from app.store.store import Store
 
 NOW = datetime(2026, 12, 2, tzinfo=UTC)
 
@@ -64,17 +62,6 @@ def test_the_budget_drops_the_least_recently_used_window_then_the_oldest_events(
     held = w.after("a", 9, 100)
     assert seqs(held) == list(range(10, 20))
     assert w.after("a", 0, 100) == []  # its start was dropped: the table serves 1..9
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> Any:
-    url = f"sqlite:///{tmp_path}/w.db"
-    migrate.upgrade(url)
-    bus = EventBus(subscriber_queue_size=10_000)
-    st = Store(url, bus)
-    await st.start()
-    yield st, bus
-    await st.close()
 
 
 def _new_job() -> job_store.NewJob:
