@@ -140,10 +140,9 @@ class JobsService:
             totals = job_store.job_totals(conn, job_id)
             if not with_agents:
                 return JobPublic.of(job, totals, None)
-            rows = agent_store.list_agents(conn, job_id, limit=agents_limit + 1)
-            more = len(rows) > agents_limit
-            rows = rows[:agents_limit]
-            cursor = rows[-1].cursor if more and rows else None
+            rows, cursor = _one_page(
+                agent_store.list_agents(conn, job_id, limit=agents_limit + 1), agents_limit
+            )
             return JobPublic.of(job, totals, rows, cursor)
 
         return await self.store.read(read)
@@ -188,13 +187,8 @@ class JobsService:
                 conn, job_id, status=status, kind=kind, parent=parent, limit=limit + 1, after=after
             )
 
-        rows = await self.store.read(read)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return AgentPage(
-            data=[AgentSummary.model_validate(r) for r in rows],
-            next_cursor=rows[-1].cursor if more and rows else None,
-        )
+        rows, cursor = _one_page(await self.store.read(read), limit)
+        return AgentPage(data=[AgentSummary.model_validate(r) for r in rows], next_cursor=cursor)
 
     async def agent(self, tenant: str, job_id: str, agent_id: str) -> AgentDetail:
 
@@ -312,6 +306,13 @@ class JobsService:
             raise _service_error(exc) from None
         except StoreUnwritableError as exc:
             raise store_unwritable(exc.reason) from None
+
+
+def _one_page(rows: list[ListedAgent], limit: int) -> tuple[list[ListedAgent], str | None]:
+    """The first `limit` of `rows` (read with `limit + 1`) and the cursor of the next page,
+    None when there is none."""
+    page = rows[:limit]
+    return page, page[-1].cursor if len(rows) > limit and page else None
 
 
 def _owned_job(conn: Connection, tenant: str, job_id: str) -> JobRecord:
