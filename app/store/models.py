@@ -262,3 +262,39 @@ class AgentStep(SQLModel, table=True):
     tool: str | None = Field(default=None, max_length=200)
     data_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class JobTotal(SQLModel, table=True):
+    """A job's agents counted by status and what they used, kept by database triggers on
+    `agents` (migration 0014) at every insert and update of an agent row, so a status read
+    of a 100,000-agent job is one row, not an aggregate over 100,000. Each sum of a
+    nullable column goes with the count of its non-null values (`*_n`): a sum over none is
+    reported as unknown, not as 0."""
+
+    __tablename__ = "job_totals"
+
+    job_id: str = Field(primary_key=True, foreign_key="jobs.id", max_length=26)
+    pending: int = 0
+    running: int = 0
+    completed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    cancelled: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    # Agents that reported usage (total_tokens set), and those with a price (cost set).
+    with_usage: int = 0
+    cost_usd: float = 0.0
+    priced: int = 0
+    estimated_tokens: int = 0
+    estimated_tokens_n: int = 0
+    estimated_cost_usd: float = 0.0
+    estimated_cost_n: int = 0
+    cached_tokens: int = 0
+    cached_tokens_n: int = 0
+    reasoning_tokens: int = 0
+    reasoning_tokens_n: int = 0
+    reused: int = 0
+    reuse_saved_usd: float = 0.0
+    reuse_saved_n: int = 0

@@ -8,7 +8,16 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, func
 
-from app.store.models import Agent, AgentStep, ApiKey, Event, Job, ModelLimit, WebhookDelivery
+from app.store.models import (
+    Agent,
+    AgentStep,
+    ApiKey,
+    Event,
+    Job,
+    JobTotal,
+    ModelLimit,
+    WebhookDelivery,
+)
 
 jobs_t = Job.__table__  # type: ignore[attr-defined]
 agents_t = Agent.__table__  # type: ignore[attr-defined]
@@ -17,6 +26,7 @@ model_limits_t = ModelLimit.__table__  # type: ignore[attr-defined]
 api_keys_t = ApiKey.__table__  # type: ignore[attr-defined]
 agent_steps_t = AgentStep.__table__  # type: ignore[attr-defined]
 webhook_deliveries_t = WebhookDelivery.__table__  # type: ignore[attr-defined]
+job_totals_t = JobTotal.__table__  # type: ignore[attr-defined]
 
 # Submission order, each map node's items and each reducer's merge steps right after it.
 AGENT_ORDER = (agents_t.c.position, func.coalesce(agents_t.c.sub_index, -1))

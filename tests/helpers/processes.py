@@ -17,6 +17,7 @@ from typing import Any
 import httpx2
 
 from bench.procs import SIMULATOR_LISTENING, simulator_command
+from tests.helpers.totals import assert_totals_match_agents
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -137,6 +138,7 @@ def whole_job(client: httpx2.Client, job_id: str) -> dict[str, Any]:
         page = client.get(f"/jobs/{job_id}/agents", params={"cursor": cursor, "limit": 1000})
         job["agents"] += page.json()["data"]
         cursor = page.json()["next_cursor"]
+    assert_totals_match_agents(job)
     return job
 
 

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from app.config import HttpTransport, Settings
 from app.main import create_app
+from tests.helpers.totals import assert_totals_match_agents
 
 UPSTREAM = "http://upstream.test/v1"
 UPSTREAM_KEY = "sk-test-upstream-key-0123456789"
@@ -159,6 +160,7 @@ class Service:
             assert page.status_code == 200, page.text
             job["agents"] += page.json()["data"]
             cursor = page.json()["next_cursor"]
+        assert_totals_match_agents(job)
         return job
 
 

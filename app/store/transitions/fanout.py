@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 
 from app.engine.lifecycle import (
     AGENT_ENTERED_FROM,
@@ -18,6 +18,7 @@ from app.engine.lifecycle import (
 from app.events.types import EventType
 from app.store.models import utcnow
 from app.store.tables import AGENT_ORDER, agents_t, dumps, jobs_t
+from app.store.totals import insert_agents
 from app.store.transitions.common import count_unknown_outcomes, enter_agent
 from app.store.writer import Tx, WriteOp
 from app.text import clean_text
@@ -66,8 +67,8 @@ def expand_agent(
         if not enter_agent(tx, job_id, parent_id, AgentStatus.running, values):
             return False
         if subs:
-            tx.conn.execute(
-                insert(agents_t),
+            insert_agents(
+                tx.conn,
                 [
                     {
                         "job_id": job_id,
