@@ -7,10 +7,16 @@ project's simulator, so a result is not an artefact of one fake upstream.
 - ``--max-concurrency N``: a request arriving while N are in flight is answered 429 with a
   ``retry-after`` header at once (it is logged, with its status, and takes no latency).
 - ``GET /requests``: the request log, one entry per request: ``start`` and ``end`` (seconds,
-  ``time.monotonic`` of this process), ``latency_ms``, ``status``, ``messages`` (so the bench
-  finds the agent the same way as with the simulator) and the ``x-agent-id`` header if sent.
-- ``POST /reseed`` with ``{"seed": N}``: restart the latency draws and clear the log.
+  ``time.monotonic`` of this process), ``ts`` (its arrival, epoch seconds), ``latency_ms``,
+  ``status``, ``messages`` (so the bench finds the agent the same way as with the simulator)
+  and the ``x-agent-id`` header if sent.
+- ``GET /stats``: ``requests``, ``by_status``, ``peak_in_flight`` and ``latencies_ms``
+  (``mean``, ``max``) of the answered requests since the last reseed.
+- ``POST /reseed`` with ``{"seed": N}``: restart the latency draws, clear the log and the
+  counters; what the benchmark calls before each strategy so all meet the same draws.
 - ``GET /healthz``.
+- ``--exit-with-parent``: exit once the process that started it is gone, so a benchmark
+  that dies leaves no server behind.
 
 The standard library was chosen on purpose (rather than another web framework) so this
 upstream has nothing in common with the service's stack. It prints ``listening on URL`` once
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import threading
@@ -36,6 +43,7 @@ class State:
         self.lock = threading.Lock()
         self.rng = random.Random(seed)
         self.in_flight = 0
+        self.peak_in_flight = 0
         self.log: list[dict[str, Any]] = []
         self.counter = 0
 
@@ -43,6 +51,25 @@ class State:
         with self.lock:
             self.rng = random.Random(seed)
             self.log = []
+            self.peak_in_flight = self.in_flight
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            entries = list(self.log)
+            peak = self.peak_in_flight
+        by_status: dict[str, int] = {}
+        for e in entries:
+            by_status[str(e["status"])] = by_status.get(str(e["status"]), 0) + 1
+        answered = [e["latency_ms"] for e in entries if e["status"] == 200]
+        return {
+            "requests": len(entries),
+            "by_status": by_status,
+            "peak_in_flight": peak,
+            "latencies_ms": {
+                "mean": round(sum(answered) / len(answered), 3) if answered else None,
+                "max": round(max(answered), 3) if answered else None,
+            },
+        }
 
     def admit(self) -> float | None:
         """The latency in seconds of an admitted request, or None when it is over the cap."""
@@ -50,6 +77,7 @@ class State:
             if self.max_concurrency > 0 and self.in_flight >= self.max_concurrency:
                 return None
             self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             self.counter += 1
             return self.rng.uniform(self.lo_ms, self.hi_ms) / 1000.0
 
@@ -104,6 +132,8 @@ class Handler(BaseHTTPRequestHandler):
             with self.state.lock:
                 entries = list(self.state.log)
             self._send(200, {"requests": entries})
+        elif self.path == "/stats":
+            self._send(200, self.state.stats())
         else:
             self._send(404, {"error": {"message": "not found"}})
 
@@ -124,6 +154,7 @@ class Handler(BaseHTTPRequestHandler):
         latency = self.state.admit()
         entry: dict[str, Any] = {
             "start": start,
+            "ts": time.time(),
             "messages": body["messages"],
             "agent": self.headers.get("x-agent-id"),
         }
@@ -179,15 +210,26 @@ def make_server(
     return server
 
 
+def _watch_parent(server: ThreadingHTTPServer) -> None:
+    """Stop serving once this process has been re-parented (its parent died)."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    server.shutdown()
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--latency-uniform-ms", default="500,1500")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-concurrency", type=int, default=0, help="0: no cap")
+    p.add_argument("--exit-with-parent", action="store_true")
     a = p.parse_args(argv)
     lo, hi = (float(x) for x in a.latency_uniform_ms.split(","))
     server = make_server(a.port, lo, hi, a.seed, a.max_concurrency)
+    if a.exit_with_parent:
+        threading.Thread(target=_watch_parent, args=(server,), daemon=True).start()
     print(f"listening on http://127.0.0.1:{server.server_address[1]}", flush=True)
     try:
         server.serve_forever()

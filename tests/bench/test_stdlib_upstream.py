@@ -1,13 +1,17 @@
 """The standard-library upstream, started as its own process on loopback: an OpenAI client
 gets completions with usage, the latency lies in the configured range, the concurrency cap
-answers 429 with retry-after, and the request log names each request's agent and times."""
+answers 429 with retry-after, the request log names each request's agent and times, the
+stats count since the last reseed, and it exits with its parent."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -129,3 +133,45 @@ def test_log_feeds_busy_times() -> None:
     entries = [{"messages": [{"role": "user", "content": "x"}], "latency_ms": 500.0}]
     busy, unmatched = busy_times(entries, graphs.agent_of)
     assert unmatched + len(busy) == 1
+
+
+def test_stats_count_since_the_last_reseed(upstream: str) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "[a1] x"}]}
+    _post(upstream + "/v1/chat/completions", body)
+    _post(upstream + "/reseed", {"seed": 5})
+    before = time.time()
+    for _ in range(2):
+        assert _post(upstream + "/v1/chat/completions", body) == 200
+    with urllib.request.urlopen(upstream + "/stats", timeout=10) as r:
+        stats = json.loads(r.read())
+    assert stats["requests"] == 2
+    assert stats["by_status"] == {"200": 2}
+    assert stats["peak_in_flight"] == 1  # one after the other
+    assert 100 <= stats["latencies_ms"]["mean"] <= 260
+    log = _log(upstream)
+    assert [graphs.agent_of(e["messages"]) for e in log] == ["a1", "a1"]
+    assert all(before - 1 <= e["ts"] <= time.time() for e in log)
+
+
+def test_exits_with_its_parent() -> None:
+    # The parent starts the upstream, waits until it serves, prints its pid and exits.
+    parent = (
+        "import subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-m', 'bench.stdlib_upstream',"
+        " '--exit-with-parent'], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)\n"
+        "assert p.stdout.readline().startswith(b'listening on ')\n"
+        "print(p.pid)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", parent], capture_output=True, text=True, check=True, timeout=30
+    )
+    pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGTERM)
+    raise AssertionError("the upstream outlived its parent")
