@@ -52,15 +52,27 @@ def build(upstream: Upstream, job: graphs.Job, concurrency: int) -> tuple[Any, _
     return builder.compile(), agents
 
 
-async def langgraph_run(upstream: Upstream, job: graphs.Job, concurrency: int) -> BaselineRun:
+async def langgraph_run(
+    upstream: Upstream, job: graphs.Job, concurrency: int, *, time_box_s: float | None = None
+) -> BaselineRun:
+    """Run the graph; after ``time_box_s`` it is cancelled and reported as timed out
+    (``extra["timed_out"]``, with the agents it completed), its makespan then the time box's
+    end: a LangGraph run too slow to finish is a result, not a run left out."""
     deps = graphs.deps_of(job)
     graph, agents = build(upstream, job, concurrency)
     cpu0, t0 = time.process_time(), time.perf_counter()
     failed = 0
+    timed_out = False
+    invoke = graph.ainvoke({"done": []}, config={"recursion_limit": len(graphs.levels(deps)) + 10})
     try:
-        await graph.ainvoke({"done": []}, config={"recursion_limit": len(graphs.levels(deps)) + 10})
+        await asyncio.wait_for(invoke, time_box_s)
+    except TimeoutError:
+        timed_out = True
     except Exception:  # a failed node stops the graph; count what did not finish
         failed = len(deps) - len(agents.outputs)
+    extra: dict[str, Any] = {"timed_out": timed_out}
+    if time_box_s is not None:
+        extra["time_box_s"] = time_box_s
     return BaselineRun(
         "langgraph",
         len(deps),
@@ -68,4 +80,5 @@ async def langgraph_run(upstream: Upstream, job: graphs.Job, concurrency: int) -
         failed,
         time.perf_counter() - t0,
         time.process_time() - cpu0,
+        extra,
     )
