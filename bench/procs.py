@@ -1,5 +1,6 @@
-"""The processes a benchmark drives: the simulator and the service as subprocesses on free
-loopback ports, plus what /proc says about them (CPU time, peak RSS)."""
+"""The processes a benchmark drives: the simulator, the standard-library upstream and the
+service as subprocesses on free loopback ports, plus what /proc says about them (CPU time,
+peak RSS)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ START_TIMEOUT_S = 60.0
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 # What the simulator prints once it serves (its only line on stdout).
 SIMULATOR_LISTENING = re.compile(r"simulator listening on (http://\S+)")
+# What bench/stdlib_upstream.py prints once it has bound its port.
+STDLIB_LISTENING = re.compile(r"^listening on (http://\S+)")
 
 
 def simulator_command(*args: str) -> list[str]:
@@ -85,6 +88,13 @@ class Simulator:
     async def configure(self, **patch: Any) -> None:
         await self.control("POST", "/_sim/config", patch)
 
+    async def reseed(self, seed: int) -> None:
+        """Restart the RNG at ``seed`` (the simulator only reseeds when the seed changes) and
+        clear the counters and the request log."""
+        await self.configure(seed=seed + 1)
+        await self.configure(seed=seed)
+        await self.reset()
+
     async def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = await self.control("GET", "/_sim/stats")
         return stats
@@ -101,6 +111,72 @@ class Simulator:
 
     async def stop(self) -> None:
         await _stop(self.proc)
+
+
+@dataclass
+class StdlibUpstream:
+    """bench/stdlib_upstream.py as a subprocess, with the part of ``Simulator``'s interface
+    the makespan scenario uses (``reseed``, ``stats``, ``requests``, ``stop``): a run reads the
+    same figures from either upstream. Its control endpoints are its own, not ``/_sim/``."""
+
+    proc: asyncio.subprocess.Process
+    url: str
+    http: aiohttp.ClientSession
+    args: tuple[str, ...]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+        async with self.http.request(method, self.url + path, json=body) as resp:
+            resp.raise_for_status()
+            return await resp.json()
+
+    async def reseed(self, seed: int) -> None:
+        """Restart the latency draws at ``seed``; clears the request log and the counters."""
+        await self._call("POST", "/reseed", {"seed": seed})
+
+    async def stats(self) -> dict[str, Any]:
+        """The simulator's ``/_sim/stats`` keys that ``sim_summary`` reads."""
+        stats: dict[str, Any] = await self._call("GET", "/stats")
+        return stats
+
+    async def requests(self) -> list[dict[str, Any]]:
+        """Every request since the last reseed (``messages``, ``latency_ms``, ``ts``, ...)."""
+        entries: list[dict[str, Any]] = (await self._call("GET", "/requests"))["requests"]
+        return entries
+
+    async def stop(self) -> None:
+        await _stop(self.proc)
+
+
+async def start_stdlib_upstream(http: aiohttp.ClientSession, *args: str) -> StdlibUpstream:
+    """Start bench/stdlib_upstream.py on a free loopback port (it exits with this process)
+    and wait for its "listening on URL" line."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.stdlib_upstream",
+        "--port",
+        "0",
+        "--exit-with-parent",
+        *args,
+        cwd=REPO_ROOT,
+        env=child_env(),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)).decode()
+    except BaseException:
+        await _stop(proc)
+        raise
+    match = STDLIB_LISTENING.search(line)
+    if match is None:
+        await _stop(proc)
+        raise RuntimeError(f"unexpected stdlib upstream output: {line!r}")
+    return StdlibUpstream(proc, match.group(1), http, tuple(args))
 
 
 async def spawn_simulator(

@@ -1,10 +1,12 @@
 """Benchmarks of issue 8, in one run against the simulator: makespan vs a lower bound with
-baselines, overhead vs a bare loop, scale, rate limits, the API under load, a planner -> map
+baselines (also against bench/stdlib_upstream.py, a second upstream sharing no code with the
+simulator), overhead vs a bare loop, scale, rate limits, the API under load, a planner -> map
 -> reduce swarm vs the same written with asyncio.gather.
 
-    python -m bench.run                    # everything (~20 min on 2 cores), bench/results/
+    python -m bench.run                    # everything (~30 min on 2 cores), bench/results/
     python -m bench.run --quick            # a small version of each (< 2 min), bench/results/quick/
     python -m bench.run --only makespan overhead
+    python -m bench.run --only makespan --upstreams stdlib
 
 Each scenario writes ``<out>/<scenario>.json`` (machine, date, commit, settings, raw
 numbers); ``<out>/summary.md`` is rebuilt from every scenario file present and printed.
@@ -51,10 +53,12 @@ from bench.procs import (
     REPO_ROOT,
     Service,
     Simulator,
+    StdlibUpstream,
     cpu_seconds,
     parse_ts,
     start_service,
     start_simulator,
+    start_stdlib_upstream,
 )
 from bench.ui import scenario_ui
 
@@ -68,7 +72,9 @@ class Sizes:
     pipeline: int  # (a) collectors
     documents: int  # (b) documents
     layered: tuple[int, int]  # (c) layers x width
-    seed_layered: tuple[int, int]  # the seed baseline's layered graph
+    small_layered: tuple[int, int]  # (d) layers x width, also run by the seed's strategy
+    makespan_stdlib_graphs: tuple[str, ...]  # the graphs also run on the stdlib upstream
+    langgraph_time_box_s: float  # a LangGraph run still going then is reported timed out
     overhead_agents: int
     scale_agents: int
     rate_caps: tuple[int, ...]
@@ -85,7 +91,9 @@ FULL = Sizes(
     pipeline=1000,
     documents=2000,
     layered=(20, 250),
-    seed_layered=(4, 75),
+    small_layered=(10, 30),
+    makespan_stdlib_graphs=("a", "b", "c", "d"),
+    langgraph_time_box_s=900.0,
     overhead_agents=10_000,
     scale_agents=100_000,
     rate_caps=(8, 37, 150),
@@ -101,7 +109,10 @@ QUICK = Sizes(
     pipeline=100,
     documents=200,
     layered=(5, 40),
-    seed_layered=(4, 10),
+    small_layered=(4, 10),
+    # CI runs --quick: the second upstream adds one small graph (a few seconds).
+    makespan_stdlib_graphs=("d",),
+    langgraph_time_box_s=120.0,
     overhead_agents=1000,
     scale_agents=5000,
     rate_caps=(8, 37),
@@ -122,8 +133,9 @@ class Ctx:
     http: aiohttp.ClientSession
     log: Callable[[str], None]
     profile_dir: Path | None = None
-    # The makespan scenario's strategies to run (None: all of them).
+    # The makespan scenario's strategies and upstreams to run (None: all of them).
     strategies: frozenset[str] | None = None
+    upstreams: frozenset[str] | None = None
 
     async def service(self, sim_url: str, label: str, **env: str) -> Service:
         """A fresh service (cold limits, empty database); profiled with ``--profile``."""
@@ -137,14 +149,6 @@ class Ctx:
 
 
 # ------------------------------------------------------------------------------- helpers
-
-
-async def reseed(sim: Simulator, seed: int) -> None:
-    """Restart the simulator's RNG at ``seed`` (it only reseeds when the seed changes) and
-    clear its counters and request log."""
-    await sim.configure(seed=seed + 1)
-    await sim.configure(seed=seed)
-    await sim.reset()
 
 
 async def run_job(
@@ -263,7 +267,7 @@ def sim_summary(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 async def bound_for(
-    sim: Simulator,
+    sim: Simulator | StdlibUpstream,
     job: graphs.Job,
     concurrency: int,
     deps: dict[str, tuple[str, ...]] | None = None,
@@ -296,11 +300,40 @@ def add_ratios(run: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------- makespan
 
 
+MAKESPAN_UPSTREAMS = ("simulator", "stdlib")
+# The seed's strategy runs on the simulator only: it is not one of issue 19's comparisons,
+# and on (d) it takes minutes (every agent past the first layer runs alone).
+STDLIB_SKIPS = frozenset({"seed"})
+
+
+async def start_makespan_upstream(ctx: Ctx, kind: str) -> Simulator | StdlibUpstream:
+    """The makespan scenario's upstream: the simulator or the standard-library server, both
+    with the sizes' uniform latency and no concurrency cap (the job's ``max_concurrency``
+    is the only limit, as in issue 19's table)."""
+    if kind == "simulator":
+        return await start_simulator(
+            ctx.http,
+            "--latency-uniform-ms",
+            ctx.latency_arg,
+            "--seed",
+            "8",
+            "--request-log-size",
+            "200000",
+            "--context-window",
+            "100000000",
+        )
+    return await start_stdlib_upstream(
+        ctx.http, "--latency-uniform-ms", ctx.latency_arg, "--seed", "8"
+    )
+
+
 async def scenario_makespan(ctx: Ctx) -> dict[str, Any]:
-    """Each graph: the service cold (a fresh process, so the first job pays the adaptive
-    limit's slow start from SWARM_MODEL_CONCURRENCY_INITIAL) and warm (its next job, with
-    the limit it learned), then the baselines; the simulator is reseeded before each, so
-    every strategy meets the same sequence of latencies."""
+    """Each graph, on each upstream (the simulator, then the standard-library server on the
+    graphs of ``makespan_stdlib_graphs``): the service cold (a fresh process, so the first
+    job pays the adaptive limit's slow start from SWARM_MODEL_CONCURRENCY_INITIAL) and warm
+    (its next job, with the limit it learned), then the baselines; the upstream is reseeded
+    before each, so every strategy meets the same sequence of latencies. ``targets``: issue
+    19's comparisons per graph and upstream (``report.makespan_targets``)."""
     s = ctx.sizes
     c = s.concurrency
     both = ("service-cold", "service-warm")
@@ -317,74 +350,104 @@ async def scenario_makespan(ctx: Ctx) -> dict[str, Any]:
         ),
         ("c", graphs.layered(*s.layered, max_concurrency=c), (*both, "waves", "langgraph")),
         (
-            "seed-layered",
-            graphs.layered(*s.seed_layered, max_concurrency=c),
+            "d",
+            graphs.layered(*s.small_layered, max_concurrency=c),
             (*both, "waves", "langgraph", "seed"),
         ),
     ]
-    sim = await start_simulator(
-        ctx.http,
-        "--latency-uniform-ms",
-        ctx.latency_arg,
-        "--seed",
-        "8",
-        "--request-log-size",
-        "200000",
-        "--context-window",
-        "100000000",
-    )
     runs: list[dict[str, Any]] = []
-    svc: Service | None = None
-    try:
-        for index, (name, job, strategies) in enumerate(cases):
-            for strategy in strategies:
-                if ctx.strategies is not None and strategy not in ctx.strategies:
-                    continue
-                await reseed(sim, 1000 + index)  # the same latency draws for each strategy
-                ctx.log(f"makespan {name} ({len(job['agents'])} agents): {strategy}")
-                run: dict[str, Any] = {"graph": name, "agents": len(job["agents"])}
-                run["strategy"] = strategy
-                if strategy.startswith("service"):
-                    if svc is None:
-                        svc = await ctx.service(sim.url, f"makespan-{name}")
-                    async with LimitSampler(svc) as limits:
-                        run.update(await run_job(svc, job, timeout_s=1800))
-                    run["adaptive_limit"] = limits.summary()
-                    run["completed"] = run["counts"]["completed"]
-                    run["failed"] = run["agents"] - run["completed"]
-                    if strategy == "service-warm":
+    upstream_args: dict[str, list[str]] = {}
+    for kind in MAKESPAN_UPSTREAMS:
+        if ctx.upstreams is not None and kind not in ctx.upstreams:
+            continue
+        here = [
+            (index, name, job, tuple(x for x in strategies if x not in STDLIB_SKIPS))
+            if kind == "stdlib"
+            else (index, name, job, strategies)
+            for index, (name, job, strategies) in enumerate(cases)
+            if kind == "simulator" or name in s.makespan_stdlib_graphs
+        ]
+        if not here:
+            continue
+        up = await start_makespan_upstream(ctx, kind)
+        upstream_args[kind] = list(up.args)
+        svc: Service | None = None  # a graph's cold run starts it, its warm run reuses it
+        try:
+            for index, name, job, strategies in here:
+                for strategy in strategies:
+                    if ctx.strategies is not None and strategy not in ctx.strategies:
+                        continue
+                    # The same latency draws for each strategy of a graph.
+                    await up.reseed(1000 + index)
+                    ctx.log(f"makespan {kind} {name} ({len(job['agents'])} agents): {strategy}")
+                    if strategy.startswith("service") and svc is None:
+                        svc = await ctx.service(up.url, f"makespan-{kind}-{name}")
+                    run = await _makespan_run(ctx, up, svc, kind, name, job, strategy)
+                    if strategy == "service-warm" and svc is not None:
                         await svc.stop()
                         svc = None
-                else:
-                    upstream = baselines.make_upstream(sim.url)
-                    try:
-                        if strategy == "seed":
-                            base = await baselines.seed_swarm(upstream, job, c)
-                        elif strategy == "langgraph":
-                            base = await langgraph_run(upstream, job, c)
-                        else:
-                            base = await baselines.waves(upstream, job, c)
-                    finally:
-                        await upstream.client.close()
-                    run.update(base.as_dict())
-                run["simulator"] = sim_summary(await sim.stats())
-                run.update(await bound_for(sim, job, c))
-                add_ratios(run)
-                ctx.log(
-                    f"  makespan {run['makespan_s']:.2f}s, bound "
-                    f"{run['lower_bound']['value_s']:.2f}s, ratio {run['ratio']:.3f}"
-                )
-                runs.append(run)
-    finally:
-        if svc is not None:
-            await svc.stop()
-        await sim.stop()
+                    ctx.log(
+                        f"  makespan {run['makespan_s']:.2f}s, bound "
+                        f"{run['lower_bound']['value_s']:.2f}s, ratio {run['ratio']:.3f}"
+                        + (" (timed out)" if run.get("extra", {}).get("timed_out") else "")
+                    )
+                    runs.append(run)
+        finally:
+            if svc is not None:
+                await svc.stop()
+            await up.stop()
     return {
         "concurrency": c,
         "latency_ms": list(s.latency_ms),
-        "simulator_args": list(sim.args),
+        "langgraph_time_box_s": s.langgraph_time_box_s,
+        "upstream_args": upstream_args,
         "runs": runs,
+        "targets": report.makespan_targets(runs),
     }
+
+
+async def _makespan_run(
+    ctx: Ctx,
+    up: Simulator | StdlibUpstream,
+    svc: Service | None,
+    kind: str,
+    name: str,
+    job: graphs.Job,
+    strategy: str,
+) -> dict[str, Any]:
+    """One strategy on one graph (``svc``: the service, for the service's strategies)."""
+    c = ctx.sizes.concurrency
+    run: dict[str, Any] = {"upstream": kind, "graph": name, "agents": len(job["agents"])}
+    run["strategy"] = strategy
+    if strategy.startswith("service"):
+        assert svc is not None
+        async with LimitSampler(svc) as limits:
+            run.update(await run_job(svc, job, timeout_s=1800))
+        run["adaptive_limit"] = limits.summary()
+        run["completed"] = run["counts"]["completed"]
+        run["failed"] = run["agents"] - run["completed"]
+    else:
+        upstream = baselines.make_upstream(up.url)
+        try:
+            if strategy == "seed":
+                base = await baselines.seed_swarm(upstream, job, c)
+            elif strategy == "langgraph":
+                base = await langgraph_run(
+                    upstream, job, c, time_box_s=ctx.sizes.langgraph_time_box_s
+                )
+            else:
+                base = await baselines.waves(upstream, job, c)
+        finally:
+            await upstream.client.close()
+        if base.extra.get("timed_out"):
+            # Calls cut off by the time box may still be sleeping upstream: let them end
+            # before the next strategy reseeds.
+            await asyncio.sleep(ctx.sizes.latency_ms[1] / 1000 + 1)
+        run.update(base.as_dict())
+    run["upstream_stats"] = sim_summary(await up.stats())
+    run.update(await bound_for(up, job, c))
+    add_ratios(run)
+    return run
 
 
 # ------------------------------------------------------------------------------- map
@@ -416,7 +479,7 @@ async def scenario_map(ctx: Ctx) -> dict[str, Any]:
     svc: Service | None = None
     try:
         for strategy in ("service-cold", "service-warm", "gather"):
-            await reseed(sim, 2000)  # the same latency draws for each strategy
+            await sim.reseed(2000)  # the same latency draws for each strategy
             ctx.log(f"map {n} items: {strategy}")
             run: dict[str, Any] = {"strategy": strategy, "items": n, "agents": n + 2}
             if strategy.startswith("service"):
@@ -633,7 +696,7 @@ async def scenario_rate_limits(ctx: Ctx) -> dict[str, Any]:
             row: dict[str, Any] = {"cap": k, "agents": n}
 
             ctx.log(f"rate limits K={k}: service, {n} agents")
-            await reseed(sim, 5000 + k)
+            await sim.reseed(5000 + k)
             svc = await ctx.service(sim.url, f"rate-limits-k{k}")
             try:
                 async with LimitSampler(svc) as limits:
@@ -664,7 +727,7 @@ async def scenario_rate_limits(ctx: Ctx) -> dict[str, Any]:
             )
 
             ctx.log(f"rate limits K={k}: fixed semaphore of 20, {s.rate_baseline_s:.0f}s")
-            await reseed(sim, 5000 + k)
+            await sim.reseed(5000 + k)
             upstream = baselines.make_upstream(sim.url)
             try:
                 base = await baselines.fixed_semaphore(
@@ -897,7 +960,17 @@ async def amain(args: argparse.Namespace) -> int:
     failures: list[str] = []
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout) as http:
-        ctx = Ctx(sizes, args.quick, out, work, http, log, args.profile_dir, args.strategies)
+        ctx = Ctx(
+            sizes,
+            args.quick,
+            out,
+            work,
+            http,
+            log,
+            args.profile_dir,
+            args.strategies,
+            args.upstreams,
+        )
         for name in args.only or list(SCENARIOS):
             t = time.monotonic()
             meta = {
@@ -949,6 +1022,13 @@ def main() -> None:
         "two commits of the service without re-running the baselines",
     )
     parser.add_argument(
+        "--upstreams",
+        nargs="+",
+        choices=MAKESPAN_UPSTREAMS,
+        help="makespan: run only on these upstreams (default both: the simulator on every "
+        "graph, the standard-library server on the sizes' makespan_stdlib_graphs)",
+    )
+    parser.add_argument(
         "--profile", help="directory for py-spy profiles of each service (collapsed stacks)"
     )
     args = parser.parse_args()
@@ -957,6 +1037,7 @@ def main() -> None:
     args.work_dir = Path(tempfile.mkdtemp(prefix="swarm-bench-"))
     args.profile_dir = Path(args.profile) if args.profile else None
     args.strategies = frozenset(args.strategies) if args.strategies else None
+    args.upstreams = frozenset(args.upstreams) if args.upstreams else None
     if args.profile_dir is not None:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
     try:
