@@ -1,7 +1,8 @@
 """The standard-library upstream, started as its own process on loopback: an OpenAI client
 gets completions with usage, the latency lies in the configured range, the concurrency cap
 answers 429 with retry-after, the request log names each request's agent and times, the
-stats count since the last reseed, and it exits with its parent."""
+stats count since the last reseed, it exits with its parent, and it takes a burst of
+connections without dropping any."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +22,7 @@ import aiohttp
 import openai
 import pytest
 
-from bench import graphs
+from bench import graphs, stdlib_upstream
 from bench.lower_bound import busy_times
 
 
@@ -175,3 +177,29 @@ def test_exits_with_its_parent() -> None:
         time.sleep(0.2)
     os.kill(pid, signal.SIGTERM)
     raise AssertionError("the upstream outlived its parent")
+
+
+def test_many_connections_at_once_are_not_dropped() -> None:
+    # The baselines open 200 connections at once; a dropped SYN is retried after 1 s.
+    server = stdlib_upstream.make_server(0, 1, 2, 0, 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+
+    async def connect_all(n: int) -> float:
+        async def one() -> asyncio.StreamWriter:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            return writer
+
+        t = time.perf_counter()
+        writers = await asyncio.gather(*(one() for _ in range(n)))
+        elapsed = time.perf_counter() - t
+        for w in writers:
+            w.close()
+        return elapsed
+
+    try:
+        assert asyncio.run(connect_all(300)) < 0.9
+    finally:
+        server.shutdown()
+        server.server_close()
