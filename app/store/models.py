@@ -54,8 +54,6 @@ class Job(SQLModel, table=True):
     failure_policy: str = Field(max_length=32)
     max_concurrency: int
     budget_usd: float | None = None
-    # The job graph as accepted (after validation): the scheduler rebuilds runs from it.
-    spec_json: str = Field(sa_column=Column(Text, nullable=False))
     metadata_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
     agents_total: int
     idempotency_key: str | None = Field(default=None, max_length=255)
@@ -262,6 +260,18 @@ class AgentStep(SQLModel, table=True):
     tool: str | None = Field(default=None, max_length=200)
     data_json: str = Field(default="{}", sa_column=Column(Text, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class JobSpecRow(SQLModel, table=True):
+    """The job graph as accepted (after validation): the scheduler rebuilds runs from it.
+    Apart from `jobs` because it can be megabytes: SQLite stores a big value in a chain of
+    overflow pages inside the row, and reading any column after it walks the whole chain
+    (about 15 ms for a 100,000-agent spec, on every status read)."""
+
+    __tablename__ = "job_specs"
+
+    job_id: str = Field(primary_key=True, foreign_key="jobs.id", max_length=26)
+    spec_json: str = Field(sa_column=Column(Text, nullable=False))
 
 
 class JobTotal(SQLModel, table=True):

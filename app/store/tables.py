@@ -14,6 +14,7 @@ from app.store.models import (
     ApiKey,
     Event,
     Job,
+    JobSpecRow,
     JobTotal,
     ModelLimit,
     WebhookDelivery,
@@ -27,6 +28,7 @@ api_keys_t = ApiKey.__table__  # type: ignore[attr-defined]
 agent_steps_t = AgentStep.__table__  # type: ignore[attr-defined]
 webhook_deliveries_t = WebhookDelivery.__table__  # type: ignore[attr-defined]
 job_totals_t = JobTotal.__table__  # type: ignore[attr-defined]
+job_specs_t = JobSpecRow.__table__  # type: ignore[attr-defined]
 
 # Submission order, each map node's items and each reducer's merge steps right after it.
 AGENT_ORDER = (agents_t.c.position, func.coalesce(agents_t.c.sub_index, -1))

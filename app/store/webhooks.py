@@ -13,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 
 from app.events.bus import StoredEvent
-from app.store.models import Job, WebhookDelivery, WebhookSecret, utcnow
+from app.store.models import Job, JobSpecRow, WebhookDelivery, WebhookSecret, utcnow
 from app.store.secret_box import SecretBox
 
 if TYPE_CHECKING:
     from app.store.writer import Tx, WriteOp
 
 _jobs_t = Job.__table__  # type: ignore[attr-defined]
+_job_specs_t = JobSpecRow.__table__  # type: ignore[attr-defined]
 _deliveries_t = WebhookDelivery.__table__  # type: ignore[attr-defined]
 _secrets_t = WebhookSecret.__table__  # type: ignore[attr-defined]
 
@@ -38,7 +39,9 @@ SubscriptionCache = dict[str, Subscription | None]
 def subscription(conn: Connection, job_id: str) -> Subscription | None:
     """The job's webhook, read from its stored spec (None: none, or no such job)."""
     row = conn.execute(
-        select(_jobs_t.c.tenant, _jobs_t.c.spec_json).where(_jobs_t.c.id == job_id)
+        select(_jobs_t.c.tenant, _job_specs_t.c.spec_json)
+        .join(_job_specs_t, _job_specs_t.c.job_id == _jobs_t.c.id)
+        .where(_jobs_t.c.id == job_id)
     ).first()
     if row is None:
         return None

@@ -12,6 +12,7 @@ from app.config import Settings
 from app.scheduler import scheduler as scheduler_module
 from app.store import jobs as job_store
 from app.store import tables, transitions
+from app.store.writer import Tx
 from tests.helpers.service import FakeUpstream, Service, make_settings, start_service
 
 
@@ -107,13 +108,18 @@ async def test_an_unreadable_stored_job_fails_alone_and_the_service_starts(
         await svc.wait(bad["id"])
         store = svc.app.state.services.store
         bad_id = bad["id"]
-        await store.write(
-            lambda tx, j=bad_id: tx.conn.execute(
-                tables.jobs_t.update()
-                .where(tables.jobs_t.c.id == j)
-                .values(status="running", spec_json="{not json")
+
+        def corrupt(tx: Tx, j: str = bad_id) -> None:
+            tx.conn.execute(
+                tables.jobs_t.update().where(tables.jobs_t.c.id == j).values(status="running")
             )
-        )
+            tx.conn.execute(
+                tables.job_specs_t.update()
+                .where(tables.job_specs_t.c.job_id == j)
+                .values(spec_json="{not json")
+            )
+
+        await store.write(corrupt)
     async for svc in start_service(settings):
         job = (await svc.client.get(f"/jobs/{bad['id']}")).json()
         assert job["status"] == "failed"

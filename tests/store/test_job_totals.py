@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, MetaData, Table, insert, select, update
 
 from app.engine.lifecycle import AgentKind, AgentStatus
 from app.store import jobs as job_store
@@ -49,7 +49,6 @@ def _job_row(job_id: str, agents: int) -> dict[str, object]:
         "model": "m",
         "failure_policy": "continue",
         "max_concurrency": 4,
-        "spec_json": "{}",
         "metadata_json": "{}",
         "agents_total": agents,
         "created_at": datetime.now(UTC),
@@ -193,13 +192,18 @@ def test_deleting_a_job_deletes_its_totals(engine: Engine) -> None:
     assert sum(gone.counts.values()) == 0
 
 
-def test_the_migration_counts_the_jobs_already_stored(database_url: str) -> None:
+def test_the_migrations_count_stored_jobs_and_move_their_specs(
+    database_url: str,
+) -> None:
     migrate.upgrade(database_url, "0013")
     eng = make_engine(database_url)
     job_id = new_job_id()
     try:
         with eng.begin() as conn:
-            conn.execute(insert(jobs_t).values(_job_row(job_id, 3)))
+            # The jobs table as it was at 0013 (the spec still in it).
+            old_jobs = Table("jobs", MetaData(), autoload_with=conn)
+            row = {**_job_row(job_id, 3), "spec_json": '{"name": "old"}', "cancel_requested": False}
+            conn.execute(insert(old_jobs).values(row))
             for row in (
                 _agent(job_id, 0, status="completed", total_tokens=10, cost_usd=0.25),
                 _agent(job_id, 1, status="failed", total_tokens=4),
@@ -208,11 +212,17 @@ def test_the_migration_counts_the_jobs_already_stored(database_url: str) -> None
                 conn.execute(insert(agents_t), [row])
         command.upgrade(migrate.alembic_config(database_url), "head")
         kept = _check(eng, job_id)
+        with eng.connect() as conn:
+            stored = job_store.get_job(conn, job_id)
+            record = job_store.job_record(conn, job_id)
     finally:
         eng.dispose()
     assert kept.counts[AgentStatus.completed] == kept.counts[AgentStatus.failed] == 1
     assert kept.usage.total_tokens == 14 and kept.usage.cost_usd == 0.25
     assert kept.cost_complete is False  # one agent reported usage without a price
+    # 0015 moved the spec out of the jobs row: the job reads back whole, with it.
+    assert stored is not None and stored.spec_json == '{"name": "old"}'
+    assert record is not None and record.agents_total == 3
 
 
 def test_bulk_inserted_rows_read_back_as_an_insert_writes_them(engine: Engine) -> None:

@@ -24,7 +24,7 @@ from app.engine.run_state import agents_to_retry
 from app.events.types import EventType
 from app.store.models import utcnow
 from app.store.steps import forget_transcripts
-from app.store.tables import agents_t, dumps, events_t, jobs_t, loads, owned
+from app.store.tables import agents_t, dumps, events_t, job_specs_t, jobs_t, loads, owned
 from app.store.transitions.common import agent_states, count_unknown_outcomes
 from app.store.writer import Tx, WriteOp
 
@@ -201,9 +201,9 @@ def retry_job(
 
     def op(tx: Tx) -> RetryResult:
         job = tx.conn.execute(
-            select(jobs_t.c.status, jobs_t.c.spec_json, jobs_t.c.budget_usd, jobs_t.c.tenant).where(
-                owned(job_id, tenant)
-            )
+            select(jobs_t.c.status, job_specs_t.c.spec_json, jobs_t.c.budget_usd, jobs_t.c.tenant)
+            .join(job_specs_t, job_specs_t.c.job_id == jobs_t.c.id)
+            .where(owned(job_id, tenant))
         ).first()
         if job is None:
             return RetryResult(RetryRefusal.not_found)
@@ -255,8 +255,10 @@ def retry_job(
                 finished_at=None,
                 cancel_requested=False,
                 budget_usd=budget,
-                spec_json=dumps(spec),
             )
+        )
+        tx.conn.execute(
+            update(job_specs_t).where(job_specs_t.c.job_id == job_id).values(spec_json=dumps(spec))
         )
         before = {r.agent_id: r.status for r in rows}
         allowed = AGENT_ENTERED_FROM[AgentStatus.pending]
