@@ -282,6 +282,36 @@ class DelayGradient:
         return self.recent > self.floor * self.RATIO and excess > self.MIN_EXCESS_S
 
 
+# After an overload at limit W (the ceiling, CUBIC's W_max), the limit comes back fast to
+# this share of W: the upstream took about W at once, so just below it is safe…
+RETURN_SHARE = 0.95
+# …then crosses the rest of the way to W in about this many windows: every crossing of a
+# hard cap costs a 429 and a retry, so at K = 8 (eight calls a window) one in ten windows
+# keeps 429s near 1 %…
+PROBE_WINDOWS = 10
+# …and past W each window adds this share of its distance above W on top of that slow
+# step (a convex probe): an upstream whose capacity grew is found in a few more windows.
+CONVEX = 0.5
+
+
+def grown(limit: float, ceiling: float, *, slow_start: bool, increase: float) -> float:
+    """The limit after one success that counts (the window at least half in use), before
+    the maximum is applied. ``ceiling`` is the limit at the last overload (0: none yet).
+    The same rule runs in Redis for a shared limit (app/scheduler/redis_scripts.RELEASE)."""
+    if slow_start:
+        return limit + increase
+    if ceiling <= 0:
+        # Past slow start without an overload to remember (a learned limit): plain AIMD.
+        return limit + increase / limit
+    target = ceiling * RETURN_SHARE
+    if limit < target:
+        return min(target, limit + increase)
+    probe = (ceiling - target) / PROBE_WINDOWS  # slots per window
+    if limit < ceiling:
+        return limit + probe / limit
+    return limit + (probe + (limit - ceiling) * CONVEX) / limit
+
+
 @dataclass(frozen=True, slots=True)
 class AdaptiveSnapshot:
     limit: float
@@ -291,13 +321,18 @@ class AdaptiveSnapshot:
 
 
 class AdaptiveLimiter:
-    """AIMD concurrency limit for one upstream model (TCP congestion control, by calls).
+    """Adaptive concurrency limit for one upstream model (TCP congestion control, by calls,
+    with CUBIC's memory of where the last overload came).
 
-    - `ok` raises the limit by `increase / limit`, so a full window of successes raises it
-      by about `increase`; but only while at least half the window is in use, so a model
-      with little traffic does not drift to `maximum` and then flood the upstream when a
-      big swarm arrives (Netflix concurrency-limits does the same).
-    - `overload` multiplies the limit by `decrease`, at most once per window: only a permit
+    - `ok` raises the limit (`grown`), but only while at least half the window is in use,
+      so a model with little traffic does not drift to `maximum` and then flood the
+      upstream when a big swarm arrives (Netflix concurrency-limits does the same). After
+      an overload at limit W (`ceiling`) the limit returns fast (a whole `increase` per
+      success) to `RETURN_SHARE` of W, creeps from there to W in about `PROBE_WINDOWS`
+      windows, and probes above W at a pace that grows with the distance. With no
+      overload to remember (a limit learned by an earlier run) a window adds `increase`.
+    - `overload` remembers the limit as the ceiling and multiplies the limit by
+      `decrease`, at most once per window: only a permit
       granted after the last decrease can decrease again. Calls in flight together see the
       same congestion, so a burst of 429s from them halves the limit once, not once per
       call. Windows are counted in decreases, not clock time, so equal timestamps (coarse
@@ -309,6 +344,8 @@ class AdaptiveLimiter:
     - Slow start (TCP's): until the first overload each `ok` adds a whole `increase`, so
       the limit doubles every window and a swarm finds a large capacity in a few round
       trips instead of hundreds.
+    - Upstream quota (`hold_until`): an upstream that says its remaining requests or
+      tokens are spent holds new permits until its reset, before it has to answer 429.
 
     The limit stays within [minimum, maximum]; `max(1, floor(limit))` calls may be in
     flight. Waiting goes through a FairLimiter whose capacity follows the limit, so the
@@ -343,6 +380,8 @@ class AdaptiveLimiter:
         self._clock = clock
         self._decreases = 0
         self._slow_start = slow_start
+        # The limit when the last overload came (0: none yet).
+        self._ceiling = 0.0
         self._slots = FairLimiter(self.slots)
         # Permits whose call is really in flight; permits held while waiting for other
         # limits (global slots, rate buckets) do not count as using the window.
@@ -383,6 +422,11 @@ class AdaptiveLimiter:
     @property
     def decreases(self) -> int:
         return self._decreases
+
+    @property
+    def ceiling(self) -> float:
+        """The limit at the last overload, which the limit returns to just below (0: none)."""
+        return self._ceiling
 
     @property
     def in_slow_start(self) -> bool:
@@ -428,9 +472,12 @@ class AdaptiveLimiter:
         limit = self._limit
         if outcome is Outcome.ok:
             if busy * 2 >= self.slots:
-                step = self._increase if self._slow_start else self._increase / limit
-                limit = min(self._maximum, limit + step)
+                limit = grown(
+                    limit, self._ceiling, slow_start=self._slow_start, increase=self._increase
+                )
+                limit = min(self._maximum, limit)
         elif outcome is Outcome.overload and permit.epoch == self._decreases:
+            self._ceiling = limit
             limit = max(self._minimum, limit * self._decrease)
             self._decreases += 1
             self._slow_start = False

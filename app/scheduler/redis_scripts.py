@@ -51,7 +51,8 @@ return {granted, tostring(limit), decreases, slow}
 )
 
 # KEYS: slots, active, state. ARGV: member, outcome, epoch, increase, decrease, minimum,
-# maximum, fixed. The AIMD rule of AdaptiveLimiter.release, on the one shared limit.
+# maximum, fixed, return_share, probe_windows, convex. The rule of AdaptiveLimiter.release
+# (and app.scheduler.limits.grown), on the one shared limit.
 RELEASE = (
     _NOW_MS
     + """
@@ -62,24 +63,41 @@ local busy = redis.call('ZCARD', active)
 redis.call('ZREM', active, member)
 redis.call('ZREM', slots, member)
 if tonumber(ARGV[8]) > 0 then return {'0', 0, 0} end
-local s = redis.call('HMGET', state, 'limit', 'decreases', 'slow_start')
+local s = redis.call('HMGET', state, 'limit', 'decreases', 'slow_start', 'ceiling')
 if not s[1] then return {'0', -1, 0} end
 local limit, decreases, slow = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])
+local ceiling = tonumber(s[4]) or 0
 local increase, decrease = tonumber(ARGV[4]), tonumber(ARGV[5])
 local minimum, maximum = tonumber(ARGV[6]), tonumber(ARGV[7])
+local share, windows, convex = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 if outcome == 'ok' then
   if busy * 2 >= math.max(1, math.floor(limit)) then
-    local step = increase
-    if slow == 0 then step = increase / limit end
-    limit = math.min(maximum, limit + step)
+    if slow == 1 then
+      limit = limit + increase
+    elseif ceiling <= 0 then
+      limit = limit + increase / limit
+    else
+      local target = ceiling * share
+      local probe = (ceiling - target) / windows
+      if limit < target then
+        limit = math.min(target, limit + increase)
+      elseif limit < ceiling then
+        limit = limit + probe / limit
+      else
+        limit = limit + (probe + (limit - ceiling) * convex) / limit
+      end
+    end
+    limit = math.min(maximum, limit)
   end
 elseif outcome == 'overload' and epoch == decreases then
+  ceiling = limit
   limit = math.max(minimum, limit * decrease)
   decreases = decreases + 1
   slow = 0
 end
 limit = math.min(maximum, limit)
-redis.call('HSET', state, 'limit', tostring(limit), 'decreases', decreases, 'slow_start', slow)
+redis.call('HSET', state, 'limit', tostring(limit), 'decreases', decreases, 'slow_start', slow,
+  'ceiling', tostring(ceiling))
 return {tostring(limit), decreases, slow}
 """
 )

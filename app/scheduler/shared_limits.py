@@ -30,6 +30,9 @@ from redis.retry import Retry
 
 from app.scheduler import redis_scripts
 from app.scheduler.limits import (
+    CONVEX,
+    PROBE_WINDOWS,
+    RETURN_SHARE,
     AdaptiveLimiter,
     Clock,
     FairLimiter,
@@ -416,7 +419,7 @@ class _SharedPool:
             got = await self.shared.release_script(
                 keys=[self.slots, self.active, self.state], args=[member, *args]
             )
-            if int(got[1]) >= 0 and args[-1] == 0:
+            if int(got[1]) >= 0 and args[6] == 0:
                 self._observe(float(got[0]), int(got[1]), int(got[2]))
         finally:
             self.changed.set()
@@ -515,6 +518,9 @@ class SharedAdaptiveLimiter(AdaptiveLimiter):
                 repr(self._minimum),
                 repr(self._maximum),
                 0,
+                repr(RETURN_SHARE),
+                PROBE_WINDOWS,
+                repr(CONVEX),
             ],
         )
 

@@ -533,11 +533,13 @@ async def simulate(k: int, n_tasks: int = 2000, service_ticks: int = 10) -> tupl
     return sum(second_half) / len(second_half), overloads / calls
 
 
-@pytest.mark.parametrize("k", [8, 37])
+@pytest.mark.parametrize("k", [8, 37, 150])
 async def test_adaptive_converges_to_hidden_capacity(k: int) -> None:
-    mean_in_flight, overload_share = await simulate(k)
-    assert 0.5 * k <= mean_in_flight <= 1.5 * k
-    assert overload_share < 0.10
+    # The limit keeps the upstream's K slots busy and rarely knocks on the cap: it returns
+    # to just below the last overload and probes above it slowly.
+    mean_in_flight, overload_share = await simulate(k, n_tasks=max(2000, 27 * k))
+    assert 0.93 * k <= mean_in_flight <= 1.05 * k
+    assert overload_share < 0.03
 
 
 # ----------------------------------------------------------------------------- TokenBucket
@@ -775,10 +777,13 @@ async def test_adaptive_slow_start_doubles_per_window_until_the_first_overload()
         await one_window()
         assert lim.limit == expected
     lim.release(held.pop(0), Outcome.overload)
-    assert lim.limit == 16
+    assert lim.limit == 16 and lim.ceiling == 32
     await one_window()
-    # After the first overload, growth is additive: about +1 per window.
-    assert 16 < lim.limit <= 17.5
+    # After the first overload the limit returns at once to just below where it came…
+    assert 0.95 * 32 <= lim.limit < 0.95 * 32 + 0.1
+    await one_window()
+    # …and then creeps: a tenth of the way to the ceiling per window.
+    assert 30.45 < lim.limit <= 30.4 + 0.25
 
 
 async def test_permits_waiting_for_other_limits_do_not_grow_the_limit() -> None:
@@ -816,3 +821,58 @@ async def test_groups_take_turns_before_their_keys() -> None:
     # Tenants alternate; within "many" its jobs alternate.
     assert order[:8] == ["m1", "o1", "m2", "o1", "m3", "o1", "m1", "o1"]
     assert lim.in_flight == 0 and lim.waiting == 0
+
+
+async def busy_windows(lim: AdaptiveLimiter, held: list[Permit], n: int) -> list[float]:
+    """`n` windows of successes with the window kept full (a busy swarm); the limit after
+    each window."""
+    seen = []
+    for _ in range(n):
+        for _ in range(lim.slots):
+            lim.release(held.pop(0), Outcome.ok)
+            while lim.in_flight < lim.slots:
+                held.append(await lim.acquire())
+        seen.append(lim.limit)
+    return seen
+
+
+@pytest.mark.parametrize("ceiling", [9.0, 40.0, 151.0])
+async def test_after_an_overload_the_limit_returns_below_it_fast_and_probes_slowly(
+    ceiling: float,
+) -> None:
+    lim = AdaptiveLimiter(initial=ceiling, maximum=1000, decrease=0.7, slow_start=False)
+    held = [await lim.acquire() for _ in range(lim.slots)]
+    lim.release(held.pop(0), Outcome.overload)  # a 429 at limit L = ceiling
+    assert lim.limit == pytest.approx(0.7 * ceiling) and lim.ceiling == ceiling
+    while lim.in_flight < lim.slots:
+        held.append(await lim.acquire())
+    limits = await busy_windows(lim, held, 30)
+    # Back near 0.9 L within two windows, not the ten or more of additive increase…
+    assert limits[1] >= 0.9 * ceiling
+    # …no slot above L for the next eight windows (the cap that said 429 is left alone)…
+    assert max(limits[:9]) < ceiling
+    # …then probing past it, faster the longer no overload comes.
+    crossed = next(i for i, x in enumerate(limits) if x >= ceiling)
+    assert crossed <= 13
+    steps = [b - a for a, b in zip(limits[crossed:], limits[crossed + 1 :], strict=False)]
+    assert steps[3] > steps[0] > 0
+
+
+async def test_an_overload_below_the_ceiling_lowers_it() -> None:
+    lim = AdaptiveLimiter(initial=40, maximum=1000, decrease=0.5, slow_start=False)
+    lim.release(await lim.acquire(), Outcome.overload)
+    assert (lim.limit, lim.ceiling) == (20, 40)
+    lim.release(await lim.acquire(), Outcome.overload)  # the upstream shrank: remember 20
+    assert (lim.limit, lim.ceiling) == (10, 20)
+    held = [await lim.acquire() for _ in range(lim.slots)]
+    limits = await busy_windows(lim, held, 3)
+    assert limits[-1] < 20
+
+
+async def test_without_an_overload_to_remember_growth_stays_additive() -> None:
+    # A learned limit (past slow start, no overload seen by this run) grows by about one
+    # slot per window.
+    lim = AdaptiveLimiter(initial=20, maximum=1000, slow_start=False)
+    held = [await lim.acquire() for _ in range(lim.slots)]
+    limits = await busy_windows(lim, held, 3)
+    assert 22.5 < limits[-1] < 23.5 and lim.ceiling == 0

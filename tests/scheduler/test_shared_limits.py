@@ -6,6 +6,7 @@ away."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -14,7 +15,7 @@ import pytest
 
 from app.config import Settings
 from app.scheduler.gates import Gates, LimitsConfigError, limits_divisor
-from app.scheduler.limits import Outcome
+from app.scheduler.limits import AdaptiveLimiter, Outcome, Permit
 from app.scheduler.shared_limits import (
     SharedAdaptiveLimiter,
     SharedFairLimiter,
@@ -101,6 +102,37 @@ async def test_an_overload_on_one_worker_shrinks_the_limit_of_all(
     permit = await a.acquire("job")
     assert a.limit == 2.5
     a.release(permit, Outcome.error)
+
+
+async def test_the_shared_limit_follows_the_same_rule_as_the_local_one(
+    workers: list[SharedLimits],
+) -> None:
+    """After an overload at L both return fast to just below L and probe slowly above it,
+    success by success the same figures."""
+    kwargs = {"initial": 10.0, "maximum": 100.0, "decrease": 0.7, "slow_start": False}
+    local = AdaptiveLimiter(**kwargs)  # type: ignore[arg-type]
+    shared = SharedAdaptiveLimiter(workers[0], "m", **kwargs)  # type: ignore[arg-type]
+    held: dict[str, list[Permit]] = {"local": [], "shared": []}
+
+    async def step(outcome: Outcome) -> tuple[float, float]:
+        for name, lim in (("local", local), ("shared", shared)):
+            permits = held[name]
+            while len(permits) < max(1, math.floor(lim.limit)):
+                permits.append(await lim.acquire("job"))
+            lim.release(permits.pop(0), outcome)
+            await workers[0].flush()
+        return local.limit, shared.limit  # the shared one as the release script left it
+
+    a, b = await step(Outcome.overload)
+    assert a == b == pytest.approx(7.0) and local.ceiling == 10
+    for _ in range(60):
+        a, b = await step(Outcome.ok)
+        assert b == pytest.approx(a, abs=1e-6)
+    assert 9.5 <= a < 10.5
+    for lim in (local, shared):
+        for permit in held["local" if lim is local else "shared"]:
+            lim.release(permit, Outcome.error)
+    await workers[0].flush()
 
 
 async def test_learned_limit_seeds_the_shared_one_and_is_read_back(
