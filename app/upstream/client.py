@@ -7,6 +7,7 @@ seen, counted and reported.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from openai import AsyncOpenAI
 from app.config import HttpTransport, Settings
 from app.engine.usage import Usage
 from app.text import SECRETS, clean_text
+from app.upstream.quota import Quota, read_quota
 
 
 def build_http_client(settings: Settings) -> httpx2.AsyncClient:
@@ -130,6 +132,8 @@ class CallResult:
     # From the request to the first chunk of a streamed answer (None: not streamed).
     first_token_ms: float | None = None
     tool_calls: tuple[ToolCall, ...] = ()
+    # What the upstream's headers said is left of its rate limits (None: nothing).
+    quota: Quota | None = None
 
 
 class EmptyOutputError(Exception):
@@ -184,9 +188,11 @@ async def call_chat(
 
         return await call_streamed(client, req, on_delta)
     started = time.perf_counter()
-    resp = await client.chat.completions.create(**chat_kwargs(req))
+    raw = await client.chat.completions.with_raw_response.create(**chat_kwargs(req))
+    resp = raw.parse()
     latency_ms = (time.perf_counter() - started) * 1000
-    return completion_result(resp, latency_ms, with_tools=bool(req.tools))
+    result = completion_result(resp, latency_ms, with_tools=bool(req.tools))
+    return dataclasses.replace(result, quota=read_quota(raw.headers))
 
 
 def completion_result(

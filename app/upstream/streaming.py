@@ -5,6 +5,7 @@ and each piece can be handed on as it arrives."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
@@ -25,6 +26,7 @@ from app.upstream.client import (
     completion_result,
     reported_usage,
 )
+from app.upstream.quota import read_quota
 
 
 class StreamEndedEarly(ConnectionError):
@@ -50,7 +52,8 @@ async def call_streamed(
         if not isinstance(data, dict):
             raise json.JSONDecodeError("not a JSON object", body.decode(errors="replace"), 0)
         whole = ChatCompletion.construct(**data)
-        return completion_result(whole, (time.perf_counter() - started) * 1000)
+        result = completion_result(whole, (time.perf_counter() - started) * 1000)
+        return dataclasses.replace(result, quota=read_quota(response.headers))
     parts: list[str] = []
     received = 0
     first: float | None = None
@@ -93,4 +96,5 @@ async def call_streamed(
         prompt = count_tokens(req.system_prompt or "") + count_tokens(req.prompt)
         completion = count_tokens(output)
         reported = Usage(prompt, completion, prompt + completion).as_estimate()
-    return answer(output, finish, reported, latency_ms, (first - started) * 1000, model)
+    result = answer(output, finish, reported, latency_ms, (first - started) * 1000, model)
+    return dataclasses.replace(result, quota=read_quota(response.headers))
