@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import openai
+
 from app.config import Settings
 from app.engine.attempts import Failure, GiveUp, RetryLimits, Tally, after_failure, estimate_attempt
 from app.engine.lifecycle import AgentKind
@@ -22,7 +24,7 @@ from app.engine.usage import Usage
 from app.events.deltas import DeltaBatcher
 from app.metrics import Metrics
 from app.scheduler.answer_fit import fit_request, truncated
-from app.scheduler.gates import Gates, estimate_tokens
+from app.scheduler.gates import Gates, ModelGate, estimate_tokens
 from app.scheduler.limits import Outcome
 from app.scheduler.reuse import Answer, Claim, Reuse, request_key
 from app.scheduler.structured_output import invalid_output, shaped
@@ -33,6 +35,7 @@ from app.telemetry import traced_chat
 from app.upstream.client import AgentRequest, CallResult, call_chat
 from app.upstream.errors import FailureReason, UpstreamFailure, classify
 from app.upstream.pool import NoRouteError, Route, UpstreamPool
+from app.upstream.quota import Quota, read_quota
 from app.upstream.retry import retry_delay
 
 # Failures that mean "the upstream is saturated": they shrink the model's adaptive limit.
@@ -511,6 +514,7 @@ class AgentCaller:
         async with gate.concurrency.slot(self.job_id, group=self.tenant, active=False) as permit:
             if gate.rate is not None:
                 await gate.rate.admit(estimate)
+            await gate.concurrency.within_quota()
             async with (
                 self.gates.global_slots.slot(self.job_id, self.tenant),
                 route.upstream.connections,
@@ -555,6 +559,8 @@ class AgentCaller:
                     # A stall once the answer had begun is not the upstream being saturated.
                     overload = failure.reason in OVERLOAD_REASONS and not failure.mid_answer
                     permit.outcome = Outcome.overload if overload else Outcome.error
+                    if isinstance(exc, openai.APIStatusError):
+                        _note_quota(gate, read_quota(exc.response.headers), None)
                     if gate.rate is not None:
                         gate.rate.settle(estimate, 0)
                     self._observe_failure(req.model, failure, time.perf_counter() - started)
@@ -564,9 +570,19 @@ class AgentCaller:
                     if deltas is not None:
                         deltas.close()
             permit.outcome = Outcome.ok
+            _note_quota(gate, result.quota, result.usage.total_tokens or estimate or None)
             if result.first_token_ms is not None:
                 permit.first_token_s = result.first_token_ms / 1000
             self._observe_success(req.model, result, route)
             if gate.rate is not None:
                 gate.rate.settle(estimate, result.usage.total_tokens or estimate)
             return result
+
+
+def _note_quota(gate: ModelGate, quota: Quota | None, tokens_per_call: int | None) -> None:
+    """Pass on what the upstream's headers say is left of its limits to the model's limit."""
+    if quota is None:
+        return
+    left = quota.calls_left(tokens_per_call)
+    if left is not None:
+        gate.concurrency.note_quota(*left)

@@ -292,6 +292,11 @@ PROBE_WINDOWS = 10
 # …and past W each window adds this share of its distance above W on top of that slow
 # step (a convex probe): an upstream whose capacity grew is found in a few more windows.
 CONVEX = 0.5
+# Each further overload among the calls of the window that overloaded says the limit was
+# one slot more over the cap (16 calls sent, 8 answered 429: the cap is near 8), and
+# lowers the ceiling by one, but not below this share of it: a quota spent for the
+# minute answers every call 429 whatever the concurrency.
+EXTRA_OVERLOAD_FLOOR = 0.5
 
 
 def grown(limit: float, ceiling: float, *, slow_start: bool, increase: float) -> float:
@@ -364,6 +369,7 @@ class AdaptiveLimiter:
         slow_start: bool = True,
         delay: bool = False,
         clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         """``delay``: read queueing from the time to first token (`DelayGradient`)."""
         if not 0 < minimum <= initial <= maximum:
@@ -380,8 +386,15 @@ class AdaptiveLimiter:
         self._clock = clock
         self._decreases = 0
         self._slow_start = slow_start
-        # The limit when the last overload came (0: none yet).
+        # The limit when the last overload came (0: none yet), and how far the other
+        # overloads of that window may lower it.
         self._ceiling = 0.0
+        self._ceiling_floor = 0.0
+        self._sleep = sleep
+        # What the upstream last said is left of its quota: calls that may still start, and
+        # until when that holds (None: nothing said, or said for a window now over).
+        self._quota_calls: int | None = None
+        self._quota_until = 0.0
         self._slots = FairLimiter(self.slots)
         # Permits whose call is really in flight; permits held while waiting for other
         # limits (global slots, rate buckets) do not count as using the window.
@@ -478,12 +491,43 @@ class AdaptiveLimiter:
                 limit = min(self._maximum, limit)
         elif outcome is Outcome.overload and permit.epoch == self._decreases:
             self._ceiling = limit
+            self._ceiling_floor = limit * EXTRA_OVERLOAD_FLOOR
             limit = max(self._minimum, limit * self._decrease)
             self._decreases += 1
             self._slow_start = False
+        elif outcome is Outcome.overload and permit.epoch == self._decreases - 1:
+            # Another call of the window that overloaded: one slot too many each.
+            self._ceiling = max(self._ceiling_floor, self._ceiling - 1)
+            limit = min(limit, max(self._minimum, self._ceiling * self._decrease))
         # Capacity first, so the freed slot goes out under the new limit.
         self._set_limit(limit)
         self._slots.release(permit.key)
+
+    def note_quota(self, calls_left: int, reset_s: float) -> None:
+        """The upstream says ``calls_left`` more calls may start in the next ``reset_s``
+        seconds (its `x-ratelimit-remaining-*` and `-reset-*` headers)."""
+        self._quota_calls = max(0, calls_left)
+        self._quota_until = self._clock() + max(0.0, reset_s)
+
+    @property
+    def quota_hold_s(self) -> float:
+        """Seconds new calls are held because the upstream's quota is spent (0: none)."""
+        if self._quota_calls is None or self._quota_calls > 0:
+            return 0.0
+        return max(0.0, self._quota_until - self._clock())
+
+    async def within_quota(self) -> None:
+        """Wait, holding the permit, while the upstream's stated quota is spent, then count
+        this call against it: calls are held until the upstream's reset instead of being
+        sent to be answered 429."""
+        while self._quota_calls is not None:
+            if self._clock() >= self._quota_until:
+                self._quota_calls = None  # the upstream's window is over: nothing known
+                break
+            if self._quota_calls > 0:
+                self._quota_calls -= 1
+                break
+            await self._sleep(self._quota_until - self._clock())
 
     def judged(self, permit: Permit, outcome: Outcome) -> Outcome:
         """``outcome``, or `overload` for a success whose first token shows queueing."""

@@ -51,8 +51,8 @@ return {granted, tostring(limit), decreases, slow}
 )
 
 # KEYS: slots, active, state. ARGV: member, outcome, epoch, increase, decrease, minimum,
-# maximum, fixed, return_share, probe_windows, convex. The rule of AdaptiveLimiter.release
-# (and app.scheduler.limits.grown), on the one shared limit.
+# maximum, fixed, return_share, probe_windows, convex, extra_overload_floor. The rule of
+# AdaptiveLimiter.release (and app.scheduler.limits.grown), on the one shared limit.
 RELEASE = (
     _NOW_MS
     + """
@@ -63,10 +63,11 @@ local busy = redis.call('ZCARD', active)
 redis.call('ZREM', active, member)
 redis.call('ZREM', slots, member)
 if tonumber(ARGV[8]) > 0 then return {'0', 0, 0} end
-local s = redis.call('HMGET', state, 'limit', 'decreases', 'slow_start', 'ceiling')
+local s = redis.call('HMGET', state, 'limit', 'decreases', 'slow_start', 'ceiling',
+  'ceiling_floor')
 if not s[1] then return {'0', -1, 0} end
 local limit, decreases, slow = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])
-local ceiling = tonumber(s[4]) or 0
+local ceiling, ceiling_floor = tonumber(s[4]) or 0, tonumber(s[5]) or 0
 local increase, decrease = tonumber(ARGV[4]), tonumber(ARGV[5])
 local minimum, maximum = tonumber(ARGV[6]), tonumber(ARGV[7])
 local share, windows, convex = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
@@ -91,13 +92,17 @@ if outcome == 'ok' then
   end
 elseif outcome == 'overload' and epoch == decreases then
   ceiling = limit
+  ceiling_floor = limit * tonumber(ARGV[12])
   limit = math.max(minimum, limit * decrease)
   decreases = decreases + 1
   slow = 0
+elseif outcome == 'overload' and epoch == decreases - 1 then
+  ceiling = math.max(ceiling_floor, ceiling - 1)
+  limit = math.min(limit, math.max(minimum, ceiling * decrease))
 end
 limit = math.min(maximum, limit)
 redis.call('HSET', state, 'limit', tostring(limit), 'decreases', decreases, 'slow_start', slow,
-  'ceiling', tostring(ceiling))
+  'ceiling', tostring(ceiling), 'ceiling_floor', tostring(ceiling_floor))
 return {tostring(limit), decreases, slow}
 """
 )

@@ -31,6 +31,7 @@ from redis.retry import Retry
 from app.scheduler import redis_scripts
 from app.scheduler.limits import (
     CONVEX,
+    EXTRA_OVERLOAD_FLOOR,
     PROBE_WINDOWS,
     RETURN_SHARE,
     AdaptiveLimiter,
@@ -500,6 +501,11 @@ class SharedAdaptiveLimiter(AdaptiveLimiter):
             permit.active = True
             self._pool.activate(permit.shared)
 
+    def note_quota(self, calls_left: int, reset_s: float) -> None:
+        """Every process reads the same upstream quota from its own answers: each starts
+        its share of the calls left, so that together they do not overrun it."""
+        super().note_quota(calls_left // max(1, self._shared.live), reset_s)
+
     def release(self, permit: Permit, outcome: Outcome) -> None:
         if permit.shared is None:
             super().release(permit, outcome)
@@ -521,6 +527,7 @@ class SharedAdaptiveLimiter(AdaptiveLimiter):
                 repr(RETURN_SHARE),
                 PROBE_WINDOWS,
                 repr(CONVEX),
+                repr(EXTRA_OVERLOAD_FLOOR),
             ],
         )
 

@@ -354,12 +354,14 @@ async def test_adaptive_one_decrease_per_window() -> None:
     burst = [await lim.acquire() for _ in range(16)]
     for p in burst:
         lim.release(p, Outcome.overload)
-    assert (lim.limit, lim.decreases) == (8, 1)
+    # One decrease; the other 15 overloads of the window each lower the ceiling by a slot
+    # (down to half of it), and the limit stays below the ceiling's decrease.
+    assert (lim.limit, lim.decreases, lim.ceiling) == (4, 1, 8)
 
     later = await lim.acquire()  # granted after the decrease: a new window
     assert later.epoch == 1
     lim.release(later, Outcome.overload)
-    assert (lim.limit, lim.decreases) == (4, 2)
+    assert (lim.limit, lim.decreases, lim.ceiling) == (2, 2, 4)
 
 
 async def test_adaptive_old_permits_cannot_decrease_again() -> None:
@@ -369,9 +371,10 @@ async def test_adaptive_old_permits_cannot_decrease_again() -> None:
     new = await lim.acquire()
     for p in old:
         lim.release(p, Outcome.overload)
-    assert (lim.limit, lim.decreases) == (8, 1)
+    # No second decrease, only a slot off the ceiling for each: 16 - 3 = 13.
+    assert (lim.limit, lim.decreases, lim.ceiling) == (6.5, 1, 13)
     lim.release(new, Outcome.overload)
-    assert (lim.limit, lim.decreases) == (4, 2)
+    assert (lim.limit, lim.decreases) == (3.25, 2)
 
 
 async def test_adaptive_bounded_by_minimum_and_maximum() -> None:
@@ -876,3 +879,52 @@ async def test_without_an_overload_to_remember_growth_stays_additive() -> None:
     held = [await lim.acquire() for _ in range(lim.slots)]
     limits = await busy_windows(lim, held, 3)
     assert 22.5 < limits[-1] < 23.5 and lim.ceiling == 0
+
+
+async def test_a_spent_upstream_quota_holds_new_calls_until_its_reset() -> None:
+    clock = FakeClock(100.0)
+    sleep = VirtualSleep(clock)
+    lim = AdaptiveLimiter(initial=8, clock=clock, sleep=sleep)
+    lim.note_quota(2, 5.0)  # "2 requests left, replenished in 5 s"
+    await lim.within_quota()
+    await lim.within_quota()
+    assert lim.quota_hold_s == 5.0 and sleep.delays == []
+    # The third call waits the whole reset, by the fake clock, instead of meeting a 429.
+    await lim.within_quota()
+    assert sleep.delays == [5.0] and clock() == 105.0
+    # After the reset nothing is known, so nothing is held.
+    await lim.within_quota()
+    assert sleep.delays == [5.0] and lim.quota_hold_s == 0
+
+
+async def test_a_held_call_can_be_cancelled_and_a_fresh_quota_lets_calls_on() -> None:
+    clock = FakeClock()
+    gate = ManualSleep()
+    lim = AdaptiveLimiter(initial=8, clock=clock, sleep=gate)
+    lim.note_quota(0, 30.0)
+    async with lim.slot("job") as permit:
+        held = asyncio.create_task(lim.within_quota())
+        await settle()
+        assert not held.done() and lim.quota_hold_s == 30.0
+        held.cancel()
+        await settle()
+        permit.outcome = Outcome.error
+    assert held.cancelled() and lim.in_flight == 0
+    # A later answer says requests are left again: calls go at once.
+    lim.note_quota(10, 30.0)
+    await asyncio.wait_for(lim.within_quota(), 1)
+
+
+async def test_the_429s_of_one_window_say_how_far_over_the_cap_it_was() -> None:
+    # Sixteen calls sent at once to an upstream that takes eight: eight 429s.
+    lim = AdaptiveLimiter(initial=16, maximum=256, decrease=0.8)
+    held = [await lim.acquire() for _ in range(16)]
+    for p in held[8:]:
+        lim.release(p, Outcome.overload)
+    assert lim.ceiling == 9 and lim.limit == pytest.approx(0.8 * 9)
+    for p in held[:8]:
+        lim.release(p, Outcome.ok)
+    # Then back to just below the cap, not above it.
+    held = [await lim.acquire() for _ in range(lim.slots)]
+    limits = await busy_windows(lim, held, 5)
+    assert all(8 <= x < 9 for x in limits[1:])

@@ -94,13 +94,14 @@ async def test_an_overload_on_one_worker_shrinks_the_limit_of_all(
     permit = await b.acquire("job")
     assert b.limit == 5
     assert not b.in_slow_start
-    # One cut per window: an overload on a permit granted before the cut changes nothing.
+    # One cut per window: an overload on a permit granted before the cut only takes a
+    # slot off the ceiling (10 → 9, the limit kept below 9 x 0.5).
     a.release(second, Outcome.overload)
     await workers[0].flush()
     b.release(permit, Outcome.overload)  # granted after the cut: cuts again
     await workers[1].flush()
     permit = await a.acquire("job")
-    assert a.limit == 2.5
+    assert a.limit == 2.25 and a.decreases == 2
     a.release(permit, Outcome.error)
 
 
