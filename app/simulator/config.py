@@ -119,6 +119,11 @@ class SimulatorConfig(BaseModel):
     concurrency_cap: int | None = Field(None, ge=1, description="Max in-flight chat requests.")
     rpm_cap: int | None = Field(None, ge=1, description="Max chat requests per rolling minute.")
     retry_after_ms: int = Field(200, ge=0, description="Retry delay announced on 429.")
+    no_ratelimit_headers: bool = Field(
+        False,
+        description="Announce the rpm cap with no x-ratelimit-* headers (an upstream that "
+        "only says 429).",
+    )
 
     error_rate: float = Field(0.0, ge=0, le=1, description="Probability of a 500/502/503.")
     hang_rate: float = Field(0.0, ge=0, le=1, description="Probability of never answering.")

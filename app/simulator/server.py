@@ -115,9 +115,30 @@ def _auth_error(state: SimState, request: web.Request) -> web.Response | None:
     return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
 
 
-def _rate_limited(cfg: SimulatorConfig, what: str) -> web.Response:
+def _quota_headers(state: SimState) -> dict[str, str]:
+    """OpenAI's `x-ratelimit-*-requests` headers for the rpm cap (none without one): the
+    cap, the requests left in the rolling minute, and the time until the oldest request
+    counted leaves it (when one more becomes possible)."""
+    cap = state.config.rpm_cap
+    if cap is None or state.config.no_ratelimit_headers:
+        return {}
+    window = state.rpm_window
+    now = time.monotonic()
+    while window and window[0] <= now - RPM_WINDOW_S:
+        window.popleft()
+    reset_s = window[0] + RPM_WINDOW_S - now if window else 0.0
+    return {
+        "x-ratelimit-limit-requests": str(cap),
+        "x-ratelimit-remaining-requests": str(max(0, cap - len(window))),
+        "x-ratelimit-reset-requests": f"{max(0.0, reset_s):.3f}s",
+    }
+
+
+def _rate_limited(cfg: SimulatorConfig, what: str, state: SimState | None = None) -> web.Response:
     ms = cfg.retry_after_ms
     headers = {"Retry-After": str(max(1, math.ceil(ms / 1000))), "retry-after-ms": str(ms)}
+    if state is not None:
+        headers.update(_quota_headers(state))
     message = f"Rate limit reached for {what}. Please try again in {ms}ms."
     return _error(429, message, "requests", "rate_limit_exceeded", headers=headers)
 
@@ -192,7 +213,8 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
             window.popleft()
         if len(window) >= cfg.rpm_cap:
             state.rate_limited += 1
-            return _finish(state, entry, started, _rate_limited(cfg, "requests"), "rate_limited")
+            resp = _rate_limited(cfg, "requests", state)
+            return _finish(state, entry, started, resp, "rate_limited")
         window.append(now)
     if cfg.concurrency_cap is not None and state.in_flight >= cfg.concurrency_cap:
         state.rate_limited += 1
@@ -479,7 +501,8 @@ async def _answer(
         ],
         "usage": usage,
     }
-    return _finish(state, entry, started, _json_response(200, payload), "ok")
+    resp = _json_response(200, payload, _quota_headers(state))
+    return _finish(state, entry, started, resp, "ok")
 
 
 def _json_mode(response_format: Any) -> bool:
@@ -552,7 +575,12 @@ async def _stream(
     malformed: bool,
 ) -> web.StreamResponse:
     resp = web.StreamResponse(
-        status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        status=200,
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            **_quota_headers(state),
+        },
     )
     outcome = "malformed" if malformed else "ok"
     try:

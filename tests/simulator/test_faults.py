@@ -14,6 +14,7 @@ import pytest
 from app.simulator.config import SimulatorConfig
 from app.simulator.faults import Plan, plan_request
 from app.simulator.server import STATE_KEY, start_server
+from app.upstream.client import AgentRequest, call_chat
 from tests.simulator.conftest import Sim, StartSim
 
 MESSAGES: list[Any] = [{"role": "user", "content": "ping"}]
@@ -64,6 +65,43 @@ async def test_rpm_cap_limits_requests_per_minute(start_sim: StartSim) -> None:
         await call(sim)
     assert info.value.code == "rate_limit_exceeded"
     assert int(info.value.response.headers["retry-after"]) >= 1
+
+
+async def test_rpm_cap_is_announced_in_openai_rate_limit_headers(start_sim: StartSim) -> None:
+    sim = await start_sim(rpm_cap=2)
+    client = sim.client()
+    seen = []
+    for _ in range(2):
+        raw = await client.chat.completions.with_raw_response.create(model="m", messages=MESSAGES)
+        seen.append(raw.headers)
+    assert [h["x-ratelimit-limit-requests"] for h in seen] == ["2", "2"]
+    assert [h["x-ratelimit-remaining-requests"] for h in seen] == ["1", "0"]
+    with pytest.raises(openai.RateLimitError) as info:
+        await call(sim)
+    headers = info.value.response.headers
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    # Until the first request of the minute leaves the window.
+    reset = headers["x-ratelimit-reset-requests"]
+    assert reset.endswith("s") and 55 < float(reset[:-1]) <= 60
+
+
+async def test_no_rate_limit_headers_without_an_rpm_cap(sim: Sim) -> None:
+    raw = await sim.client().chat.completions.with_raw_response.create(model="m", messages=MESSAGES)
+    assert "x-ratelimit-remaining-requests" not in raw.headers
+
+
+async def test_the_rpm_cap_reaches_the_services_call_result(start_sim: StartSim) -> None:
+    sim = await start_sim(rpm_cap=3)
+    client = sim.client()
+    left = []
+    for _ in range(3):
+        quota = (
+            await call_chat(client, AgentRequest(model="m", system_prompt=None, prompt="p"))
+        ).quota
+        assert quota is not None
+        left.append(quota.calls_left(None))
+    assert [n for n, _ in left] == [2, 1, 0]
+    assert 55 < left[-1][1] <= 60
 
 
 async def test_error_rate_one_gives_5xx(start_sim: StartSim) -> None:
